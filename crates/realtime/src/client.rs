@@ -1,0 +1,299 @@
+//! The WebSocket connection to the Realtime API (or anything speaking it: Azure, a proxy, the simulator).
+//!
+//! `connect` performs the handshake with the right headers for the dialect, waits for `session.created`,
+//! and hands back a connection whose `send` serializes typed events and whose `recv` yields typed
+//! events. Secrets stay inside `ApiKey`; URLs and errors we produce never include the key.
+
+use crate::client_events::ClientEvent;
+use crate::server_events::{ParseError, ServerEvent};
+use crate::{ApiKey, Dialect};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub const DEFAULT_BASE_URL: &str = "wss://api.openai.com";
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    /// `wss://api.openai.com`, `ws://127.0.0.1:8765`, ... A URL whose path already ends in `/realtime`
+    /// is used as given (Azure-style deployments); otherwise `/v1/realtime` is appended.
+    pub base_url: String,
+    pub model: String,
+    pub dialect: Dialect,
+    pub api_key: ApiKey,
+    pub connect_timeout: Duration,
+    /// Largest server message accepted, in bytes.
+    pub max_message_bytes: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RealtimeError {
+    #[error("invalid realtime URL {url:?}: {reason}")]
+    BadUrl { url: String, reason: String },
+    #[error("could not connect to {url}: {reason}")]
+    Connect { url: String, reason: String },
+    #[error("upstream rejected the connection with HTTP {status} at {url}")]
+    Rejected { url: String, status: u16 },
+    #[error("timed out after {0:?} waiting for the upstream")]
+    Timeout(Duration),
+    #[error("upstream closed the connection{}", .reason.as_ref().map(|r| format!(": {r}")).unwrap_or_default())]
+    Closed { reason: Option<String> },
+    #[error("upstream protocol error: {0}")]
+    Protocol(String),
+    #[error("upstream refused the session: {0}")]
+    Refused(String),
+    #[error(transparent)]
+    Parse(#[from] ParseError),
+}
+
+impl RealtimeError {
+    /// Transient conditions worth a reconnect.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            RealtimeError::Connect { .. } | RealtimeError::Timeout(_) | RealtimeError::Closed { .. }
+        ) || matches!(self, RealtimeError::Rejected { status, .. } if *status == 429 || *status >= 500)
+    }
+}
+
+/// Builds the full endpoint URL for a base URL and model.
+pub fn endpoint_url(base_url: &str, model: &str) -> Result<String, RealtimeError> {
+    let base = base_url.trim_end_matches('/');
+    if !(base.starts_with("ws://") || base.starts_with("wss://")) {
+        return Err(RealtimeError::BadUrl {
+            url: base_url.to_string(),
+            reason: "must start with ws:// or wss://".into(),
+        });
+    }
+    let (path_part, query) = match base.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (base, None),
+    };
+    let mut url = if path_part.ends_with("/realtime") {
+        path_part.to_string()
+    } else {
+        format!("{path_part}/v1/realtime")
+    };
+    let mut params: Vec<String> = query.map(|q| vec![q.to_string()]).unwrap_or_default();
+    if !params.iter().any(|q| q.split('&').any(|kv| kv.starts_with("model=") || kv.starts_with("deployment="))) {
+        params.push(format!("model={}", urlencode(model)));
+    }
+    url.push('?');
+    url.push_str(&params.join("&"));
+    Ok(url)
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// An open, initialized Realtime session.
+pub struct RealtimeConnection {
+    sink: SplitSink<Ws, Message>,
+    stream: SplitStream<Ws>,
+    dialect: Dialect,
+    next_event: u64,
+    scratch: String,
+    /// The `session` object of `session.created`.
+    pub initial_session: serde_json::Value,
+}
+
+impl std::fmt::Debug for RealtimeConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RealtimeConnection").field("dialect", &self.dialect).finish_non_exhaustive()
+    }
+}
+
+impl RealtimeConnection {
+    pub async fn connect(opts: &ConnectOptions) -> Result<RealtimeConnection, RealtimeError> {
+        install_crypto_provider();
+        let url = endpoint_url(&opts.base_url, &opts.model)?;
+        let mut req = url.as_str().into_client_request().map_err(|e| RealtimeError::BadUrl {
+            url: url.clone(),
+            reason: e.to_string(),
+        })?;
+        let auth = format!("Bearer {}", opts.api_key.expose());
+        let mut auth_value = http::HeaderValue::from_str(&auth).map_err(|_| RealtimeError::BadUrl {
+            url: url.clone(),
+            reason: "API key contains characters not allowed in an HTTP header".into(),
+        })?;
+        auth_value.set_sensitive(true);
+        req.headers_mut().insert(http::header::AUTHORIZATION, auth_value);
+        if opts.dialect == Dialect::Beta {
+            req.headers_mut()
+                .insert("OpenAI-Beta", http::HeaderValue::from_static("realtime=v1"));
+        }
+        let mut config = WebSocketConfig::default();
+        config.max_message_size = Some(opts.max_message_bytes);
+        config.max_frame_size = Some(opts.max_message_bytes);
+        let fut = tokio_tungstenite::connect_async_with_config(req, Some(config), true);
+        let (ws, _resp) = match tokio::time::timeout(opts.connect_timeout, fut).await {
+            Err(_) => return Err(RealtimeError::Timeout(opts.connect_timeout)),
+            Ok(Err(tokio_tungstenite::tungstenite::Error::Http(resp))) => {
+                return Err(RealtimeError::Rejected {
+                    url,
+                    status: resp.status().as_u16(),
+                })
+            }
+            Ok(Err(e)) => {
+                return Err(RealtimeError::Connect {
+                    url,
+                    reason: e.to_string(),
+                })
+            }
+            Ok(Ok(x)) => x,
+        };
+        let (sink, stream) = ws.split();
+        let mut conn = RealtimeConnection {
+            sink,
+            stream,
+            dialect: opts.dialect,
+            next_event: 0,
+            scratch: String::new(),
+            initial_session: serde_json::Value::Null,
+        };
+        let first = tokio::time::timeout(opts.connect_timeout, conn.recv())
+            .await
+            .map_err(|_| RealtimeError::Timeout(opts.connect_timeout))??;
+        match first {
+            ServerEvent::SessionCreated { session } => {
+                conn.initial_session = session;
+                Ok(conn)
+            }
+            ServerEvent::Error { error } => Err(RealtimeError::Refused(format!(
+                "{}: {}",
+                error.code.unwrap_or(error.kind),
+                error.message
+            ))),
+            other => Err(RealtimeError::Protocol(format!(
+                "expected session.created first, got {}",
+                other.kind()
+            ))),
+        }
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    fn event_id(&mut self) -> String {
+        self.next_event += 1;
+        format!("evt_vs_{}", self.next_event)
+    }
+
+    /// Sends one event; returns the `event_id` it was given.
+    pub async fn send(&mut self, ev: &ClientEvent) -> Result<String, RealtimeError> {
+        let id = self.event_id();
+        let text = match ev {
+            ClientEvent::InputAudioAppend { audio } => {
+                crate::client_events::encode_append(audio, &id, &mut self.scratch);
+                std::mem::take(&mut self.scratch)
+            }
+            other => other.to_json(&id),
+        };
+        self.send_raw(text).await?;
+        Ok(id)
+    }
+
+    /// Sends an `input_audio_buffer.append` built from wire bytes, reusing the connection's buffer.
+    pub async fn send_audio(&mut self, audio: &[u8]) -> Result<(), RealtimeError> {
+        let id = self.event_id();
+        crate::client_events::encode_append(audio, &id, &mut self.scratch);
+        let text = std::mem::take(&mut self.scratch);
+        self.send_raw(text).await
+    }
+
+    async fn send_raw(&mut self, text: String) -> Result<(), RealtimeError> {
+        self.sink
+            .send(Message::text(text))
+            .await
+            .map_err(|e| RealtimeError::Closed {
+                reason: Some(e.to_string()),
+            })
+    }
+
+    /// Next server event. Pings are answered by tungstenite; non-text frames are a protocol error.
+    pub async fn recv(&mut self) -> Result<ServerEvent, RealtimeError> {
+        loop {
+            match self.stream.next().await {
+                None => return Err(RealtimeError::Closed { reason: None }),
+                Some(Err(e)) => {
+                    return Err(RealtimeError::Closed {
+                        reason: Some(e.to_string()),
+                    })
+                }
+                Some(Ok(Message::Text(t))) => return Ok(ServerEvent::parse(t.as_str())?),
+                Some(Ok(Message::Close(frame))) => {
+                    return Err(RealtimeError::Closed {
+                        reason: frame.map(|f| format!("{} {}", u16::from(f.code), f.reason)),
+                    })
+                }
+                Some(Ok(Message::Binary(_))) => {
+                    return Err(RealtimeError::Protocol("unexpected binary frame".into()))
+                }
+                Some(Ok(_)) => continue,
+            }
+        }
+    }
+
+    /// Closes the socket with a normal close frame.
+    pub async fn close(&mut self) {
+        let _ = self.sink.send(Message::Close(None)).await;
+        let _ = self.sink.close().await;
+    }
+}
+
+fn install_crypto_provider() {
+    // Several crates may race to install one; whoever wins, a provider is installed.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        assert_eq!(
+            endpoint_url("wss://api.openai.com", "gpt-realtime").unwrap(),
+            "wss://api.openai.com/v1/realtime?model=gpt-realtime"
+        );
+        assert_eq!(
+            endpoint_url("ws://127.0.0.1:9/", "a b").unwrap(),
+            "ws://127.0.0.1:9/v1/realtime?model=a%20b"
+        );
+        assert_eq!(
+            endpoint_url("wss://x.openai.azure.com/openai/realtime?api-version=1&deployment=d", "m").unwrap(),
+            "wss://x.openai.azure.com/openai/realtime?api-version=1&deployment=d"
+        );
+        assert!(endpoint_url("https://api.openai.com", "m").is_err());
+    }
+
+    #[tokio::test]
+    async fn refused_connection_is_typed_and_hides_the_key() {
+        let opts = ConnectOptions {
+            base_url: "ws://127.0.0.1:1".into(),
+            model: "m".into(),
+            dialect: Dialect::Ga,
+            api_key: ApiKey::new("sk-very-secret").unwrap(),
+            connect_timeout: Duration::from_secs(2),
+            max_message_bytes: 1 << 20,
+        };
+        let err = RealtimeConnection::connect(&opts).await.unwrap_err();
+        assert!(err.is_retryable(), "{err:?}");
+        let text = format!("{err} {err:?} {opts:?}");
+        assert!(!text.contains("sk-very-secret"), "{text}");
+    }
+}

@@ -1,0 +1,250 @@
+//! The session configuration the sidecar sends in `session.update`, rendered in either dialect's shape.
+//!
+//! Beta sessions are flat (`input_audio_format`, `turn_detection`, ...); GA sessions nest audio settings
+//! under `audio.input` / `audio.output` and require `type: "realtime"`. Building both from one struct
+//! keeps the two from drifting apart.
+
+use crate::{Dialect, WireAudioFormat};
+use serde_json::{json, Map, Value};
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum TurnDetection {
+    /// Server VAD with the model's defaults.
+    #[default]
+    ServerVadDefault,
+    ServerVad {
+        threshold: Option<f32>,
+        prefix_padding_ms: Option<u32>,
+        silence_duration_ms: Option<u32>,
+        create_response: Option<bool>,
+        interrupt_response: Option<bool>,
+        idle_timeout_ms: Option<u32>,
+    },
+    SemanticVad {
+        eagerness: Option<String>,
+        create_response: Option<bool>,
+        interrupt_response: Option<bool>,
+    },
+    /// Manual turns (`turn_detection: null`).
+    Disabled,
+}
+
+impl TurnDetection {
+    /// Renders the object; `create_response_override` forces `create_response` (listen-only mode).
+    pub fn to_json(&self, create_response_override: Option<bool>) -> Value {
+        let mut m = Map::new();
+        let mut put = |k: &str, v: Option<Value>| {
+            if let Some(v) = v {
+                m.insert(k.to_string(), v);
+            }
+        };
+        match self {
+            TurnDetection::Disabled => return Value::Null,
+            TurnDetection::ServerVadDefault => {
+                put("type", Some(json!("server_vad")));
+                put("create_response", create_response_override.map(Value::from));
+            }
+            TurnDetection::ServerVad {
+                threshold,
+                prefix_padding_ms,
+                silence_duration_ms,
+                create_response,
+                interrupt_response,
+                idle_timeout_ms,
+            } => {
+                put("type", Some(json!("server_vad")));
+                put("threshold", threshold.map(|t| json!((t as f64 * 1000.0).round() / 1000.0)));
+                put("prefix_padding_ms", prefix_padding_ms.map(Value::from));
+                put("silence_duration_ms", silence_duration_ms.map(Value::from));
+                put(
+                    "create_response",
+                    create_response_override.or(*create_response).map(Value::from),
+                );
+                put("interrupt_response", interrupt_response.map(Value::from));
+                put("idle_timeout_ms", idle_timeout_ms.map(Value::from));
+            }
+            TurnDetection::SemanticVad {
+                eagerness,
+                create_response,
+                interrupt_response,
+            } => {
+                put("type", Some(json!("semantic_vad")));
+                put("eagerness", eagerness.clone().map(Value::from));
+                put(
+                    "create_response",
+                    create_response_override.or(*create_response).map(Value::from),
+                );
+                put("interrupt_response", interrupt_response.map(Value::from));
+            }
+        }
+        Value::Object(m)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Transcription {
+    pub model: String,
+    pub language: Option<String>,
+}
+
+impl Transcription {
+    fn to_json(&self) -> Value {
+        let mut v = json!({"model": self.model});
+        if let Some(l) = &self.language {
+            v["language"] = json!(l);
+        }
+        v
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolSpec {
+    pub name: String,
+    pub description: String,
+    /// JSON Schema of the arguments.
+    pub parameters: Value,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct SessionConfig {
+    pub instructions: String,
+    pub voice: Option<String>,
+    pub input_format: WireAudioFormat,
+    pub output_format: WireAudioFormat,
+    pub turn_detection: TurnDetection,
+    pub transcription: Option<Transcription>,
+    pub tools: Vec<ToolSpec>,
+    /// "auto", "none", "required", or a tool name.
+    pub tool_choice: Option<String>,
+    /// Listen-only: automatic responses off while turn detection keeps running.
+    pub listen_only: bool,
+}
+
+impl SessionConfig {
+    fn tools_json(&self) -> Value {
+        Value::Array(
+            self.tools
+                .iter()
+                .map(|t| {
+                    json!({"type": "function", "name": t.name, "description": t.description,
+                        "parameters": t.parameters})
+                })
+                .collect(),
+        )
+    }
+
+    fn tool_choice_json(&self) -> Option<Value> {
+        self.tool_choice.as_ref().map(|c| match c.as_str() {
+            "auto" | "none" | "required" => json!(c),
+            name => json!({"type": "function", "name": name}),
+        })
+    }
+
+    fn create_override(&self) -> Option<bool> {
+        self.listen_only.then_some(false)
+    }
+
+    /// The `session` object of `session.update` in the given dialect.
+    pub fn to_json(&self, dialect: Dialect) -> Value {
+        let turn = self.turn_detection.to_json(self.create_override());
+        match dialect {
+            Dialect::Beta => {
+                let mut s = json!({
+                    "modalities": ["audio", "text"],
+                    "instructions": self.instructions,
+                    "input_audio_format": self.input_format.beta_name(),
+                    "output_audio_format": self.output_format.beta_name(),
+                    "turn_detection": turn,
+                    "tools": self.tools_json(),
+                });
+                if let Some(v) = &self.voice {
+                    s["voice"] = json!(v);
+                }
+                if let Some(t) = &self.transcription {
+                    s["input_audio_transcription"] = t.to_json();
+                }
+                if let Some(c) = self.tool_choice_json() {
+                    // Beta accepts only a string here.
+                    s["tool_choice"] = match c {
+                        Value::Object(_) => json!(self.tool_choice.clone().unwrap_or_default()),
+                        other => other,
+                    };
+                }
+                s
+            }
+            Dialect::Ga => {
+                let mut input = json!({
+                    "format": self.input_format.ga_json(),
+                    "turn_detection": turn,
+                });
+                if let Some(t) = &self.transcription {
+                    input["transcription"] = t.to_json();
+                }
+                let mut output = json!({"format": self.output_format.ga_json()});
+                if let Some(v) = &self.voice {
+                    output["voice"] = json!(v);
+                }
+                let mut s = json!({
+                    "type": "realtime",
+                    "output_modalities": ["audio"],
+                    "instructions": self.instructions,
+                    "audio": {"input": input, "output": output},
+                    "tools": self.tools_json(),
+                });
+                if let Some(c) = self.tool_choice_json() {
+                    s["tool_choice"] = c;
+                }
+                s
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> SessionConfig {
+        SessionConfig {
+            instructions: "be brief".into(),
+            voice: Some("marin".into()),
+            input_format: WireAudioFormat::G711Ulaw,
+            output_format: WireAudioFormat::Pcm16,
+            transcription: Some(Transcription { model: "whisper-1".into(), language: None }),
+            tools: vec![ToolSpec { name: "lookup".into(), description: "d".into(), parameters: json!({"type":"object"}) }],
+            tool_choice: Some("lookup".into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn ga_shape_nests_audio() {
+        let s = cfg().to_json(Dialect::Ga);
+        assert_eq!(s["type"], "realtime");
+        assert_eq!(s["audio"]["input"]["format"]["type"], "audio/pcmu");
+        assert_eq!(s["audio"]["output"]["format"]["rate"], 24000);
+        assert_eq!(s["audio"]["output"]["voice"], "marin");
+        assert_eq!(s["audio"]["input"]["turn_detection"]["type"], "server_vad");
+        assert_eq!(s["tool_choice"]["name"], "lookup");
+        assert!(s.get("input_audio_format").is_none());
+    }
+
+    #[test]
+    fn beta_shape_is_flat() {
+        let s = cfg().to_json(Dialect::Beta);
+        assert_eq!(s["input_audio_format"], "g711_ulaw");
+        assert_eq!(s["output_audio_format"], "pcm16");
+        assert_eq!(s["input_audio_transcription"]["model"], "whisper-1");
+        assert_eq!(s["tool_choice"], "lookup");
+        assert!(s.get("audio").is_none());
+    }
+
+    #[test]
+    fn listen_only_turns_off_create_response() {
+        let mut c = cfg();
+        c.listen_only = true;
+        assert_eq!(c.to_json(Dialect::Ga)["audio"]["input"]["turn_detection"]["create_response"], false);
+        c.turn_detection = TurnDetection::Disabled;
+        assert!(c.to_json(Dialect::Beta)["turn_detection"].is_null());
+    }
+}
