@@ -1,1 +1,12 @@
-//! placeholder
+//! Telemetry: the one list of metric names (with help texts and histogram buckets), the Prometheus
+//! exporter, and tracing-subscriber setup.
+//!
+//! Metric names live here and nowhere else so dashboards, alerts and code cannot drift apart. Labels
+//! are low-cardinality by construction: callers pass values from small fixed sets (direction, phase,
+//! outcome, declared tool names), never session or call ids.
+
+pub mod metrics_def;
+pub mod tracing_setup;
+
+pub use metrics_def::*;
+pub use tracing_setup::{init_tracing, LogFormat};

@@ -1,1 +1,164 @@
-fn main() {}
+//! `voice-sidecar`: the gRPC server binary. Wires configuration, telemetry, the upstream (real API or
+//! embedded simulator), health, reflection and graceful shutdown around the session crate.
+
+mod config;
+mod service;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use config::{Args, Backend, Config};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+use voice_proto::v1::voice_sidecar_server::VoiceSidecarServer;
+use voice_realtime::ApiKey;
+use voice_session::{Defaults, SessionContext, ToolChannels, UpstreamSettings};
+
+/// Hard gRPC message cap; audio frames are held to the (smaller) configured frame limit with a typed
+/// error on the stream, this only stops abuse.
+const MAX_GRPC_MESSAGE: usize = 4 * 1024 * 1024;
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let cfg = Config::load(Args::parse())?;
+    voice_telemetry::init_tracing(cfg.log_format, &cfg.log).map_err(anyhow::Error::msg)?;
+    if let Some(addr) = cfg.metrics_listen {
+        voice_telemetry::install_prometheus(addr)?;
+        info!(%addr, "Prometheus metrics on /metrics");
+    }
+
+    // The simulator lives as long as main; its handle must not be dropped early.
+    let mut _sim = None;
+    let (base_url, api_key) = match cfg.backend {
+        Backend::OpenAi => {
+            let key = cfg.api_key.clone().context("no API key")?;
+            info!(url = %cfg.realtime_url, dialect = %cfg.dialect, model = %cfg.model, "upstream: OpenAI Realtime API");
+            (cfg.realtime_url.clone(), key)
+        }
+        Backend::Sim => {
+            if cfg.api_key.is_none() {
+                info!("no API key configured: starting with the embedded Realtime simulator (offline)");
+            }
+            let sim_cfg = match &cfg.sim_config {
+                Some(p) => load_sim_config(p)?,
+                None => voice_realtime_sim::SimConfig::default(),
+            };
+            let handle = voice_realtime_sim::SimServer::bind(([127, 0, 0, 1], 0).into(), sim_cfg)
+                .await
+                .context("starting the embedded simulator")?;
+            let url = handle.base_url();
+            info!(%url, "upstream: embedded Realtime simulator");
+            _sim = Some(handle);
+            (url, ApiKey::new("sim-local-key").context("sim key")?)
+        }
+    };
+
+    let shutdown = CancellationToken::new();
+    let ctx = Arc::new(SessionContext {
+        upstream: UpstreamSettings {
+            base_url,
+            api_key,
+            connect_timeout: Duration::from_secs(10),
+            max_message_bytes: 16 * 1024 * 1024,
+        },
+        channels: ToolChannels::default(),
+        shutdown: shutdown.clone(),
+        setup_timeout: Duration::from_secs(15),
+    });
+    let defaults = Defaults {
+        model: cfg.model.clone(),
+        dialect: cfg.dialect,
+        tool_host: cfg.tool_host.clone(),
+        tool_timeout: cfg.tool_timeout,
+        max_frame_bytes: cfg.max_frame_bytes,
+        max_tool_output_bytes: cfg.max_tool_output_bytes,
+        voice: cfg.voice.clone(),
+    };
+    let sessions = Arc::new(Semaphore::new(cfg.max_sessions));
+    let svc = service::Sidecar { ctx, defaults, sessions: sessions.clone(), max_sessions: cfg.max_sessions };
+
+    let (health_reporter, health_svc) = tonic_health::server::health_reporter();
+    health_reporter.set_serving::<VoiceSidecarServer<service::Sidecar>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(voice_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("building the reflection service")?;
+
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("binding gRPC listener on {}", cfg.listen))?;
+    let local = listener.local_addr()?;
+    info!(addr = %local, "voice-sidecar listening (gRPC: voice.v1.VoiceSidecar, grpc.health.v1, reflection)");
+
+    let grace = cfg.shutdown_grace;
+    let max_sessions = cfg.max_sessions;
+    let stop = {
+        let shutdown = shutdown.clone();
+        async move {
+            wait_for_signal().await;
+            info!(grace_secs = grace.as_secs(), "shutdown requested: refusing new sessions, letting live ones finish");
+            health_reporter.set_not_serving::<VoiceSidecarServer<service::Sidecar>>().await;
+            let live = sessions.clone();
+            tokio::spawn(async move {
+                let deadline = tokio::time::Instant::now() + grace;
+                while live.available_permits() < max_sessions && tokio::time::Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                if live.available_permits() < max_sessions {
+                    warn!("grace period over: ending live sessions");
+                }
+                shutdown.cancel();
+            });
+        }
+    };
+
+    tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(health_svc)
+        .add_service(reflection)
+        .add_service(
+            VoiceSidecarServer::new(svc)
+                .max_decoding_message_size(MAX_GRPC_MESSAGE)
+                .max_encoding_message_size(MAX_GRPC_MESSAGE),
+        )
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), stop)
+        .await
+        .context("gRPC server failed")?;
+    info!("voice-sidecar stopped");
+    Ok(())
+}
+
+fn load_sim_config(p: &std::path::Path) -> Result<voice_realtime_sim::SimConfig> {
+    let text = std::fs::read_to_string(p).with_context(|| format!("reading simulator config {}", p.display()))?;
+    let cfg = if p.extension().is_some_and(|e| e == "json") {
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", p.display()))?
+    } else {
+        toml::from_str(&text).with_context(|| format!("parsing {}", p.display()))?
+    };
+    Ok(cfg)
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = match signal(SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

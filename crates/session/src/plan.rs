@@ -1,0 +1,481 @@
+//! Turning a host's `SessionStart` into a validated plan, or a clear refusal.
+//!
+//! Everything a host can get wrong at start (formats, tool schemas, turn-detection ranges, labels) is
+//! checked here, before any upstream socket opens, so the host gets one precise INVALID_ARGUMENT instead
+//! of a half-started session.
+
+use crate::tools::{ToolDef, ToolRegistry};
+use std::collections::BTreeMap;
+use std::time::Duration;
+use voice_audio::{wire_format_for, AudioError, Codec, HostFormat, WireFormat};
+use voice_proto::v1 as pb;
+use voice_realtime::{Dialect, SessionConfig, Transcription, TurnDetection, WireAudioFormat};
+
+/// Appended to the instructions unless the host turns it off: it is what keeps callers from sitting in
+/// silence while tools run, and from hearing invented results.
+pub const DEFAULT_PREAMBLE: &str = "\
+# Conversation style for a live voice call
+- Before you call a tool, first say one short, natural sentence so the caller knows you are on it \
+(for example \"Let me check that for you.\"). Then call the tool. Do not wait in silence.
+- Never guess or speculate about a tool's result before it arrives. If it fails, say so plainly and \
+offer what you can do instead.
+- When results arrive, read them back naturally and briefly, the way a person would on the phone; do \
+not read out raw data, IDs or JSON.
+- If the caller asks you to stay quiet, wait, or hold on, stop talking and stay silent until they \
+address you again.";
+
+/// Sidecar-wide settings a session falls back on.
+#[derive(Debug, Clone)]
+pub struct Defaults {
+    pub model: String,
+    pub dialect: Dialect,
+    /// Default `ToolHost` address for callback mode.
+    pub tool_host: Option<String>,
+    pub tool_timeout: Duration,
+    /// Largest input audio frame accepted, in bytes.
+    pub max_frame_bytes: usize,
+    /// Largest tool output passed to the model, in bytes.
+    pub max_tool_output_bytes: usize,
+    pub voice: Option<String>,
+}
+
+impl Default for Defaults {
+    fn default() -> Self {
+        Defaults {
+            model: "gpt-realtime".into(),
+            dialect: Dialect::Ga,
+            tool_host: None,
+            tool_timeout: Duration::from_secs(10),
+            max_frame_bytes: 64 * 1024,
+            max_tool_output_bytes: 64 * 1024,
+            voice: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ToolRoute {
+    Callback(String),
+    InStream,
+    /// No tools declared (or nowhere to run them): calls are refused with an error output.
+    Unroutable,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum GuardAction {
+    HoldingLine,
+    Earcon,
+    Off,
+}
+
+#[derive(Debug, Clone)]
+pub struct SilenceGuardPlan {
+    pub action: GuardAction,
+    pub threshold: Duration,
+    pub earcon: Vec<u8>,
+}
+
+#[derive(Debug, Clone)]
+pub enum PreambleMode {
+    Default,
+    Custom(String),
+    Off,
+}
+
+impl PreambleMode {
+    pub fn apply(&self, instructions: &str) -> String {
+        let block = match self {
+            PreambleMode::Default => DEFAULT_PREAMBLE,
+            PreambleMode::Custom(t) => t.as_str(),
+            PreambleMode::Off => return instructions.to_string(),
+        };
+        if instructions.trim().is_empty() {
+            block.to_string()
+        } else {
+            format!("{}\n\n{}", instructions.trim_end(), block)
+        }
+    }
+}
+
+/// A validated session.
+#[derive(Debug, Clone)]
+pub struct SessionPlan {
+    pub input: HostFormat,
+    pub output: HostFormat,
+    pub wire_in: WireFormat,
+    pub wire_out: WireFormat,
+    pub model: String,
+    pub dialect: Dialect,
+    pub base_instructions: String,
+    pub preamble: PreambleMode,
+    /// What goes into `session.update` (instructions already include the preamble).
+    pub config: SessionConfig,
+    pub tools: ToolRegistry,
+    pub route: ToolRoute,
+    pub pacing_lead: Option<Duration>,
+    pub guard: SilenceGuardPlan,
+    pub labels: BTreeMap<String, String>,
+    pub max_frame_bytes: usize,
+    pub max_tool_output_bytes: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("input_format: {0}")]
+    InputFormat(AudioError),
+    #[error("output_format: {0}")]
+    OutputFormat(AudioError),
+    #[error("tools: {0}")]
+    Tool(String),
+    #[error("turn_detection: {0}")]
+    TurnDetection(String),
+    #[error("labels: {0}")]
+    Labels(String),
+    #[error("{0}")]
+    Other(String),
+}
+
+fn codec(c: i32) -> Result<Codec, String> {
+    match pb::Codec::try_from(c) {
+        Ok(pb::Codec::Unspecified) | Ok(pb::Codec::Pcm16) => Ok(Codec::Pcm16),
+        Ok(pb::Codec::Mulaw) => Ok(Codec::Mulaw),
+        Ok(pb::Codec::Alaw) => Ok(Codec::Alaw),
+        Ok(pb::Codec::Opus) => Ok(Codec::Opus),
+        Err(_) => Err(format!("unknown codec value {c}")),
+    }
+}
+
+pub fn host_format(f: &pb::AudioFormat) -> Result<HostFormat, AudioError> {
+    let codec = codec(f.codec).map_err(AudioError::UnsupportedFormat)?;
+    HostFormat {
+        codec,
+        sample_rate: f.sample_rate_hz,
+        channels: u16::try_from(f.channels).unwrap_or(u16::MAX),
+        frame_ms: f.frame_ms,
+    }
+    .normalized()
+}
+
+pub fn wire_audio(w: WireFormat) -> WireAudioFormat {
+    match w {
+        WireFormat::Pcm16_24k => WireAudioFormat::Pcm16,
+        WireFormat::Ulaw8k => WireAudioFormat::G711Ulaw,
+        WireFormat::Alaw8k => WireAudioFormat::G711Alaw,
+    }
+}
+
+/// Validates turn-detection settings against the ranges the Realtime API accepts.
+pub fn turn_detection(td: Option<&pb::TurnDetection>) -> Result<TurnDetection, StartError> {
+    let err = |m: String| Err(StartError::TurnDetection(m));
+    let Some(mode) = td.and_then(|t| t.mode.as_ref()) else {
+        return Ok(TurnDetection::ServerVadDefault);
+    };
+    match mode {
+        pb::turn_detection::Mode::Disabled(_) => Ok(TurnDetection::Disabled),
+        pb::turn_detection::Mode::ServerVad(v) => {
+            if let Some(t) = v.threshold {
+                if !(0.0..=1.0).contains(&t) || t.is_nan() {
+                    return err(format!("server_vad.threshold must be within 0.0..=1.0, got {t}"));
+                }
+            }
+            if let Some(p) = v.prefix_padding_ms {
+                if p > 5000 {
+                    return err(format!("server_vad.prefix_padding_ms must be at most 5000, got {p}"));
+                }
+            }
+            if let Some(s) = v.silence_duration_ms {
+                if s > 10_000 {
+                    return err(format!("server_vad.silence_duration_ms must be at most 10000, got {s}"));
+                }
+            }
+            if let Some(i) = v.idle_timeout_ms {
+                if !(5000..=30_000).contains(&i) {
+                    return err(format!("server_vad.idle_timeout_ms must be within 5000..=30000, got {i}"));
+                }
+            }
+            Ok(TurnDetection::ServerVad {
+                threshold: v.threshold,
+                prefix_padding_ms: v.prefix_padding_ms,
+                silence_duration_ms: v.silence_duration_ms,
+                create_response: v.create_response,
+                interrupt_response: v.interrupt_response,
+                idle_timeout_ms: v.idle_timeout_ms,
+            })
+        }
+        pb::turn_detection::Mode::SemanticVad(v) => {
+            let eagerness = match v.eagerness.as_str() {
+                "" => None,
+                e @ ("low" | "medium" | "high" | "auto") => Some(e.to_string()),
+                other => {
+                    return err(format!(
+                        "semantic_vad.eagerness must be low, medium, high or auto, got {other:?}"
+                    ))
+                }
+            };
+            Ok(TurnDetection::SemanticVad {
+                eagerness,
+                create_response: v.create_response,
+                interrupt_response: v.interrupt_response,
+            })
+        }
+    }
+}
+
+fn labels(m: &std::collections::HashMap<String, String>) -> Result<BTreeMap<String, String>, StartError> {
+    if m.len() > 4 {
+        return Err(StartError::Labels(format!("at most 4 labels, got {}", m.len())));
+    }
+    let mut out = BTreeMap::new();
+    for (k, v) in m {
+        let ok_key = !k.is_empty()
+            && k.len() <= 32
+            && k.bytes().enumerate().all(|(i, b)| {
+                b == b'_' || b.is_ascii_lowercase() || (i > 0 && b.is_ascii_digit())
+            });
+        if !ok_key {
+            return Err(StartError::Labels(format!("label key {k:?} must match [a-z_][a-z0-9_]{{0,31}}")));
+        }
+        if v.len() > 64 {
+            return Err(StartError::Labels(format!("label {k:?} value is longer than 64 bytes")));
+        }
+        out.insert(k.clone(), v.clone());
+    }
+    Ok(out)
+}
+
+impl SessionPlan {
+    pub fn from_start(start: &pb::SessionStart, d: &Defaults) -> Result<SessionPlan, StartError> {
+        let in_pb = start.input_format.clone().unwrap_or_default();
+        let input = host_format(&in_pb).map_err(StartError::InputFormat)?;
+        let output = match &start.output_format {
+            Some(f) => host_format(f).map_err(StartError::OutputFormat)?,
+            None => input,
+        };
+        let wire_in = wire_format_for(&input);
+        let wire_out = wire_format_for(&output);
+
+        let default_timeout = match start.default_tool_timeout_ms {
+            0 => d.tool_timeout,
+            ms => Duration::from_millis(ms as u64),
+        };
+        let mut defs = Vec::new();
+        for t in &start.tools {
+            let timeout = match t.timeout_ms {
+                0 => default_timeout,
+                ms => Duration::from_millis(ms as u64),
+            };
+            defs.push(
+                ToolDef::new(&t.name, &t.description, &t.parameters_json_schema, timeout)
+                    .map_err(StartError::Tool)?,
+            );
+        }
+        let tools = ToolRegistry::new(defs).map_err(StartError::Tool)?;
+
+        let tool_choice = match start.tool_choice.as_str() {
+            "" => None,
+            c @ ("auto" | "none" | "required") => Some(c.to_string()),
+            name if tools.get(name).is_some() => Some(name.to_string()),
+            name => {
+                return Err(StartError::Tool(format!(
+                    "tool_choice {name:?} is neither auto/none/required nor a declared tool"
+                )))
+            }
+        };
+
+        let route = match start.tool_routing.as_ref().and_then(|r| r.route.as_ref()) {
+            Some(pb::tool_routing::Route::InStream(true)) => ToolRoute::InStream,
+            Some(pb::tool_routing::Route::CallbackAddress(a)) if !a.is_empty() => {
+                validate_address(a)?;
+                ToolRoute::Callback(a.clone())
+            }
+            _ => match &d.tool_host {
+                Some(a) => ToolRoute::Callback(a.clone()),
+                None if tools.is_empty() => ToolRoute::Unroutable,
+                None => {
+                    return Err(StartError::Tool(
+                        "tools are declared but no tool route is set: give tool_routing.callback_address, \
+                         tool_routing.in_stream, or start the sidecar with --tool-host"
+                            .into(),
+                    ))
+                }
+            },
+        };
+
+        let preamble = match start.preamble.as_ref() {
+            None => PreambleMode::Default,
+            Some(p) => match pb::preamble::Mode::try_from(p.mode) {
+                Ok(pb::preamble::Mode::Default) => PreambleMode::Default,
+                Ok(pb::preamble::Mode::Off) => PreambleMode::Off,
+                Ok(pb::preamble::Mode::Custom) if !p.custom_text.trim().is_empty() => {
+                    PreambleMode::Custom(p.custom_text.clone())
+                }
+                Ok(pb::preamble::Mode::Custom) => {
+                    return Err(StartError::Other("preamble.mode is CUSTOM but custom_text is empty".into()))
+                }
+                Err(_) => return Err(StartError::Other(format!("unknown preamble mode {}", p.mode))),
+            },
+        };
+
+        let guard = match start.silence_guard.as_ref() {
+            None => SilenceGuardPlan {
+                action: GuardAction::HoldingLine,
+                threshold: Duration::from_millis(1500),
+                earcon: Vec::new(),
+            },
+            Some(g) => {
+                let action = match pb::silence_guard::Action::try_from(g.action) {
+                    Ok(pb::silence_guard::Action::HoldingLine) => GuardAction::HoldingLine,
+                    Ok(pb::silence_guard::Action::Earcon) => GuardAction::Earcon,
+                    Ok(pb::silence_guard::Action::Off) => GuardAction::Off,
+                    Err(_) => return Err(StartError::Other(format!("unknown silence_guard action {}", g.action))),
+                };
+                if action == GuardAction::Earcon && g.earcon.is_empty() {
+                    return Err(StartError::Other("silence_guard.action is EARCON but earcon audio is empty".into()));
+                }
+                SilenceGuardPlan {
+                    action,
+                    threshold: Duration::from_millis(match g.threshold_ms {
+                        0 => 1500,
+                        ms => ms as u64,
+                    }),
+                    earcon: g.earcon.clone(),
+                }
+            }
+        };
+
+        let pacing_lead = start.pacing.as_ref().filter(|p| p.enabled).map(|p| {
+            Duration::from_millis(match p.lead_ms {
+                0 => 100,
+                ms => ms.min(2000) as u64,
+            })
+        });
+
+        let transcription = match &start.transcription {
+            Some(t) if t.disabled => None,
+            Some(t) => Some(Transcription {
+                model: if t.model.is_empty() { "whisper-1".into() } else { t.model.clone() },
+                language: (!t.language.is_empty()).then(|| t.language.clone()),
+            }),
+            None => Some(Transcription {
+                model: "whisper-1".into(),
+                language: None,
+            }),
+        };
+
+        let dialect = match pb::Dialect::try_from(start.dialect) {
+            Ok(pb::Dialect::Ga) => Dialect::Ga,
+            Ok(pb::Dialect::Beta) => Dialect::Beta,
+            _ => d.dialect,
+        };
+        let voice = if start.voice.is_empty() { d.voice.clone() } else { Some(start.voice.clone()) };
+
+        let config = SessionConfig {
+            instructions: preamble.apply(&start.instructions),
+            voice,
+            input_format: wire_audio(wire_in),
+            output_format: wire_audio(wire_out),
+            turn_detection: turn_detection(start.turn_detection.as_ref())?,
+            transcription,
+            tools: tools.specs(),
+            tool_choice,
+            listen_only: start.listen_only,
+        };
+
+        Ok(SessionPlan {
+            input,
+            output,
+            wire_in,
+            wire_out,
+            model: if start.model.is_empty() { d.model.clone() } else { start.model.clone() },
+            dialect,
+            base_instructions: start.instructions.clone(),
+            preamble,
+            config,
+            tools,
+            route,
+            pacing_lead,
+            guard,
+            labels: labels(&start.labels)?,
+            max_frame_bytes: d.max_frame_bytes,
+            max_tool_output_bytes: d.max_tool_output_bytes,
+        })
+    }
+}
+
+fn validate_address(a: &str) -> Result<(), StartError> {
+    if a.starts_with("http://") || a.starts_with("https://") {
+        Ok(())
+    } else {
+        Err(StartError::Tool(format!(
+            "tool_routing.callback_address {a:?} must be an http:// or https:// URL"
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn start() -> pb::SessionStart {
+        pb::SessionStart {
+            input_format: Some(pb::AudioFormat {
+                codec: pb::Codec::Pcm16 as i32,
+                sample_rate_hz: 16000,
+                channels: 1,
+                frame_ms: 20,
+            }),
+            instructions: "You are a receptionist.".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn defaults_fill_in() {
+        let p = SessionPlan::from_start(&start(), &Defaults::default()).unwrap();
+        assert_eq!(p.output.sample_rate, 16000);
+        assert_eq!(p.wire_in, WireFormat::Pcm16_24k);
+        assert!(p.config.instructions.starts_with("You are a receptionist."));
+        assert!(p.config.instructions.contains("Before you call a tool"));
+        assert!(p.config.transcription.is_some());
+        assert_eq!(p.route, ToolRoute::Unroutable);
+    }
+
+    #[test]
+    fn telephony_is_passthrough() {
+        let mut s = start();
+        s.input_format = Some(pb::AudioFormat { codec: pb::Codec::Mulaw as i32, ..Default::default() });
+        let p = SessionPlan::from_start(&s, &Defaults::default()).unwrap();
+        assert_eq!(p.wire_in, WireFormat::Ulaw8k);
+        assert_eq!(p.config.input_format, WireAudioFormat::G711Ulaw);
+    }
+
+    #[test]
+    fn bad_inputs_are_refused_with_the_field_named() {
+        let mut s = start();
+        s.input_format.as_mut().unwrap().sample_rate_hz = 96000;
+        let e = SessionPlan::from_start(&s, &Defaults::default()).unwrap_err().to_string();
+        assert!(e.starts_with("input_format"), "{e}");
+
+        let mut s = start();
+        s.turn_detection = Some(pb::TurnDetection {
+            mode: Some(pb::turn_detection::Mode::ServerVad(pb::ServerVad { threshold: Some(1.5), ..Default::default() })),
+        });
+        let e = SessionPlan::from_start(&s, &Defaults::default()).unwrap_err().to_string();
+        assert!(e.contains("threshold"), "{e}");
+
+        let mut s = start();
+        s.labels.insert("Session-Id".into(), "x".into());
+        assert!(matches!(SessionPlan::from_start(&s, &Defaults::default()), Err(StartError::Labels(_))));
+
+        let mut s = start();
+        s.tools.push(pb::ToolDefinition { name: "t".into(), ..Default::default() });
+        let e = SessionPlan::from_start(&s, &Defaults::default()).unwrap_err().to_string();
+        assert!(e.contains("no tool route"), "{e}");
+    }
+
+    #[test]
+    fn preamble_modes() {
+        assert_eq!(PreambleMode::Off.apply("x"), "x");
+        assert_eq!(PreambleMode::Custom("P".into()).apply("x"), "x\n\nP");
+    }
+}

@@ -1,0 +1,206 @@
+//! Assistant audio on its way to the host: optional real-time pacing, and the played position of each
+//! item, which barge-in needs to truncate the model's memory at what the caller actually heard.
+//!
+//! With pacing, frames are released on a real-time clock with a small lead, so "released minus lead"
+//! is what has been played and the host needs no jitter buffer. Without pacing, frames go out as fast
+//! as they come and the played position comes from the host's `PlaybackMark`s, or, failing those, from
+//! the wall clock since the item's first frame (capped at what was sent).
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+use voice_proto::v1 as pb;
+
+#[derive(Debug)]
+pub struct QueuedFrame {
+    pub frame: pb::AudioFrame,
+    pub duration: Duration,
+}
+
+#[derive(Debug, Clone)]
+struct ItemPlay {
+    item_id: String,
+    /// When the first frame of the item was released to the host.
+    first_release: Instant,
+    /// Audio of the item released so far.
+    released: Duration,
+    /// Last `PlaybackMark` from the host, if any.
+    marked: Option<Duration>,
+}
+
+#[derive(Debug)]
+pub struct Playout {
+    lead: Option<Duration>,
+    queue: VecDeque<QueuedFrame>,
+    /// Real-time position of the end of released audio (pacing clock).
+    clock: Option<Instant>,
+    current: Option<ItemPlay>,
+    /// When released audio stops being audible at the host (assuming real-time playback).
+    audible_until: Option<Instant>,
+}
+
+impl Playout {
+    pub fn new(lead: Option<Duration>) -> Self {
+        Playout {
+            lead,
+            queue: VecDeque::new(),
+            clock: None,
+            current: None,
+            audible_until: None,
+        }
+    }
+
+    pub fn paced(&self) -> bool {
+        self.lead.is_some()
+    }
+
+    /// Adds a frame; with pacing it waits in the queue, without it is returned for immediate release.
+    pub fn push(&mut self, frame: QueuedFrame, now: Instant) -> Option<QueuedFrame> {
+        if self.lead.is_some() {
+            self.queue.push_back(frame);
+            None
+        } else {
+            self.note_release(&frame, now);
+            Some(frame)
+        }
+    }
+
+    /// Frames due for release at `now` (pacing only).
+    pub fn due(&mut self, now: Instant, out: &mut Vec<QueuedFrame>) {
+        let Some(lead) = self.lead else { return };
+        while let Some(f) = self.queue.front() {
+            let clock = match self.clock {
+                Some(c) if c > now => c,
+                _ => now,
+            };
+            if clock > now + lead {
+                break;
+            }
+            let d = f.duration;
+            let Some(f) = self.queue.pop_front() else { break };
+            self.clock = Some(clock + d);
+            self.note_release(&f, now);
+            out.push(f);
+        }
+    }
+
+    /// When the next paced frame becomes due, if any are queued.
+    pub fn next_due(&self, now: Instant) -> Option<Instant> {
+        let lead = self.lead?;
+        self.queue.front()?;
+        Some(match self.clock {
+            Some(c) if c > now + lead => c - lead,
+            _ => now,
+        })
+    }
+
+    fn note_release(&mut self, f: &QueuedFrame, now: Instant) {
+        let same = self.current.as_ref().is_some_and(|c| c.item_id == f.frame.item_id);
+        if !same {
+            self.current = Some(ItemPlay {
+                item_id: f.frame.item_id.clone(),
+                first_release: now,
+                released: Duration::ZERO,
+                marked: None,
+            });
+        }
+        if let Some(c) = self.current.as_mut() {
+            c.released += f.duration;
+        }
+        let start = match self.audible_until {
+            Some(a) if a > now => a,
+            _ => now,
+        };
+        self.audible_until = Some(start + f.duration);
+    }
+
+    /// The host reports how much of an item it has played.
+    pub fn mark(&mut self, item_id: &str, played: Duration) {
+        if let Some(c) = self.current.as_mut() {
+            if c.item_id == item_id {
+                c.marked = Some(played.min(c.released));
+            }
+        }
+    }
+
+    /// Whether assistant audio is still playing at the host at `now`.
+    pub fn is_audible(&self, now: Instant) -> bool {
+        !self.queue.is_empty() || self.audible_until.is_some_and(|a| a > now)
+    }
+
+    pub fn audible_until(&self) -> Option<Instant> {
+        self.audible_until
+    }
+
+    /// The item being played and how much of it the caller has heard.
+    pub fn played(&self, now: Instant) -> Option<(String, Duration)> {
+        let c = self.current.as_ref()?;
+        let by_clock = now.saturating_duration_since(c.first_release).min(c.released);
+        let played = match (self.lead, c.marked) {
+            (None, Some(m)) => m,
+            _ => by_clock,
+        };
+        Some((c.item_id.clone(), played))
+    }
+
+    /// Barge-in: forget queued audio and the audible horizon.
+    pub fn flush(&mut self) -> usize {
+        let n = self.queue.len();
+        self.queue.clear();
+        self.clock = None;
+        self.audible_until = None;
+        self.current = None;
+        n
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(item: &str, ms: u64) -> QueuedFrame {
+        QueuedFrame {
+            frame: pb::AudioFrame { item_id: item.into(), ..Default::default() },
+            duration: Duration::from_millis(ms),
+        }
+    }
+
+    #[test]
+    fn pacing_releases_in_real_time_with_lead() {
+        let t0 = Instant::now();
+        let mut p = Playout::new(Some(Duration::from_millis(100)));
+        for _ in 0..50 {
+            assert!(p.push(frame("i", 20), t0).is_none());
+        }
+        let mut out = Vec::new();
+        p.due(t0, &mut out);
+        // Lead of 100 ms: frames covering [0, 120) ms may be out at t0 (the one starting at 100 ms too).
+        assert_eq!(out.len(), 6);
+        // The session's timer calls `due` as frames come due.
+        let mut t = 0;
+        while t < 500 {
+            t += 5;
+            p.due(t0 + Duration::from_millis(t), &mut out);
+        }
+        assert_eq!(out.len(), 31, "by 500 ms, frames starting up to 600 ms are released");
+        assert_eq!(p.next_due(t0 + Duration::from_millis(500)), Some(t0 + Duration::from_millis(520)));
+        let (item, played) = p.played(t0 + Duration::from_millis(500)).unwrap();
+        assert_eq!(item, "i");
+        assert_eq!(played, Duration::from_millis(500));
+        assert!(p.is_audible(t0 + Duration::from_millis(500)));
+    }
+
+    #[test]
+    fn unpaced_uses_marks() {
+        let t0 = Instant::now();
+        let mut p = Playout::new(None);
+        for _ in 0..10 {
+            assert!(p.push(frame("i", 20), t0).is_some());
+        }
+        p.mark("i", Duration::from_millis(60));
+        assert_eq!(p.played(t0 + Duration::from_secs(1)).unwrap().1, Duration::from_millis(60));
+        p.mark("i", Duration::from_millis(9000));
+        assert_eq!(p.played(t0).unwrap().1, Duration::from_millis(200), "capped at what was sent");
+        assert_eq!(p.flush(), 0);
+        assert!(p.played(t0).is_none());
+    }
+}

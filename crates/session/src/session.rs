@@ -1,0 +1,952 @@
+//! One voice session: the loop that joins a host's `Converse` stream to one upstream Realtime session.
+//!
+//! A single task per session owns everything (sockets, codecs, tool calls, timers) and reacts to
+//! whichever happens first: a host message, an upstream event, a finished tool call, or a timer
+//! (pacing, silence guard, in-stream tool deadlines). Owning it all in one place is what lets the
+//! rules — one active response, one output per call, one `response.create` per tool round — hold
+//! without locks.
+
+use crate::dead_air::{Closed, DeadAir};
+use crate::plan::{self, GuardAction, SessionPlan, ToolRoute};
+use crate::playout::{Playout, QueuedFrame};
+use crate::rounds::ToolRounds;
+use crate::scheduler::{CreateReason, PendingCreate, ResponseScheduler};
+use crate::tools::{self, ToolChannels, ToolOutcome, ToolStatus};
+use futures_util::future::BoxFuture;
+use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, Stream, StreamExt};
+use metrics::{counter, gauge, histogram};
+use serde_json::json;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tonic::Status;
+use tracing::{debug, info, info_span, warn, Instrument};
+use voice_audio::{InputPipeline, OutFrame, OutputPipeline};
+use voice_proto::v1 as pb;
+use voice_proto::v1::server_message::Message as Out;
+use voice_realtime::{ApiKey, ClientEvent, ConnectOptions, Item, RealtimeConnection, RealtimeError, ServerEvent, Usage};
+use voice_telemetry as names;
+
+/// Where and how to reach the Realtime API.
+#[derive(Debug, Clone)]
+pub struct UpstreamSettings {
+    pub base_url: String,
+    pub api_key: ApiKey,
+    pub connect_timeout: Duration,
+    pub max_message_bytes: usize,
+}
+
+/// What every session shares: upstream settings, tool-host channels, the shutdown signal.
+#[derive(Debug, Clone)]
+pub struct SessionContext {
+    pub upstream: UpstreamSettings,
+    pub channels: ToolChannels,
+    pub shutdown: CancellationToken,
+    /// How long a session may take to configure upstream before it is failed.
+    pub setup_timeout: Duration,
+}
+
+pub type HostSender = mpsc::Sender<Result<pb::ServerMessage, Status>>;
+
+const HOLDING_LINE_INSTRUCTIONS: &str = "The caller has been waiting in silence while a tool runs. \
+Say one short, warm sentence telling them you are still working on it. Do not guess any result and \
+do not ask a question.";
+
+/// Why the loop stopped.
+#[derive(Debug)]
+enum End {
+    ClientClosed,
+    ClientEnd,
+    HostGone,
+    Shutdown,
+    Upstream(RealtimeError),
+}
+
+impl End {
+    fn reason(&self) -> &'static str {
+        match self {
+            End::ClientClosed => "client_closed",
+            End::ClientEnd => "client_end",
+            End::HostGone => "host_gone",
+            End::Shutdown => "shutdown",
+            End::Upstream(RealtimeError::Closed { .. }) => "upstream_closed",
+            End::Upstream(_) => "upstream_error",
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Summary {
+    turns: u32,
+    responses: u32,
+    latencies_ms: Vec<u32>,
+    dead_air: Duration,
+    tool_calls: u32,
+    interruptions: u32,
+    usage: Usage,
+}
+
+/// A call running on a host.
+#[derive(Debug)]
+struct InFlight {
+    name: String,
+    started: Instant,
+    /// In-stream calls only: when to stop waiting.
+    deadline: Option<Instant>,
+}
+
+struct Session {
+    id: String,
+    plan: SessionPlan,
+    ctx: Arc<SessionContext>,
+    out: HostSender,
+    conn: RealtimeConnection,
+    input: InputPipeline,
+    output: OutputPipeline,
+    wire_buf: Vec<u8>,
+    out_frames: Vec<OutFrame>,
+    released: Vec<QueuedFrame>,
+    out_seq: u64,
+    scheduler: ResponseScheduler,
+    rounds: ToolRounds,
+    playout: Playout,
+    dead_air: DeadAir,
+    tools: FuturesUnordered<BoxFuture<'static, ToolOutcome>>,
+    in_flight: HashMap<String, InFlight>,
+    /// call_id → name from `output_item.added` (beta's arguments.done carries no name).
+    call_names: HashMap<String, String>,
+    /// In-stream calls that timed out; a late ToolResult for them is dropped (documented policy).
+    timed_out: HashSet<String>,
+    cancelled: VecDeque<String>,
+    audio_response: Option<String>,
+    /// End of the user's last turn, until the first assistant audio after it.
+    user_turn_end: Option<Instant>,
+    latency_by_response: HashMap<String, u32>,
+    summary: Summary,
+    started: Instant,
+    labels: Vec<metrics::Label>,
+}
+
+/// Runs a session to completion. `inbound` yields the host's messages after `SessionStart`.
+pub async fn run_session<S>(plan: SessionPlan, inbound: S, out: HostSender, ctx: Arc<SessionContext>, id: String)
+where
+    S: Stream<Item = Result<pb::ClientMessage, Status>> + Unpin + Send,
+{
+    let span = info_span!("session", session_id = %id, model = %plan.model, dialect = %plan.dialect);
+    async move {
+        gauge!(names::SESSIONS_ACTIVE).increment(1.0);
+        let outcome = run(plan, inbound, out, ctx, id).await;
+        gauge!(names::SESSIONS_ACTIVE).decrement(1.0);
+        counter!(names::SESSIONS_TOTAL, "outcome" => outcome).increment(1);
+    }
+    .instrument(span)
+    .await
+}
+
+async fn run<S>(plan: SessionPlan, mut inbound: S, out: HostSender, ctx: Arc<SessionContext>, id: String) -> &'static str
+where
+    S: Stream<Item = Result<pb::ClientMessage, Status>> + Unpin + Send,
+{
+    let setup = async {
+        let input = InputPipeline::new(plan.input, plan.wire_in, plan.max_frame_bytes)
+            .map_err(|e| ("invalid_audio_format", e.to_string(), false))?;
+        let output = OutputPipeline::new(plan.wire_out, plan.output)
+            .map_err(|e| ("invalid_audio_format", e.to_string(), false))?;
+        let t0 = Instant::now();
+        let opts = ConnectOptions {
+            base_url: ctx.upstream.base_url.clone(),
+            model: plan.model.clone(),
+            dialect: plan.dialect,
+            api_key: ctx.upstream.api_key.clone(),
+            connect_timeout: ctx.upstream.connect_timeout,
+            max_message_bytes: ctx.upstream.max_message_bytes,
+        };
+        let mut conn = RealtimeConnection::connect(&opts)
+            .await
+            .map_err(|e| ("upstream_connect", e.to_string(), e.is_retryable()))?;
+        conn.send(&ClientEvent::SessionUpdate { session: plan.config.to_json(plan.dialect) })
+            .await
+            .map_err(|e| ("upstream_connect", e.to_string(), true))?;
+        loop {
+            match conn.recv().await {
+                Ok(ServerEvent::SessionUpdated { .. }) => break,
+                Ok(ServerEvent::Error { error }) => {
+                    return Err((
+                        "upstream_rejected_session",
+                        format!("{}: {}", error.code.unwrap_or(error.kind), error.message),
+                        false,
+                    ))
+                }
+                Ok(other) => debug!(event = other.kind(), "event before session.updated"),
+                Err(e) => return Err(("upstream_connect", e.to_string(), e.is_retryable())),
+            }
+        }
+        histogram!(names::UPSTREAM_CONNECT).record(t0.elapsed().as_secs_f64());
+        Ok::<_, (&'static str, String, bool)>((conn, input, output))
+    };
+    let (conn, input, output) = match tokio::time::timeout(ctx.setup_timeout, setup).await {
+        Ok(Ok(x)) => x,
+        Ok(Err((code, message, retryable))) => {
+            warn!(code, %message, "session setup failed");
+            counter!(names::UPSTREAM_ERRORS, "code" => code).increment(1);
+            let _ = out.send(Ok(server(Out::Error(pb::Error { code: code.into(), message, retryable })))).await;
+            let _ = out.send(Ok(server(Out::Ended(pb::SessionEnded { reason: "upstream_error".into(), summary: None })))).await;
+            return "setup_failed";
+        }
+        Err(_) => {
+            let message = format!("upstream session setup took longer than {:?}", ctx.setup_timeout);
+            let _ = out.send(Ok(server(Out::Error(pb::Error { code: "upstream_timeout".into(), message, retryable: true })))).await;
+            let _ = out.send(Ok(server(Out::Ended(pb::SessionEnded { reason: "upstream_error".into(), summary: None })))).await;
+            return "setup_failed";
+        }
+    };
+    info!(
+        upstream_in = plan.wire_in_name(),
+        passthrough_in = input.is_passthrough(),
+        passthrough_out = output.is_passthrough(),
+        "session started"
+    );
+    let labels: Vec<metrics::Label> = plan.labels.iter().map(|(k, v)| metrics::Label::new(k.clone(), v.clone())).collect();
+    let mut s = Session {
+        id,
+        playout: Playout::new(plan.pacing_lead),
+        plan,
+        ctx,
+        out,
+        conn,
+        input,
+        output,
+        wire_buf: Vec::with_capacity(8192),
+        out_frames: Vec::new(),
+        released: Vec::new(),
+        out_seq: 0,
+        scheduler: ResponseScheduler::new(),
+        rounds: ToolRounds::new(),
+        dead_air: DeadAir::new(),
+        tools: FuturesUnordered::new(),
+        in_flight: HashMap::new(),
+        call_names: HashMap::new(),
+        timed_out: HashSet::new(),
+        cancelled: VecDeque::new(),
+        audio_response: None,
+        user_turn_end: None,
+        latency_by_response: HashMap::new(),
+        summary: Summary::default(),
+        started: Instant::now(),
+        labels,
+    };
+    let started = pb::SessionStarted {
+        session_id: s.id.clone(),
+        model: s.plan.model.clone(),
+        dialect: match s.plan.dialect {
+            voice_realtime::Dialect::Ga => pb::Dialect::Ga as i32,
+            voice_realtime::Dialect::Beta => pb::Dialect::Beta as i32,
+        },
+        upstream_audio_format: s.plan.wire_in_name().to_string(),
+        input_passthrough: s.input.is_passthrough(),
+        output_passthrough: s.output.is_passthrough(),
+    };
+    let end = match s.emit(Out::Started(started)).await {
+        Ok(()) => s.run_loop(&mut inbound).await,
+        Err(e) => e,
+    };
+    s.finish(end).await
+}
+
+fn server(m: Out) -> pb::ServerMessage {
+    pb::ServerMessage { message: Some(m) }
+}
+
+impl SessionPlan {
+    fn wire_in_name(&self) -> &'static str {
+        plan::wire_audio(self.wire_in).beta_name()
+    }
+}
+
+impl Session {
+    async fn emit(&mut self, m: Out) -> Result<(), End> {
+        self.out.send(Ok(server(m))).await.map_err(|_| End::HostGone)
+    }
+
+    async fn host_error(&mut self, code: &'static str, message: String, retryable: bool) -> Result<(), End> {
+        counter!(names::HOST_ERRORS, "code" => code).increment(1);
+        debug!(code, %message, "error reported to host");
+        self.emit(Out::Error(pb::Error { code: code.into(), message, retryable })).await
+    }
+
+    async fn send_up(&mut self, ev: ClientEvent) -> Result<String, End> {
+        self.conn.send(&ev).await.map_err(End::Upstream)
+    }
+
+    fn next_timer(&self, now: Instant) -> Option<Instant> {
+        let mut t = self.playout.next_due(now);
+        let mut consider = |x: Option<Instant>| {
+            if let Some(x) = x {
+                t = Some(t.map_or(x, |t| t.min(x)));
+            }
+        };
+        if self.plan.guard.action != GuardAction::Off && self.rounds.pending_count() > 0 {
+            consider(self.dead_air.guard_deadline(self.plan.guard.threshold));
+        }
+        consider(self.in_flight.values().filter_map(|f| f.deadline).min());
+        t
+    }
+
+    async fn run_loop<S>(&mut self, inbound: &mut S) -> End
+    where
+        S: Stream<Item = Result<pb::ClientMessage, Status>> + Unpin + Send,
+    {
+        let shutdown = self.ctx.shutdown.clone();
+        loop {
+            let timer = self.next_timer(Instant::now());
+            let r = tokio::select! {
+                _ = shutdown.cancelled() => Err(End::Shutdown),
+                msg = inbound.next() => match msg {
+                    None => Err(End::ClientClosed),
+                    Some(Err(status)) => {
+                        debug!(%status, "host stream failed");
+                        Err(End::HostGone)
+                    }
+                    Some(Ok(m)) => self.on_host(m).await,
+                },
+                ev = self.conn.recv() => match ev {
+                    Ok(ev) => self.on_upstream(ev).await,
+                    Err(RealtimeError::Parse(e)) => {
+                        counter!(names::UPSTREAM_ERRORS, "code" => "bad_event").increment(1);
+                        warn!(error = %e, "unparseable upstream event ignored");
+                        Ok(())
+                    }
+                    Err(e) => Err(End::Upstream(e)),
+                },
+                Some(outcome) = self.tools.next(), if !self.tools.is_empty() => self.finish_call(outcome).await,
+                _ = sleep_until_opt(timer), if timer.is_some() => self.on_timer().await,
+            };
+            if let Err(end) = r {
+                return end;
+            }
+        }
+    }
+
+    // ----------------------------------------------------------------------------------------------
+    // Host → sidecar
+    // ----------------------------------------------------------------------------------------------
+
+    async fn on_host(&mut self, m: pb::ClientMessage) -> Result<(), End> {
+        use pb::client_message::Message as In;
+        match m.message {
+            None => self.host_error("invalid_message", "empty ClientMessage".into(), true).await,
+            Some(In::Start(_)) => {
+                self.host_error("invalid_message", "SessionStart may only be sent once, first".into(), true).await
+            }
+            Some(In::Audio(f)) => self.on_audio(f).await,
+            Some(In::ToolResult(r)) => self.on_tool_result(r).await,
+            Some(In::Control(c)) => self.on_control(c).await,
+            Some(In::PlaybackMark(m)) => {
+                self.playout.mark(&m.item_id, Duration::from_millis(m.played_ms as u64));
+                Ok(())
+            }
+        }
+    }
+
+    async fn on_audio(&mut self, f: pb::AudioFrame) -> Result<(), End> {
+        let t0 = Instant::now();
+        counter!(names::AUDIO_FRAMES, "direction" => "in").increment(1);
+        counter!(names::AUDIO_BYTES, "direction" => "in").increment(f.data.len() as u64);
+        self.wire_buf.clear();
+        let seq = (f.seq != 0).then_some(f.seq);
+        if let Err(e) = self.input.push(&f.data, seq, &mut self.wire_buf) {
+            return self.host_error(e.code(), e.to_string(), true).await;
+        }
+        if !self.wire_buf.is_empty() {
+            self.conn.send_audio(&self.wire_buf).await.map_err(End::Upstream)?;
+        }
+        histogram!(names::FRAME_PROCESSING, "direction" => "in").record(t0.elapsed().as_secs_f64());
+        Ok(())
+    }
+
+    async fn on_control(&mut self, c: pb::Control) -> Result<(), End> {
+        use pb::control::Action;
+        match c.action {
+            None => self.host_error("invalid_control", "Control without an action".into(), true).await,
+            Some(Action::End(_)) => Err(End::ClientEnd),
+            Some(Action::Commit(_)) => {
+                self.send_up(ClientEvent::InputAudioCommit).await?;
+                if self.plan.config.turn_detection == voice_realtime::TurnDetection::Disabled && !self.plan.config.listen_only {
+                    self.user_turn_end = Some(Instant::now());
+                    self.dead_air.user_turn_ended(Instant::now());
+                    self.request_response(CreateReason::Commit, None).await?;
+                }
+                Ok(())
+            }
+            Some(Action::ClearInput(_)) => self.send_up(ClientEvent::InputAudioClear).await.map(drop),
+            Some(Action::CancelResponse(_)) => self.interrupt(false).await,
+            Some(Action::ListenOnly(on)) => {
+                self.plan.config.listen_only = on;
+                self.push_session_update().await
+            }
+            Some(Action::SendText(text)) => {
+                if text.trim().is_empty() {
+                    return self.host_error("invalid_control", "send_text is empty".into(), true).await;
+                }
+                self.send_up(ClientEvent::user_text(&text)).await?;
+                if !self.plan.config.listen_only {
+                    self.request_response(CreateReason::UserText, None).await?;
+                }
+                Ok(())
+            }
+            Some(Action::UpdateSession(u)) => {
+                if let Some(td) = &u.turn_detection {
+                    match plan::turn_detection(Some(td)) {
+                        Ok(t) => self.plan.config.turn_detection = t,
+                        Err(e) => return self.host_error("invalid_control", e.to_string(), true).await,
+                    }
+                }
+                if let Some(i) = u.instructions {
+                    self.plan.base_instructions = i;
+                    self.plan.config.instructions = self.plan.preamble.apply(&self.plan.base_instructions);
+                }
+                if let Some(v) = u.voice {
+                    self.plan.config.voice = (!v.is_empty()).then_some(v);
+                }
+                self.push_session_update().await
+            }
+        }
+    }
+
+    async fn push_session_update(&mut self) -> Result<(), End> {
+        let session = self.plan.config.to_json(self.plan.dialect);
+        self.send_up(ClientEvent::SessionUpdate { session }).await.map(drop)
+    }
+
+    // ----------------------------------------------------------------------------------------------
+    // Upstream → sidecar
+    // ----------------------------------------------------------------------------------------------
+
+    async fn on_upstream(&mut self, ev: ServerEvent) -> Result<(), End> {
+        match ev {
+            ServerEvent::AudioDelta { response_id, item_id, audio } => self.on_audio_delta(response_id, item_id, audio).await,
+            ServerEvent::AudioDone { .. } => {
+                self.output.flush(&mut self.out_frames);
+                self.forward_frames(self.audio_response.clone().unwrap_or_default(), String::new()).await
+            }
+            ServerEvent::TranscriptDelta { response_id, item_id, delta } => {
+                if self.is_cancelled(&response_id) {
+                    return Ok(());
+                }
+                self.emit(transcript(pb::Role::Assistant, item_id, delta, false)).await
+            }
+            ServerEvent::TranscriptDone { response_id, item_id, transcript: t } => {
+                if self.is_cancelled(&response_id) {
+                    return Ok(());
+                }
+                self.emit(transcript(pb::Role::Assistant, item_id, t, true)).await
+            }
+            ServerEvent::InputTranscriptionDelta { item_id, delta } => {
+                self.emit(transcript(pb::Role::User, item_id, delta, false)).await
+            }
+            ServerEvent::InputTranscriptionCompleted { item_id, transcript: t } => {
+                self.emit(transcript(pb::Role::User, item_id, t, true)).await
+            }
+            ServerEvent::InputTranscriptionFailed { item_id, message } => {
+                self.host_error("transcription_failed", format!("item {item_id}: {message}"), true).await
+            }
+            ServerEvent::SpeechStarted { item_id, audio_start_ms } => {
+                let now = Instant::now();
+                if let Some(c) = self.dead_air.audio_released(now) {
+                    self.observe_dead_air(c);
+                }
+                self.user_turn_end = None;
+                if self.playout.is_audible(now) || self.scheduler.running_id().is_some_and(|r| Some(r) == self.audio_response.as_deref()) {
+                    self.interrupt(true).await?;
+                }
+                self.emit(Out::SpeechStarted(pb::SpeechStarted { item_id, audio_start_ms: clamp_u32(audio_start_ms) })).await
+            }
+            ServerEvent::SpeechStopped { item_id, audio_end_ms } => {
+                let now = Instant::now();
+                self.summary.turns += 1;
+                if !self.plan.config.listen_only {
+                    self.user_turn_end = Some(now);
+                    self.dead_air.user_turn_ended(now);
+                }
+                self.emit(Out::SpeechStopped(pb::SpeechStopped { item_id, audio_end_ms: clamp_u32(audio_end_ms) })).await
+            }
+            ServerEvent::ResponseCreated { response } => {
+                self.scheduler.on_created(&response.id);
+                Ok(())
+            }
+            ServerEvent::OutputItemAdded { item: Item::FunctionCall { call_id, name, .. }, .. } => {
+                self.call_names.insert(call_id, name);
+                Ok(())
+            }
+            ServerEvent::FunctionCallArgumentsDone { response_id, call_id, name, arguments, .. } => {
+                let name = name.or_else(|| self.call_names.get(&call_id).cloned()).unwrap_or_default();
+                self.start_call(&response_id, call_id, name, arguments).await
+            }
+            ServerEvent::OutputItemDone { response_id, item: Item::FunctionCall { call_id, name, arguments, .. } } => {
+                self.start_call(&response_id, call_id, name, arguments).await
+            }
+            ServerEvent::ResponseDone { response } => self.on_response_done(response).await,
+            ServerEvent::Error { error } => {
+                let code = error.code.clone().unwrap_or_default();
+                if code == "conversation_already_has_active_response" {
+                    if let Some(eid) = &error.event_id {
+                        if self.scheduler.on_rejected(eid) {
+                            debug!("response.create collided with a server-started response; queued again");
+                            return Ok(());
+                        }
+                    }
+                }
+                if code == "response_cancel_not_active" {
+                    // The server already cancelled it (interrupt_response): nothing to tell anyone.
+                    return Ok(());
+                }
+                counter!(names::UPSTREAM_ERRORS, "code" => bounded_code(&code)).increment(1);
+                warn!(code = %code, message = %error.message, "upstream error");
+                let retryable = error.kind == "server_error" || code.contains("rate_limit");
+                let message = if code.is_empty() { error.message } else { format!("{code}: {}", error.message) };
+                self.host_error("upstream_error", message, retryable).await
+            }
+            ServerEvent::Unknown { kind } => {
+                counter!(names::UPSTREAM_EVENTS_UNKNOWN).increment(1);
+                debug!(%kind, "unknown upstream event");
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn is_cancelled(&self, response_id: &str) -> bool {
+        self.cancelled.iter().any(|r| r == response_id)
+    }
+
+    async fn on_audio_delta(&mut self, response_id: String, item_id: String, audio: Vec<u8>) -> Result<(), End> {
+        if self.is_cancelled(&response_id) {
+            return Ok(());
+        }
+        let t0 = Instant::now();
+        if self.audio_response.as_deref() != Some(&response_id) {
+            self.audio_response = Some(response_id.clone());
+            if let Some(end) = self.user_turn_end.take() {
+                let latency = t0.saturating_duration_since(end);
+                histogram!(names::RESPONSE_LATENCY, self.labels.clone()).record(latency.as_secs_f64());
+                let ms = latency.as_millis().min(u32::MAX as u128) as u32;
+                self.summary.latencies_ms.push(ms);
+                self.latency_by_response.insert(response_id.clone(), ms);
+            }
+        }
+        if let Err(e) = self.output.push(&audio, &mut self.out_frames) {
+            return self.host_error(e.code(), format!("model audio could not be converted: {e}"), true).await;
+        }
+        self.forward_frames(response_id, item_id).await?;
+        histogram!(names::FRAME_PROCESSING, "direction" => "out").record(t0.elapsed().as_secs_f64());
+        Ok(())
+    }
+
+    /// Moves converted frames into the playout (paced) or straight to the host.
+    async fn forward_frames(&mut self, _response_id: String, item_id: String) -> Result<(), End> {
+        let now = Instant::now();
+        let item_id = if item_id.is_empty() {
+            self.playout.played(now).map(|(i, _)| i).unwrap_or_default()
+        } else {
+            item_id
+        };
+        let frames = std::mem::take(&mut self.out_frames);
+        let mut immediate = std::mem::take(&mut self.released);
+        for f in frames {
+            self.out_seq += 1;
+            let q = QueuedFrame {
+                duration: Duration::from_micros(f.duration_us as u64),
+                frame: pb::AudioFrame { data: f.data, seq: self.out_seq, item_id: item_id.clone(), duration_us: f.duration_us },
+            };
+            if let Some(q) = self.playout.push(q, now) {
+                immediate.push(q);
+            }
+        }
+        self.playout.due(now, &mut immediate);
+        let r = self.release(&mut immediate).await;
+        self.released = immediate;
+        r
+    }
+
+    async fn release(&mut self, frames: &mut Vec<QueuedFrame>) -> Result<(), End> {
+        if frames.is_empty() {
+            return Ok(());
+        }
+        if let Some(c) = self.dead_air.audio_released(Instant::now()) {
+            self.observe_dead_air(c);
+        }
+        for q in frames.drain(..) {
+            counter!(names::AUDIO_FRAMES, "direction" => "out").increment(1);
+            counter!(names::AUDIO_BYTES, "direction" => "out").increment(q.frame.data.len() as u64);
+            self.emit(Out::Audio(q.frame)).await?;
+        }
+        Ok(())
+    }
+
+    fn observe_dead_air(&mut self, c: Closed) {
+        histogram!(names::SILENCE, "phase" => c.phase.as_str()).record(c.duration.as_secs_f64());
+        self.summary.dead_air += c.duration;
+    }
+
+    /// Barge-in (`by_user`) or a host's cancel: stop the assistant, truncate what was not heard, tell
+    /// the host to flush.
+    async fn interrupt(&mut self, by_user: bool) -> Result<(), End> {
+        let now = Instant::now();
+        let played = self.playout.played(now);
+        let audible = self.playout.is_audible(now);
+        if let Some(rid) = self.scheduler.running_id().map(str::to_string) {
+            self.send_up(ClientEvent::ResponseCancel).await?;
+            self.mark_cancelled(rid);
+        }
+        if let Some(rid) = self.audio_response.clone() {
+            self.mark_cancelled(rid);
+        }
+        self.playout.flush();
+        self.output.reset();
+        if let (true, Some((item_id, played))) = (audible, played) {
+            let ms = played.as_millis() as u64;
+            if !item_id.is_empty() && item_id != "earcon" {
+                self.send_up(ClientEvent::ItemTruncate { item_id: item_id.clone(), content_index: 0, audio_end_ms: ms }).await?;
+            }
+            if by_user {
+                counter!(names::INTERRUPTIONS).increment(1);
+                self.summary.interruptions += 1;
+            }
+            self.emit(Out::Interrupted(pb::Interrupted { item_id, played_ms: clamp_u32(ms) })).await?;
+        }
+        Ok(())
+    }
+
+    fn mark_cancelled(&mut self, rid: String) {
+        if !self.is_cancelled(&rid) {
+            self.cancelled.push_back(rid);
+            if self.cancelled.len() > 16 {
+                self.cancelled.pop_front();
+            }
+        }
+    }
+
+    async fn on_response_done(&mut self, response: voice_realtime::ResponseInfo) -> Result<(), End> {
+        for item in &response.output {
+            if let Item::FunctionCall { call_id, name, arguments, .. } = item {
+                self.start_call(&response.id, call_id.clone(), name.clone(), arguments.clone()).await?;
+            }
+        }
+        self.scheduler.on_done(&response.id);
+        self.summary.responses += 1;
+        counter!(names::RESPONSES_TOTAL, "status" => bounded_status(&response.status)).increment(1);
+        let usage = response.usage.clone().unwrap_or_default();
+        for (kind, n) in [
+            ("input_text", usage.input_text_tokens),
+            ("input_audio", usage.input_audio_tokens),
+            ("input_cached", usage.input_cached_tokens),
+            ("output_text", usage.output_text_tokens),
+            ("output_audio", usage.output_audio_tokens),
+        ] {
+            if n > 0 {
+                counter!(names::TOKENS, "kind" => kind).increment(n);
+            }
+        }
+        self.summary.usage.add(&usage);
+        let v2v = self.latency_by_response.remove(&response.id).unwrap_or(0);
+        self.emit(Out::ResponseDone(pb::ResponseDone {
+            response_id: response.id.clone(),
+            status: response.status.clone(),
+            usage: Some(usage_pb(&usage)),
+            voice_to_voice_ms: v2v,
+        }))
+        .await?;
+        if let Some(rid) = self.rounds.on_response_done(&response.id) {
+            self.scheduler.request(PendingCreate { reason: CreateReason::ToolRound(rid), response: None });
+        }
+        self.pump().await
+    }
+
+    // ----------------------------------------------------------------------------------------------
+    // Responses and tools
+    // ----------------------------------------------------------------------------------------------
+
+    async fn request_response(&mut self, reason: CreateReason, response: Option<serde_json::Value>) -> Result<(), End> {
+        self.scheduler.request(PendingCreate { reason, response });
+        self.pump().await
+    }
+
+    /// Sends the next queued `response.create` if no response is active.
+    async fn pump(&mut self) -> Result<(), End> {
+        if let Some(c) = self.scheduler.next_to_send() {
+            debug!(reason = ?c.reason, "response.create");
+            let id = self.send_up(ClientEvent::ResponseCreate { response: c.response.clone() }).await?;
+            self.scheduler.sent(id, c);
+        }
+        Ok(())
+    }
+
+    async fn start_call(&mut self, response_id: &str, call_id: String, name: String, arguments: String) -> Result<(), End> {
+        if call_id.is_empty() || !self.rounds.on_call(response_id, &call_id) {
+            return Ok(());
+        }
+        let now = Instant::now();
+        self.summary.tool_calls += 1;
+        gauge!(names::TOOL_CALLS_IN_FLIGHT).increment(1.0);
+        let silent_from = self.playout.audible_until().unwrap_or(now);
+        if let Some(c) = self.dead_air.tool_started(now, silent_from) {
+            self.observe_dead_air(c);
+        }
+        self.emit(Out::ToolCallStarted(pb::ToolCallStarted {
+            call_id: call_id.clone(),
+            name: name.clone(),
+            arguments_json: arguments.clone(),
+        }))
+        .await?;
+        info!(%call_id, tool = %name, "tool call started");
+        let def = match self.plan.tools.check(&name, &arguments) {
+            Ok(d) => d,
+            Err(refusal) => {
+                let o = ToolOutcome::failed(&call_id, &name, ToolStatus::Refused, refusal.to_string(), Duration::ZERO);
+                self.in_flight.insert(call_id, InFlight { name, started: now, deadline: None });
+                self.tools.push(async move { o }.boxed());
+                return Ok(());
+            }
+        };
+        match self.plan.route.clone() {
+            ToolRoute::Callback(addr) => {
+                let inv = pb::ToolInvocation {
+                    session_id: self.id.clone(),
+                    call_id: call_id.clone(),
+                    name: name.clone(),
+                    arguments_json: arguments,
+                    deadline_ms: def.timeout.as_millis() as u32,
+                };
+                let fut = tools::invoke_callback(self.ctx.channels.clone(), addr, inv, def.timeout, self.plan.max_tool_output_bytes);
+                self.in_flight.insert(call_id, InFlight { name, started: now, deadline: None });
+                self.tools.push(fut.boxed());
+            }
+            ToolRoute::InStream => {
+                self.emit(Out::ToolCall(pb::ToolCall {
+                    call_id: call_id.clone(),
+                    name: name.clone(),
+                    arguments_json: arguments,
+                    timeout_ms: def.timeout.as_millis() as u32,
+                }))
+                .await?;
+                self.in_flight.insert(call_id, InFlight { name, started: now, deadline: Some(now + def.timeout) });
+            }
+            ToolRoute::Unroutable => {
+                let o = ToolOutcome::failed(&call_id, &name, ToolStatus::Refused, "no tool host is configured".into(), Duration::ZERO);
+                self.in_flight.insert(call_id, InFlight { name, started: now, deadline: None });
+                self.tools.push(async move { o }.boxed());
+            }
+        }
+        Ok(())
+    }
+
+    async fn on_tool_result(&mut self, r: pb::ToolResult) -> Result<(), End> {
+        let pending_in_stream = self.in_flight.get(&r.call_id).is_some_and(|f| f.deadline.is_some());
+        if !pending_in_stream {
+            if self.timed_out.contains(&r.call_id) {
+                info!(call_id = %r.call_id, "late tool result dropped (the call already timed out)");
+                return self
+                    .host_error("tool_result_late", format!("call {} already timed out; result dropped", r.call_id), false)
+                    .await;
+            }
+            return self.host_error("tool_unknown_call", format!("no pending in-stream tool call {:?}", r.call_id), false).await;
+        }
+        let Some(f) = self.in_flight.get(&r.call_id) else { return Ok(()) };
+        let answer = match r.result {
+            Some(pb::tool_result::Result::OutputJson(o)) => Ok(o),
+            Some(pb::tool_result::Result::Error(e)) => Err(e),
+            None => Err("the host sent a ToolResult with neither output nor error".into()),
+        };
+        let o = tools::outcome_from_answer(&r.call_id, &f.name.clone(), answer, self.plan.max_tool_output_bytes, f.started.elapsed());
+        self.finish_call(o).await
+    }
+
+    /// Every call ends here exactly once: output upstream, event to the host, metrics, round bookkeeping.
+    async fn finish_call(&mut self, o: ToolOutcome) -> Result<(), End> {
+        if self.in_flight.remove(&o.call_id).is_none() {
+            return Ok(());
+        }
+        gauge!(names::TOOL_CALLS_IN_FLIGHT).decrement(1.0);
+        let label = self.plan.tools.label(&o.name).to_string();
+        histogram!(names::TOOL_CALL_DURATION, "tool" => label.clone(), "outcome" => o.status.as_str()).record(o.duration.as_secs_f64());
+        counter!(names::TOOL_CALLS_TOTAL, "tool" => label, "outcome" => o.status.as_str()).increment(1);
+        info!(call_id = %o.call_id, tool = %o.name, status = o.status.as_str(), duration_ms = o.duration.as_millis() as u64, "tool call finished");
+        self.send_up(ClientEvent::function_output(&o.call_id, &o.output)).await?;
+        self.emit(Out::ToolCallFinished(pb::ToolCallFinished {
+            call_id: o.call_id.clone(),
+            name: o.name.clone(),
+            status: o.status.to_pb() as i32,
+            duration_ms: o.duration.as_millis().min(u32::MAX as u128) as u32,
+            error: o.error.clone().unwrap_or_default(),
+        }))
+        .await?;
+        if let Some(rid) = self.rounds.on_output(&o.call_id) {
+            self.scheduler.request(PendingCreate { reason: CreateReason::ToolRound(rid), response: None });
+            self.pump().await?;
+        }
+        Ok(())
+    }
+
+    async fn on_timer(&mut self) -> Result<(), End> {
+        let now = Instant::now();
+        let mut due = std::mem::take(&mut self.released);
+        self.playout.due(now, &mut due);
+        let r = self.release(&mut due).await;
+        self.released = due;
+        r?;
+
+        let expired: Vec<String> = self
+            .in_flight
+            .iter()
+            .filter(|(_, f)| f.deadline.is_some_and(|d| d <= now))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for call_id in expired {
+            let Some(f) = self.in_flight.get(&call_id) else { continue };
+            let timeout = f.deadline.map(|d| d.saturating_duration_since(f.started)).unwrap_or_default();
+            let o = tools::timeout_outcome(&call_id, &f.name.clone(), timeout, f.started.elapsed());
+            self.timed_out.insert(call_id);
+            self.finish_call(o).await?;
+        }
+
+        if self.plan.guard.action != GuardAction::Off && self.rounds.pending_count() > 0 {
+            if let Some(at) = self.dead_air.guard_deadline(self.plan.guard.threshold) {
+                if at <= now {
+                    self.dead_air.guard_fired();
+                    self.fire_guard().await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn fire_guard(&mut self) -> Result<(), End> {
+        info!(action = ?self.plan.guard.action, "silence guard: caller has waited past the threshold");
+        match self.plan.guard.action {
+            GuardAction::Off => Ok(()),
+            GuardAction::HoldingLine => {
+                let response = json!({
+                    "conversation": "none",
+                    "instructions": HOLDING_LINE_INSTRUCTIONS,
+                    "metadata": {"purpose": "holding_line"},
+                });
+                self.request_response(CreateReason::HoldingLine, Some(response)).await
+            }
+            GuardAction::Earcon => {
+                self.out_seq += 1;
+                let bytes_per_ms = self.plan.output.bytes_per_ms().unwrap_or(0).max(1);
+                let duration_us = (self.plan.guard.earcon.len() / bytes_per_ms * 1000) as u32;
+                let mut frames = vec![QueuedFrame {
+                    duration: Duration::from_micros(duration_us as u64),
+                    frame: pb::AudioFrame { data: self.plan.guard.earcon.clone(), seq: self.out_seq, item_id: "earcon".into(), duration_us },
+                }];
+                self.release(&mut frames).await
+            }
+        }
+    }
+
+    async fn finish(mut self, end: End) -> &'static str {
+        let reason = end.reason();
+        match &end {
+            End::Upstream(e) => {
+                warn!(error = %e, "upstream connection lost");
+                counter!(names::UPSTREAM_ERRORS, "code" => "disconnected").increment(1);
+                let _ = self.host_error("upstream_disconnected", e.to_string(), e.is_retryable()).await;
+            }
+            other => info!(reason = other.reason(), "session ending"),
+        }
+        // Calls still running are cancelled by dropping their futures (hosts see the RPC cancelled).
+        let running: Vec<(String, InFlight)> = self.in_flight.drain().collect();
+        self.tools = FuturesUnordered::new();
+        for (call_id, f) in running {
+            gauge!(names::TOOL_CALLS_IN_FLIGHT).decrement(1.0);
+            let label = self.plan.tools.label(&f.name).to_string();
+            counter!(names::TOOL_CALLS_TOTAL, "tool" => label, "outcome" => "cancelled").increment(1);
+            let _ = self
+                .emit(Out::ToolCallFinished(pb::ToolCallFinished {
+                    call_id,
+                    name: f.name,
+                    status: pb::ToolStatus::Cancelled as i32,
+                    duration_ms: f.started.elapsed().as_millis().min(u32::MAX as u128) as u32,
+                    error: "the session ended".into(),
+                }))
+                .await;
+        }
+        if !matches!(end, End::Upstream(_)) {
+            self.conn.close().await;
+        }
+        let lat = &self.summary.latencies_ms;
+        let summary = pb::SessionSummary {
+            turns: self.summary.turns,
+            responses: self.summary.responses,
+            mean_voice_to_voice_ms: if lat.is_empty() { 0 } else { (lat.iter().map(|&x| x as u64).sum::<u64>() / lat.len() as u64) as u32 },
+            max_voice_to_voice_ms: lat.iter().copied().max().unwrap_or(0),
+            dead_air_ms: self.summary.dead_air.as_millis().min(u32::MAX as u128) as u32,
+            tool_calls: self.summary.tool_calls,
+            interruptions: self.summary.interruptions,
+            usage: Some(usage_pb(&self.summary.usage)),
+            duration_ms: self.started.elapsed().as_millis().min(u32::MAX as u128) as u32,
+        };
+        let _ = self.emit(Out::Ended(pb::SessionEnded { reason: reason.into(), summary: Some(summary) })).await;
+        info!(reason, "session ended");
+        reason
+    }
+}
+
+async fn sleep_until_opt(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn transcript(role: pb::Role, item_id: String, text: String, final_: bool) -> Out {
+    Out::Transcript(pb::Transcript { role: role as i32, item_id, text, r#final: final_ })
+}
+
+fn clamp_u32(x: u64) -> u32 {
+    x.min(u32::MAX as u64) as u32
+}
+
+fn usage_pb(u: &Usage) -> pb::Usage {
+    pb::Usage {
+        total_tokens: u.total_tokens,
+        input_tokens: u.input_tokens,
+        output_tokens: u.output_tokens,
+        input_text_tokens: u.input_text_tokens,
+        input_audio_tokens: u.input_audio_tokens,
+        input_cached_tokens: u.input_cached_tokens,
+        output_text_tokens: u.output_text_tokens,
+        output_audio_tokens: u.output_audio_tokens,
+    }
+}
+
+/// Upstream error codes as metric label values: known codes pass, anything else is "other".
+fn bounded_code(code: &str) -> &'static str {
+    const KNOWN: &[&str] = &[
+        "invalid_value",
+        "invalid_event",
+        "missing_required_parameter",
+        "unknown_parameter",
+        "session_expired",
+        "rate_limit_exceeded",
+        "server_error",
+        "conversation_already_has_active_response",
+        "input_audio_buffer_commit_empty",
+        "invalid_tool_call_id",
+    ];
+    KNOWN.iter().find(|k| **k == code).copied().unwrap_or("other")
+}
+
+fn bounded_status(s: &str) -> &'static str {
+    match s {
+        "completed" => "completed",
+        "cancelled" => "cancelled",
+        "failed" => "failed",
+        "incomplete" => "incomplete",
+        _ => "other",
+    }
+}

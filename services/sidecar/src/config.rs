@@ -1,0 +1,203 @@
+//! Configuration: CLI flags, each with an environment twin, over an optional TOML file, over defaults.
+//!
+//! Precedence is flag/env > file > built-in default, so a platform team can ship a file in a ConfigMap
+//! and still override one value per pod with an env var.
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+use voice_realtime::{ApiKey, Dialect};
+use voice_telemetry::LogFormat;
+
+pub const DEFAULT_REALTIME_URL: &str = "wss://api.openai.com";
+
+#[derive(Debug, Parser)]
+#[command(name = "voice-sidecar", version, about = "gRPC sidecar for real-time voice sessions with the OpenAI Realtime API")]
+pub struct Args {
+    /// Address of the gRPC server.
+    #[arg(long, env = "VOICE_SIDECAR_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Upstream: `openai` (the real API) or `sim` (the embedded offline simulator).
+    /// Default: `openai` when an API key is configured, else `sim`.
+    #[arg(long, env = "VOICE_SIDECAR_BACKEND")]
+    pub backend: Option<String>,
+    /// Realtime API base URL (`wss://…`, or `ws://` for loopback tests and proxies).
+    #[arg(long, env = "VOICE_SIDECAR_REALTIME_URL")]
+    pub realtime_url: Option<String>,
+    /// Protocol dialect: `ga` or `beta`.
+    #[arg(long, env = "VOICE_SIDECAR_DIALECT")]
+    pub dialect: Option<String>,
+    /// Default model (hosts may override per session).
+    #[arg(long, env = "VOICE_SIDECAR_MODEL")]
+    pub model: Option<String>,
+    /// Default voice.
+    #[arg(long, env = "VOICE_SIDECAR_VOICE")]
+    pub voice: Option<String>,
+    /// File holding the API key (e.g. a mounted secret). Else `OPENAI_API_KEY` is used.
+    #[arg(long, env = "VOICE_SIDECAR_API_KEY_FILE")]
+    pub api_key_file: Option<PathBuf>,
+    /// Optional TOML config file with the same keys as the flags (snake_case).
+    #[arg(long, env = "VOICE_SIDECAR_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Prometheus `/metrics` address, or `off`.
+    #[arg(long, env = "VOICE_SIDECAR_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
+    /// Log format: `pretty` or `json`.
+    #[arg(long, env = "VOICE_SIDECAR_LOG_FORMAT")]
+    pub log_format: Option<String>,
+    /// Log filter, e.g. `info` or `voice_session=debug,info`.
+    #[arg(long, env = "VOICE_SIDECAR_LOG")]
+    pub log: Option<String>,
+    /// Default ToolHost address for callback-mode tools, e.g. http://127.0.0.1:50061.
+    #[arg(long, env = "VOICE_SIDECAR_TOOL_HOST")]
+    pub tool_host: Option<String>,
+    /// Default tool timeout in milliseconds.
+    #[arg(long, env = "VOICE_SIDECAR_TOOL_TIMEOUT_MS")]
+    pub tool_timeout_ms: Option<u64>,
+    /// Largest accepted input audio frame, bytes.
+    #[arg(long, env = "VOICE_SIDECAR_MAX_FRAME_BYTES")]
+    pub max_frame_bytes: Option<usize>,
+    /// Largest tool output passed to the model, bytes.
+    #[arg(long, env = "VOICE_SIDECAR_MAX_TOOL_OUTPUT_BYTES")]
+    pub max_tool_output_bytes: Option<usize>,
+    /// Concurrent sessions accepted before new ones get RESOURCE_EXHAUSTED.
+    #[arg(long, env = "VOICE_SIDECAR_MAX_SESSIONS")]
+    pub max_sessions: Option<usize>,
+    /// On SIGTERM, how long live sessions may continue before they are ended, seconds.
+    #[arg(long, env = "VOICE_SIDECAR_SHUTDOWN_GRACE_SECS")]
+    pub shutdown_grace_secs: Option<u64>,
+    /// Simulator script/config (JSON or TOML) for `--backend sim`.
+    #[arg(long, env = "VOICE_SIDECAR_SIM_CONFIG")]
+    pub sim_config: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<SocketAddr>,
+    pub backend: Option<String>,
+    pub realtime_url: Option<String>,
+    pub dialect: Option<String>,
+    pub model: Option<String>,
+    pub voice: Option<String>,
+    pub api_key_file: Option<PathBuf>,
+    pub metrics_listen: Option<String>,
+    pub log_format: Option<String>,
+    pub log: Option<String>,
+    pub tool_host: Option<String>,
+    pub tool_timeout_ms: Option<u64>,
+    pub max_frame_bytes: Option<usize>,
+    pub max_tool_output_bytes: Option<usize>,
+    pub max_sessions: Option<usize>,
+    pub shutdown_grace_secs: Option<u64>,
+    pub sim_config: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    OpenAi,
+    Sim,
+}
+
+/// The resolved configuration. `Debug` is safe: the key is an `ApiKey`.
+#[derive(Debug)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub backend: Backend,
+    pub realtime_url: String,
+    pub dialect: Dialect,
+    pub model: String,
+    pub voice: Option<String>,
+    pub api_key: Option<ApiKey>,
+    pub metrics_listen: Option<SocketAddr>,
+    pub log_format: LogFormat,
+    pub log: String,
+    pub tool_host: Option<String>,
+    pub tool_timeout: Duration,
+    pub max_frame_bytes: usize,
+    pub max_tool_output_bytes: usize,
+    pub max_sessions: usize,
+    pub shutdown_grace: Duration,
+    pub sim_config: Option<PathBuf>,
+}
+
+impl Config {
+    pub fn load(args: Args) -> Result<Config> {
+        let file: FileConfig = match &args.config {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).with_context(|| format!("reading config file {}", p.display()))?;
+                toml::from_str(&text).with_context(|| format!("parsing config file {}", p.display()))?
+            }
+            None => FileConfig::default(),
+        };
+        macro_rules! pick {
+            ($f:ident) => {
+                args.$f.clone().or(file.$f.clone())
+            };
+        }
+        let api_key = match pick!(api_key_file) {
+            Some(p) => {
+                let raw = std::fs::read_to_string(&p).with_context(|| format!("reading API key file {}", p.display()))?;
+                Some(ApiKey::new(raw).with_context(|| format!("API key file {} is empty", p.display()))?)
+            }
+            None => std::env::var("OPENAI_API_KEY").ok().and_then(ApiKey::new),
+        };
+        let backend = match pick!(backend).as_deref() {
+            None => {
+                if api_key.is_some() {
+                    Backend::OpenAi
+                } else {
+                    Backend::Sim
+                }
+            }
+            Some("openai") => Backend::OpenAi,
+            Some("sim") => Backend::Sim,
+            Some(other) => bail!("--backend must be `openai` or `sim`, got {other:?}"),
+        };
+        if backend == Backend::OpenAi && api_key.is_none() {
+            bail!("--backend openai needs an API key: set OPENAI_API_KEY or --api-key-file");
+        }
+        let dialect: Dialect = pick!(dialect).as_deref().unwrap_or("ga").parse().map_err(anyhow::Error::msg)?;
+        let metrics_listen = match pick!(metrics_listen).as_deref() {
+            Some("off") | Some("") => None,
+            Some(a) => Some(a.parse().with_context(|| format!("--metrics-listen {a:?} is not an address"))?),
+            None => Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
+        };
+        let log_format: LogFormat = pick!(log_format).as_deref().unwrap_or("pretty").parse().map_err(anyhow::Error::msg)?;
+        let realtime_url = pick!(realtime_url).unwrap_or_else(|| DEFAULT_REALTIME_URL.to_string());
+        if !(realtime_url.starts_with("ws://") || realtime_url.starts_with("wss://")) {
+            bail!("--realtime-url must start with ws:// or wss://, got {realtime_url:?}");
+        }
+        if let Some(t) = pick!(tool_host) {
+            if !(t.starts_with("http://") || t.starts_with("https://")) {
+                bail!("--tool-host must be an http:// or https:// URL, got {t:?}");
+            }
+        }
+        let max_frame_bytes = pick!(max_frame_bytes).unwrap_or(64 * 1024);
+        if max_frame_bytes < 160 {
+            bail!("--max-frame-bytes must be at least 160");
+        }
+        Ok(Config {
+            listen: pick!(listen).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 50051))),
+            backend,
+            realtime_url,
+            dialect,
+            model: pick!(model).unwrap_or_else(|| "gpt-realtime".into()),
+            voice: pick!(voice),
+            api_key,
+            metrics_listen,
+            log_format,
+            log: pick!(log).unwrap_or_else(|| "info".into()),
+            tool_host: pick!(tool_host),
+            tool_timeout: Duration::from_millis(pick!(tool_timeout_ms).unwrap_or(10_000).max(1)),
+            max_frame_bytes,
+            max_tool_output_bytes: pick!(max_tool_output_bytes).unwrap_or(64 * 1024),
+            max_sessions: pick!(max_sessions).unwrap_or(2000).max(1),
+            shutdown_grace: Duration::from_secs(pick!(shutdown_grace_secs).unwrap_or(20)),
+            sim_config: pick!(sim_config),
+        })
+    }
+}
