@@ -1,1 +1,32 @@
-//! placeholder
+//! `voice-realtime-sim`: an offline WebSocket server that speaks the OpenAI Realtime API (GA and beta
+//! dialects) faithfully enough for the sidecar's flows — session setup, energy VAD turns, synthesized
+//! speech-like responses with transcripts, scripted (parallel) tool calls, barge-in, cancel/truncate,
+//! strict validation with upstream-style `error` events, and fault injection.
+//!
+//! It is the default backend without an API key, the backend of every test and the far end of load
+//! benchmarks, so each session is one task with a handful of counters and no per-response buffers.
+//!
+//! ```no_run
+//! # async fn demo() -> std::io::Result<()> {
+//! use voice_realtime_sim::{ScriptStep, SimConfig, SimServer};
+//! let config = SimConfig { script: vec![ScriptStep::say("Hi there!")], ..Default::default() };
+//! let sim = SimServer::bind("127.0.0.1:0".parse().unwrap(), config).await?;
+//! println!("{}/v1/realtime?model=gpt-realtime", sim.base_url());
+//! sim.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+mod config;
+mod error;
+pub mod g711;
+mod protocol;
+mod server;
+mod session;
+mod session_config;
+pub mod synth;
+pub mod vad;
+
+pub use config::{ScriptStep, ScriptToolCall, SimConfig};
+pub use error::{HandshakeError, ProtocolError};
+pub use server::{LoggedClientEvent, SimHandle, SimServer, SimStats, Truncation};
+pub use voice_realtime::{Dialect, WireAudioFormat};

@@ -1,0 +1,224 @@
+//! The listening side: binds the socket, accepts connections into per-session tasks, owns the shared
+//! counters and opt-in logs, and shuts everything down on request (or when the handle is dropped).
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::{JoinHandle, JoinSet};
+
+use crate::config::SimConfig;
+use crate::session;
+
+/// A snapshot of the simulator's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SimStats {
+    /// TCP connections accepted (including rejected handshakes).
+    pub connections: u64,
+    /// Upgrades refused (bad path, missing model, bad key) or that failed mid-handshake.
+    pub rejected_handshakes: u64,
+    pub sessions_active: u64,
+    /// Client WebSocket messages received (text and binary).
+    pub events_in: u64,
+    /// Server events sent.
+    pub events_out: u64,
+    /// `error` events sent.
+    pub errors_sent: u64,
+    pub responses: u64,
+    pub responses_cancelled: u64,
+    pub truncations: u64,
+}
+
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub connections: AtomicU64,
+    pub rejected_handshakes: AtomicU64,
+    pub sessions_active: AtomicU64,
+    pub events_in: AtomicU64,
+    pub events_out: AtomicU64,
+    pub errors_sent: AtomicU64,
+    pub responses: AtomicU64,
+    pub responses_cancelled: AtomicU64,
+    pub truncations: AtomicU64,
+}
+
+/// A client event as received (when `record_client_events` is on). Unparseable text is kept as a
+/// JSON string (first 4,096 characters).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoggedClientEvent {
+    pub session_id: String,
+    pub event: serde_json::Value,
+}
+
+/// An accepted `conversation.item.truncate` (always recorded).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Truncation {
+    pub session_id: String,
+    pub item_id: String,
+    pub content_index: u64,
+    pub audio_end_ms: u64,
+}
+
+pub(crate) struct Shared {
+    pub config: SimConfig,
+    pub counters: Counters,
+    log: Mutex<VecDeque<LoggedClientEvent>>,
+    truncations: Mutex<VecDeque<Truncation>>,
+}
+
+fn push_bounded<T>(m: &Mutex<VecDeque<T>>, cap: usize, v: T) {
+    // A poisoned lock only means another session panicked mid-push; the log is still usable.
+    let mut q = m.lock().unwrap_or_else(|e| e.into_inner());
+    if q.len() >= cap.max(1) {
+        q.pop_front();
+    }
+    q.push_back(v);
+}
+
+impl Shared {
+    pub fn record(&self, e: LoggedClientEvent) {
+        push_bounded(&self.log, self.config.log_capacity, e);
+    }
+
+    pub fn record_truncation(&self, t: Truncation) {
+        push_bounded(&self.truncations, self.config.log_capacity, t);
+    }
+}
+
+/// Entry point: `SimServer::bind(addr, config)`.
+pub struct SimServer;
+
+impl SimServer {
+    /// Binds `addr` (port 0 for an ephemeral port) and starts serving in the background.
+    pub async fn bind(addr: SocketAddr, config: SimConfig) -> std::io::Result<SimHandle> {
+        let listener = TcpListener::bind(addr).await?;
+        let local_addr = listener.local_addr()?;
+        let shared = Arc::new(Shared {
+            config,
+            counters: Counters::default(),
+            log: Mutex::new(VecDeque::new()),
+            truncations: Mutex::new(VecDeque::new()),
+        });
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(accept_loop(listener, shared.clone(), stop_rx));
+        tracing::info!(%local_addr, "realtime simulator listening");
+        Ok(SimHandle {
+            local_addr,
+            shared,
+            stop: stop_tx,
+            task,
+        })
+    }
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let mut sessions = JoinSet::new();
+    loop {
+        tokio::select! {
+            // Err means the handle was dropped: stop as if shut down.
+            _ = stop.changed() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => {
+                    sessions.spawn(session::run(stream, shared.clone(), stop.clone()));
+                }
+                Err(e) => {
+                    // Usually fd exhaustion under load; back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            },
+            Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
+        }
+    }
+    drop(listener);
+    let drain = async { while sessions.join_next().await.is_some() {} };
+    if tokio::time::timeout(Duration::from_secs(2), drain)
+        .await
+        .is_err()
+    {
+        sessions.abort_all();
+    }
+}
+
+/// A running simulator. Dropping it stops the server too; call [`SimHandle::shutdown`] to wait for that.
+pub struct SimHandle {
+    local_addr: SocketAddr,
+    shared: Arc<Shared>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl SimHandle {
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// `ws://HOST:PORT` (an unspecified bind address is reported as loopback). Clients connect to
+    /// `{base_url}/v1/realtime?model=NAME`.
+    pub fn base_url(&self) -> String {
+        let mut addr = self.local_addr;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(match addr {
+                SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+            });
+        }
+        format!("ws://{addr}")
+    }
+
+    /// Full URL for a model, e.g. `ws://127.0.0.1:PORT/v1/realtime?model=gpt-realtime`.
+    pub fn realtime_url(&self, model: &str) -> String {
+        format!("{}/v1/realtime?model={model}", self.base_url())
+    }
+
+    pub fn config(&self) -> &SimConfig {
+        &self.shared.config
+    }
+
+    /// Stops accepting, closes every session with a close frame and waits (at most ~2 s) for them.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+
+    pub fn stats(&self) -> SimStats {
+        let c = &self.shared.counters;
+        SimStats {
+            connections: c.connections.load(Relaxed),
+            rejected_handshakes: c.rejected_handshakes.load(Relaxed),
+            sessions_active: c.sessions_active.load(Relaxed),
+            events_in: c.events_in.load(Relaxed),
+            events_out: c.events_out.load(Relaxed),
+            errors_sent: c.errors_sent.load(Relaxed),
+            responses: c.responses.load(Relaxed),
+            responses_cancelled: c.responses_cancelled.load(Relaxed),
+            truncations: c.truncations.load(Relaxed),
+        }
+    }
+
+    /// Client events received by all sessions, oldest first (empty unless `record_client_events`).
+    pub fn events_log(&self) -> Vec<LoggedClientEvent> {
+        self.shared
+            .log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    /// Accepted truncations across all sessions, oldest first.
+    pub fn truncations(&self) -> Vec<Truncation> {
+        self.shared
+            .truncations
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
+            .collect()
+    }
+}
