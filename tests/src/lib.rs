@@ -1,1 +1,317 @@
-//! Holder crate for the end-to-end tests in `tests/`.
+//! Support for the end-to-end tests: building and starting the real binaries on loopback ports,
+//! speech-like test audio, and a small host client that records what a session returns.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use voice_proto::v1 as pb;
+use voice_proto::v1::client_message::Message as In;
+use voice_proto::v1::server_message::Message as Out;
+
+/// Path of a workspace binary, built once per test process so tests never run a stale one.
+pub fn binary(name: &str) -> PathBuf {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test-binary>
+    let dir = exe
+        .parent()
+        .and_then(|p| p.parent())
+        .expect("target dir")
+        .to_path_buf();
+    BUILT.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+        let mut cmd = Command::new(cargo);
+        cmd.current_dir(&root).args([
+            "build",
+            "-q",
+            "-p",
+            "voice-sidecar",
+            "-p",
+            "realtime-sim",
+            "-p",
+            "voice-demo",
+        ]);
+        if dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        let st = cmd.status().expect("running cargo build for the binaries");
+        assert!(st.success(), "building the binaries failed");
+    });
+    let p = dir.join(name);
+    assert!(p.exists(), "binary {} not found", p.display());
+    p
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A child process killed on drop.
+pub struct Proc {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Proc {
+    /// Sends SIGTERM (graceful shutdown) without waiting.
+    pub fn terminate(&self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+    }
+}
+
+pub async fn wait_for_port(addr: SocketAddr, timeout: Duration) {
+    let t0 = Instant::now();
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        assert!(
+            t0.elapsed() < timeout,
+            "nothing listening on {addr} after {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Starts `voice-sidecar` against an upstream URL (the simulator), with extra flags.
+pub async fn start_sidecar(realtime_url: &str, extra: &[&str]) -> Proc {
+    let port = free_port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let key_file = std::env::temp_dir().join(format!("voice-e2e-key-{port}"));
+    std::fs::write(&key_file, "sk-test-e2e-secret\n").unwrap();
+    let child = Command::new(binary("voice-sidecar"))
+        .args([
+            "--backend",
+            "openai",
+            "--realtime-url",
+            realtime_url,
+            "--listen",
+            &addr.to_string(),
+        ])
+        .args(["--metrics-listen", "off", "--log", "warn", "--api-key-file"])
+        .arg(&key_file)
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("starting voice-sidecar");
+    wait_for_port(addr, Duration::from_secs(20)).await;
+    Proc { child, addr }
+}
+
+/// Speech-like audio: a voiced harmonic signal (pitch ~140 Hz with vibrato, formant-ish weights)
+/// under a syllable envelope, `secs` long at `rate`, about -14 dBFS peak.
+pub fn speech_like(rate: u32, secs: f32) -> Vec<i16> {
+    let n = (rate as f32 * secs) as usize;
+    let mut phase = 0f32;
+    (0..n)
+        .map(|i| {
+            let t = i as f32 / rate as f32;
+            let f0 = 140.0 + 20.0 * (2.0 * std::f32::consts::PI * 3.0 * t).sin();
+            phase += 2.0 * std::f32::consts::PI * f0 / rate as f32;
+            let mut v = 0.0;
+            for (k, w) in [(1.0, 1.0), (2.0, 0.6), (3.0, 0.5), (5.0, 0.3), (7.0, 0.15)] {
+                if f0 * k < rate as f32 / 2.0 {
+                    v += w * (phase * k).sin();
+                }
+            }
+            let syllable = (std::f32::consts::PI * (t * 4.0).fract())
+                .sin()
+                .max(0.0)
+                .powf(0.5);
+            (v / 2.55 * syllable * 0.2 * 32767.0) as i16
+        })
+        .collect()
+}
+
+pub fn pcm_bytes(samples: &[i16]) -> Vec<u8> {
+    samples.iter().flat_map(|s| s.to_le_bytes()).collect()
+}
+
+pub fn rms_dbfs(samples: &[i16]) -> f64 {
+    if samples.is_empty() {
+        return f64::NEG_INFINITY;
+    }
+    let e: f64 = samples
+        .iter()
+        .map(|&s| (s as f64 / 32768.0).powi(2))
+        .sum::<f64>()
+        / samples.len() as f64;
+    10.0 * e.max(1e-20).log10()
+}
+
+pub fn msg(m: In) -> pb::ClientMessage {
+    pb::ClientMessage { message: Some(m) }
+}
+
+pub fn control(a: pb::control::Action) -> pb::ClientMessage {
+    msg(In::Control(pb::Control { action: Some(a) }))
+}
+
+/// Streams PCM16 samples as 20 ms frames in real time (seq from `first_seq`). Returns the next seq.
+pub async fn stream_pcm(
+    tx: &mpsc::Sender<pb::ClientMessage>,
+    samples: &[i16],
+    rate: u32,
+    first_seq: u64,
+) -> u64 {
+    let frame = (rate / 50) as usize;
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    let mut seq = first_seq;
+    for chunk in samples.chunks(frame) {
+        tick.tick().await;
+        if tx
+            .send(msg(In::Audio(pb::AudioFrame {
+                data: pcm_bytes(chunk),
+                seq,
+                ..Default::default()
+            })))
+            .await
+            .is_err()
+        {
+            break;
+        }
+        seq += 1;
+    }
+    seq
+}
+
+/// One open `Converse` stream from the host's side.
+pub struct HostSession {
+    pub tx: mpsc::Sender<pb::ClientMessage>,
+    pub rx: tonic::Streaming<pb::ServerMessage>,
+    pub t0: Instant,
+    /// Everything received so far, with arrival time.
+    pub events: Vec<(Duration, Out)>,
+}
+
+pub async fn client(
+    addr: SocketAddr,
+) -> pb::voice_sidecar_client::VoiceSidecarClient<tonic::transport::Channel> {
+    pb::voice_sidecar_client::VoiceSidecarClient::connect(format!("http://{addr}"))
+        .await
+        .expect("connecting to the sidecar")
+}
+
+impl HostSession {
+    /// Opens a stream and sends `start`; returns the gRPC status if the sidecar refuses it.
+    pub async fn open(
+        addr: SocketAddr,
+        start: pb::SessionStart,
+    ) -> Result<HostSession, tonic::Status> {
+        let mut c = client(addr).await;
+        let (tx, rx) = mpsc::channel(256);
+        tx.send(msg(In::Start(start))).await.unwrap();
+        let rx = c.converse(ReceiverStream::new(rx)).await?.into_inner();
+        Ok(HostSession {
+            tx,
+            rx,
+            t0: Instant::now(),
+            events: Vec::new(),
+        })
+    }
+
+    pub async fn send(&self, m: In) {
+        self.tx.send(msg(m)).await.expect("sidecar stream closed");
+    }
+
+    /// Streams PCM16 in real time from a background task (so the caller can keep receiving).
+    pub fn stream_in_background(
+        &self,
+        samples: Vec<i16>,
+        rate: u32,
+        first_seq: u64,
+    ) -> tokio::task::JoinHandle<u64> {
+        let tx = self.tx.clone();
+        tokio::spawn(async move { stream_pcm(&tx, &samples, rate, first_seq).await })
+    }
+
+    /// Receives until `pred` matches an event (returned) or the timeout passes (panics with the log).
+    pub async fn until(&mut self, timeout: Duration, mut pred: impl FnMut(&Out) -> bool) -> Out {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let m = tokio::time::timeout_at(deadline, self.rx.message()).await;
+            match m {
+                Err(_) => panic!("timed out after {timeout:?}; received: {:#?}", self.kinds()),
+                Ok(Err(s)) => panic!("stream failed: {s}; received: {:#?}", self.kinds()),
+                Ok(Ok(None)) => panic!("stream ended; received: {:#?}", self.kinds()),
+                Ok(Ok(Some(m))) => {
+                    let Some(o) = m.message else { continue };
+                    self.events.push((self.t0.elapsed(), o.clone()));
+                    if pred(&o) {
+                        return o;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Short names of received events, audio frames collapsed.
+    pub fn kinds(&self) -> Vec<String> {
+        let mut v: Vec<String> = Vec::new();
+        for (_, e) in &self.events {
+            let k = kind(e);
+            if k == "audio" && v.last().is_some_and(|l| l.starts_with("audio")) {
+                continue;
+            }
+            v.push(k);
+        }
+        v
+    }
+
+    pub fn audio_frames(&self) -> Vec<&pb::AudioFrame> {
+        self.events
+            .iter()
+            .filter_map(|(_, e)| if let Out::Audio(a) = e { Some(a) } else { None })
+            .collect()
+    }
+}
+
+pub fn kind(e: &Out) -> String {
+    match e {
+        Out::Started(_) => "started".into(),
+        Out::Audio(_) => "audio".into(),
+        Out::Transcript(t) => format!(
+            "transcript.{}{}",
+            if t.role == pb::Role::User as i32 {
+                "user"
+            } else {
+                "assistant"
+            },
+            if t.r#final { ".final" } else { "" }
+        ),
+        Out::ToolCallStarted(_) => "tool_call_started".into(),
+        Out::ToolCallFinished(_) => "tool_call_finished".into(),
+        Out::ToolCall(_) => "tool_call".into(),
+        Out::Interrupted(_) => "interrupted".into(),
+        Out::SpeechStarted(_) => "speech_started".into(),
+        Out::SpeechStopped(_) => "speech_stopped".into(),
+        Out::ResponseDone(_) => "response_done".into(),
+        Out::Error(e) => format!("error:{}", e.code),
+        Out::Ended(e) => format!("ended:{}", e.reason),
+    }
+}
+
+pub fn pcm16(rate: u32) -> pb::AudioFormat {
+    pb::AudioFormat {
+        codec: pb::Codec::Pcm16 as i32,
+        sample_rate_hz: rate,
+        channels: 1,
+        frame_ms: 20,
+    }
+}

@@ -5,6 +5,8 @@
 //! CPU time comes from `/proc/thread-self/schedstat` so a busy shared machine does not inflate the
 //! numbers; elsewhere it falls back to wall-clock time.
 
+#![allow(clippy::needless_range_loop)] // small fixed-size matrix code reads better with indices
+
 use std::f64::consts::PI;
 use std::fmt::Write as _;
 use std::time::Instant;

@@ -7,7 +7,7 @@ use crate::error::AudioError;
 /// Appends the samples of little-endian PCM16 `bytes` to `out`. Odd byte counts are rejected rather
 /// than carried over, so a framing bug on the host shows up immediately instead of as noise.
 pub fn le_bytes_to_i16(bytes: &[u8], out: &mut Vec<i16>) -> Result<(), AudioError> {
-    if bytes.len() % 2 != 0 {
+    if !bytes.len().is_multiple_of(2) {
         return Err(AudioError::OddByteCount { len: bytes.len() });
     }
     out.reserve(bytes.len() / 2);

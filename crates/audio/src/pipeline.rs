@@ -135,10 +135,10 @@ impl InputPipeline {
             });
         }
         if let Some(bpf) = self.host.bytes_per_sample_frame() {
-            if self.host.codec == Codec::Pcm16 && frame.len() % 2 != 0 {
+            if self.host.codec == Codec::Pcm16 && !frame.len().is_multiple_of(2) {
                 return Err(AudioError::OddByteCount { len: frame.len() });
             }
-            if frame.len() % bpf != 0 {
+            if !frame.len().is_multiple_of(bpf) {
                 return Err(AudioError::MisalignedFrame {
                     len: frame.len(),
                     frame_bytes: bpf,
@@ -304,7 +304,7 @@ impl OutputPipeline {
 
     /// Emits every complete host frame now available. On error nothing is buffered or emitted.
     pub fn push(&mut self, wire: &[u8], out: &mut Vec<OutFrame>) -> Result<(), AudioError> {
-        if self.wire == WireFormat::Pcm16_24k && wire.len() % 2 != 0 {
+        if self.wire == WireFormat::Pcm16_24k && !wire.len().is_multiple_of(2) {
             return Err(AudioError::OddByteCount { len: wire.len() });
         }
         if self.passthrough {

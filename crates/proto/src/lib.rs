@@ -4,6 +4,7 @@
 //! calls, plus their counterparts for hosts written in Rust (the demo host, the load generator, tests).
 
 pub mod voice {
+    #[allow(clippy::large_enum_variant, clippy::doc_lazy_continuation)]
     pub mod v1 {
         tonic::include_proto!("voice.v1");
     }

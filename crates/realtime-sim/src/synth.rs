@@ -175,7 +175,7 @@ impl Utterance {
                 let vowel = syl.iter().find_map(|&c| vowel_index(c)).unwrap_or(0);
                 let progress = syl_no as f32 / total_syllables as f32;
                 // Declination: pitch falls over the utterance; every third syllable is "stressed" higher.
-                let stress = if syl_no % 3 == 0 { 1.5 } else { 0.0 };
+                let stress = if syl_no.is_multiple_of(3) { 1.5 } else { 0.0 };
                 let p = ((progress * 4.0) + 0.5 - stress).clamp(0.0, (PERIODS_8K.len() - 1) as f32)
                     as usize;
                 let amp = 0.22 + 0.1 * ((syl_no * 7 + vowel * 3) % 5) as f32 / 4.0;

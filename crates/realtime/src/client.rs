@@ -58,7 +58,9 @@ impl RealtimeError {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            RealtimeError::Connect { .. } | RealtimeError::Timeout(_) | RealtimeError::Closed { .. }
+            RealtimeError::Connect { .. }
+                | RealtimeError::Timeout(_)
+                | RealtimeError::Closed { .. }
         ) || matches!(self, RealtimeError::Rejected { status, .. } if *status == 429 || *status >= 500)
     }
 }
@@ -82,7 +84,10 @@ pub fn endpoint_url(base_url: &str, model: &str) -> Result<String, RealtimeError
         format!("{path_part}/v1/realtime")
     };
     let mut params: Vec<String> = query.map(|q| vec![q.to_string()]).unwrap_or_default();
-    if !params.iter().any(|q| q.split('&').any(|kv| kv.starts_with("model=") || kv.starts_with("deployment="))) {
+    if !params.iter().any(|q| {
+        q.split('&')
+            .any(|kv| kv.starts_with("model=") || kv.starts_with("deployment="))
+    }) {
         params.push(format!("model={}", urlencode(model)));
     }
     url.push('?');
@@ -93,7 +98,9 @@ pub fn endpoint_url(base_url: &str, model: &str) -> Result<String, RealtimeError
 fn urlencode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()
@@ -112,7 +119,9 @@ pub struct RealtimeConnection {
 
 impl std::fmt::Debug for RealtimeConnection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RealtimeConnection").field("dialect", &self.dialect).finish_non_exhaustive()
+        f.debug_struct("RealtimeConnection")
+            .field("dialect", &self.dialect)
+            .finish_non_exhaustive()
     }
 }
 
@@ -120,17 +129,22 @@ impl RealtimeConnection {
     pub async fn connect(opts: &ConnectOptions) -> Result<RealtimeConnection, RealtimeError> {
         install_crypto_provider();
         let url = endpoint_url(&opts.base_url, &opts.model)?;
-        let mut req = url.as_str().into_client_request().map_err(|e| RealtimeError::BadUrl {
-            url: url.clone(),
-            reason: e.to_string(),
-        })?;
+        let mut req = url
+            .as_str()
+            .into_client_request()
+            .map_err(|e| RealtimeError::BadUrl {
+                url: url.clone(),
+                reason: e.to_string(),
+            })?;
         let auth = format!("Bearer {}", opts.api_key.expose());
-        let mut auth_value = http::HeaderValue::from_str(&auth).map_err(|_| RealtimeError::BadUrl {
-            url: url.clone(),
-            reason: "API key contains characters not allowed in an HTTP header".into(),
-        })?;
+        let mut auth_value =
+            http::HeaderValue::from_str(&auth).map_err(|_| RealtimeError::BadUrl {
+                url: url.clone(),
+                reason: "API key contains characters not allowed in an HTTP header".into(),
+            })?;
         auth_value.set_sensitive(true);
-        req.headers_mut().insert(http::header::AUTHORIZATION, auth_value);
+        req.headers_mut()
+            .insert(http::header::AUTHORIZATION, auth_value);
         if opts.dialect == Dialect::Beta {
             req.headers_mut()
                 .insert("OpenAI-Beta", http::HeaderValue::from_static("realtime=v1"));
@@ -275,7 +289,11 @@ mod tests {
             "ws://127.0.0.1:9/v1/realtime?model=a%20b"
         );
         assert_eq!(
-            endpoint_url("wss://x.openai.azure.com/openai/realtime?api-version=1&deployment=d", "m").unwrap(),
+            endpoint_url(
+                "wss://x.openai.azure.com/openai/realtime?api-version=1&deployment=d",
+                "m"
+            )
+            .unwrap(),
             "wss://x.openai.azure.com/openai/realtime?api-version=1&deployment=d"
         );
         assert!(endpoint_url("https://api.openai.com", "m").is_err());

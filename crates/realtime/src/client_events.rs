@@ -86,7 +86,9 @@ impl ClientEvent {
                 item_id,
                 content_index,
                 audio_end_ms,
-            } => json!({"item_id": item_id, "content_index": content_index, "audio_end_ms": audio_end_ms}),
+            } => {
+                json!({"item_id": item_id, "content_index": content_index, "audio_end_ms": audio_end_ms})
+            }
             ClientEvent::ResponseCreate { response } => match response {
                 Some(r) => json!({"response": r}),
                 None => json!({}),
@@ -118,14 +120,25 @@ mod tests {
     #[test]
     fn append_fast_path_matches_generic_encoding() {
         let audio: Vec<u8> = (0..=255u8).collect();
-        let fast: Value = serde_json::from_str(&ClientEvent::InputAudioAppend { audio: audio.clone() }.to_json("e1")).unwrap();
+        let fast: Value = serde_json::from_str(
+            &ClientEvent::InputAudioAppend {
+                audio: audio.clone(),
+            }
+            .to_json("e1"),
+        )
+        .unwrap();
         let slow = ClientEvent::InputAudioAppend { audio }.to_value("e1");
         assert_eq!(fast, slow);
     }
 
     #[test]
     fn truncate_has_required_fields() {
-        let v = ClientEvent::ItemTruncate { item_id: "it".into(), content_index: 0, audio_end_ms: 1234 }.to_value("e");
+        let v = ClientEvent::ItemTruncate {
+            item_id: "it".into(),
+            content_index: 0,
+            audio_end_ms: 1234,
+        }
+        .to_value("e");
         assert_eq!(v["type"], "conversation.item.truncate");
         assert_eq!(v["audio_end_ms"], 1234);
         assert_eq!(v["content_index"], 0);

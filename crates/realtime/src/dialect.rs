@@ -45,7 +45,9 @@ impl FromStr for Dialect {
         match s.to_ascii_lowercase().as_str() {
             "ga" => Ok(Dialect::Ga),
             "beta" => Ok(Dialect::Beta),
-            other => Err(format!("unknown dialect {other:?} (expected \"ga\" or \"beta\")")),
+            other => Err(format!(
+                "unknown dialect {other:?} (expected \"ga\" or \"beta\")"
+            )),
         }
     }
 }

@@ -90,7 +90,12 @@ pub enum Item {
 
 impl Item {
     fn from_json(v: &Value) -> Item {
-        let s = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or_default().to_string();
+        let s = |k: &str| {
+            v.get(k)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string()
+        };
         match v.get("type").and_then(Value::as_str).unwrap_or_default() {
             "message" => Item::Message {
                 id: s("id"),
@@ -138,14 +143,25 @@ pub struct ResponseInfo {
 impl ResponseInfo {
     fn from_json(v: &Value) -> ResponseInfo {
         ResponseInfo {
-            id: v.get("id").and_then(Value::as_str).unwrap_or_default().to_string(),
-            status: v.get("status").and_then(Value::as_str).unwrap_or_default().to_string(),
+            id: v
+                .get("id")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string(),
+            status: v
+                .get("status")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string(),
             output: v
                 .get("output")
                 .and_then(Value::as_array)
                 .map(|a| a.iter().map(Item::from_json).collect())
                 .unwrap_or_default(),
-            usage: v.get("usage").filter(|u| u.is_object()).map(Usage::from_json),
+            usage: v
+                .get("usage")
+                .filter(|u| u.is_object())
+                .map(Usage::from_json),
             metadata: v.get("metadata").filter(|m| !m.is_null()).cloned(),
         }
     }
@@ -154,30 +170,92 @@ impl ResponseInfo {
 /// Every server event the sidecar distinguishes, in dialect-neutral form.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ServerEvent {
-    SessionCreated { session: Value },
-    SessionUpdated { session: Value },
-    Error { error: ApiError },
-    SpeechStarted { item_id: String, audio_start_ms: u64 },
-    SpeechStopped { item_id: String, audio_end_ms: u64 },
-    InputCommitted { item_id: String, previous_item_id: Option<String> },
+    SessionCreated {
+        session: Value,
+    },
+    SessionUpdated {
+        session: Value,
+    },
+    Error {
+        error: ApiError,
+    },
+    SpeechStarted {
+        item_id: String,
+        audio_start_ms: u64,
+    },
+    SpeechStopped {
+        item_id: String,
+        audio_end_ms: u64,
+    },
+    InputCommitted {
+        item_id: String,
+        previous_item_id: Option<String>,
+    },
     InputCleared,
     /// `conversation.item.created` (beta) / `conversation.item.added` (GA).
-    ItemAdded { item: Item },
-    ItemTruncated { item_id: String, audio_end_ms: u64 },
-    InputTranscriptionDelta { item_id: String, delta: String },
-    InputTranscriptionCompleted { item_id: String, transcript: String },
-    InputTranscriptionFailed { item_id: String, message: String },
-    ResponseCreated { response: ResponseInfo },
-    ResponseDone { response: ResponseInfo },
-    OutputItemAdded { response_id: String, item: Item },
-    OutputItemDone { response_id: String, item: Item },
+    ItemAdded {
+        item: Item,
+    },
+    ItemTruncated {
+        item_id: String,
+        audio_end_ms: u64,
+    },
+    InputTranscriptionDelta {
+        item_id: String,
+        delta: String,
+    },
+    InputTranscriptionCompleted {
+        item_id: String,
+        transcript: String,
+    },
+    InputTranscriptionFailed {
+        item_id: String,
+        message: String,
+    },
+    ResponseCreated {
+        response: ResponseInfo,
+    },
+    ResponseDone {
+        response: ResponseInfo,
+    },
+    OutputItemAdded {
+        response_id: String,
+        item: Item,
+    },
+    OutputItemDone {
+        response_id: String,
+        item: Item,
+    },
     /// Assistant audio, already base64-decoded (wire format bytes).
-    AudioDelta { response_id: String, item_id: String, audio: Vec<u8> },
-    AudioDone { response_id: String, item_id: String },
-    TranscriptDelta { response_id: String, item_id: String, delta: String },
-    TranscriptDone { response_id: String, item_id: String, transcript: String },
-    TextDelta { response_id: String, item_id: String, delta: String },
-    TextDone { response_id: String, item_id: String, text: String },
+    AudioDelta {
+        response_id: String,
+        item_id: String,
+        audio: Vec<u8>,
+    },
+    AudioDone {
+        response_id: String,
+        item_id: String,
+    },
+    TranscriptDelta {
+        response_id: String,
+        item_id: String,
+        delta: String,
+    },
+    TranscriptDone {
+        response_id: String,
+        item_id: String,
+        transcript: String,
+    },
+    TextDelta {
+        response_id: String,
+        item_id: String,
+        delta: String,
+    },
+    TextDone {
+        response_id: String,
+        item_id: String,
+        text: String,
+    },
     FunctionCallArgumentsDone {
         response_id: String,
         item_id: String,
@@ -186,11 +264,17 @@ pub enum ServerEvent {
         name: Option<String>,
         arguments: String,
     },
-    RateLimitsUpdated { rate_limits: Value },
+    RateLimitsUpdated {
+        rate_limits: Value,
+    },
     /// A known event the sidecar does not act on (content parts, argument deltas, ...).
-    Other { kind: String },
+    Other {
+        kind: String,
+    },
     /// An event type this build has never heard of.
-    Unknown { kind: String },
+    Unknown {
+        kind: String,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -267,7 +351,10 @@ impl ServerEvent {
     }
 
     pub fn from_value(v: &Value) -> Result<ServerEvent, ParseError> {
-        let kind = v.get("type").and_then(Value::as_str).ok_or(ParseError::NoType)?;
+        let kind = v
+            .get("type")
+            .and_then(Value::as_str)
+            .ok_or(ParseError::NoType)?;
         let field_err = |field: &'static str| ParseError::Field {
             kind: kind.to_string(),
             field,
@@ -280,10 +367,14 @@ impl ServerEvent {
         };
         let s_opt = |field: &str| v.get(field).and_then(Value::as_str).map(str::to_string);
         let u = |field: &'static str| -> Result<u64, ParseError> {
-            v.get(field).and_then(Value::as_u64).ok_or_else(|| field_err(field))
+            v.get(field)
+                .and_then(Value::as_u64)
+                .ok_or_else(|| field_err(field))
         };
         let obj = |field: &'static str| -> Result<&Value, ParseError> {
-            v.get(field).filter(|x| x.is_object()).ok_or_else(|| field_err(field))
+            v.get(field)
+                .filter(|x| x.is_object())
+                .ok_or_else(|| field_err(field))
         };
         let ev = match kind {
             "session.created" => ServerEvent::SessionCreated {
@@ -450,14 +541,23 @@ impl ServerEvent {
 fn audio_delta_kind(text: &str) -> Option<&'static str> {
     // Both `"type":"x"` and `"type": "x"` occur in practice.
     const PATTERNS: [(&str, &str); 4] = [
-        ("\"type\":\"response.output_audio.delta\"", "response.output_audio.delta"),
-        ("\"type\": \"response.output_audio.delta\"", "response.output_audio.delta"),
+        (
+            "\"type\":\"response.output_audio.delta\"",
+            "response.output_audio.delta",
+        ),
+        (
+            "\"type\": \"response.output_audio.delta\"",
+            "response.output_audio.delta",
+        ),
         ("\"type\":\"response.audio.delta\"", "response.audio.delta"),
         ("\"type\": \"response.audio.delta\"", "response.audio.delta"),
     ];
     // An unescaped `"type":"…"` can only be JSON structure (quotes inside strings are escaped), and no
     // nested object of an audio delta has these type values, so a substring match is exact.
-    PATTERNS.iter().find(|(p, _)| text.contains(p)).map(|(_, k)| *k)
+    PATTERNS
+        .iter()
+        .find(|(p, _)| text.contains(p))
+        .map(|(_, k)| *k)
 }
 
 #[cfg(test)]
@@ -472,7 +572,11 @@ mod tests {
                 "output_index": 0, "content_index": 0, "delta": "AQID"})
             .to_string();
             match ServerEvent::parse(&t).unwrap() {
-                ServerEvent::AudioDelta { audio, item_id, response_id } => {
+                ServerEvent::AudioDelta {
+                    audio,
+                    item_id,
+                    response_id,
+                } => {
                     assert_eq!(audio, vec![1, 2, 3]);
                     assert_eq!(item_id, "i1");
                     assert_eq!(response_id, "r1");
@@ -488,15 +592,19 @@ mod tests {
             "response_id": "r", "item_id": "i", "output_index": 0, "content_index": 0,
             "delta": "\"type\":\"response.audio.delta\""})
         .to_string();
-        assert!(matches!(ServerEvent::parse(&t).unwrap(), ServerEvent::TranscriptDelta { .. }));
+        assert!(matches!(
+            ServerEvent::parse(&t).unwrap(),
+            ServerEvent::TranscriptDelta { .. }
+        ));
     }
 
     #[test]
     fn item_created_and_added_are_the_same() {
         for kind in ["conversation.item.created", "conversation.item.added"] {
-            let t = json!({"type": kind, "event_id": "e", "item": {"id": "it", "type": "function_call",
+            let t =
+                json!({"type": kind, "event_id": "e", "item": {"id": "it", "type": "function_call",
                 "call_id": "c1", "name": "lookup", "arguments": "{}"}})
-            .to_string();
+                .to_string();
             let ev = ServerEvent::parse(&t).unwrap();
             assert_eq!(
                 ev,
@@ -524,14 +632,29 @@ mod tests {
             panic!()
         };
         let u = response.usage.unwrap();
-        assert_eq!((u.total_tokens, u.input_audio_tokens, u.input_cached_tokens, u.output_audio_tokens), (10, 3, 2, 4));
+        assert_eq!(
+            (
+                u.total_tokens,
+                u.input_audio_tokens,
+                u.input_cached_tokens,
+                u.output_audio_tokens
+            ),
+            (10, 3, 2, 4)
+        );
         assert_eq!(response.output.len(), 1);
     }
 
     #[test]
     fn garbage_is_an_error_not_a_panic() {
-        for t in ["", "null", "[]", "{\"type\": 5}", "{\"type\":\"response.audio.delta\"}",
-            "{\"type\":\"response.output_audio.delta\",\"delta\":\"!!!\"}", "{\"type\":\"error\"}"] {
+        for t in [
+            "",
+            "null",
+            "[]",
+            "{\"type\": 5}",
+            "{\"type\":\"response.audio.delta\"}",
+            "{\"type\":\"response.output_audio.delta\",\"delta\":\"!!!\"}",
+            "{\"type\":\"error\"}",
+        ] {
             assert!(ServerEvent::parse(t).is_err(), "{t}");
         }
         assert!(matches!(

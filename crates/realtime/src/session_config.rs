@@ -53,12 +53,17 @@ impl TurnDetection {
                 idle_timeout_ms,
             } => {
                 put("type", Some(json!("server_vad")));
-                put("threshold", threshold.map(|t| json!((t as f64 * 1000.0).round() / 1000.0)));
+                put(
+                    "threshold",
+                    threshold.map(|t| json!((t as f64 * 1000.0).round() / 1000.0)),
+                );
                 put("prefix_padding_ms", prefix_padding_ms.map(Value::from));
                 put("silence_duration_ms", silence_duration_ms.map(Value::from));
                 put(
                     "create_response",
-                    create_response_override.or(*create_response).map(Value::from),
+                    create_response_override
+                        .or(*create_response)
+                        .map(Value::from),
                 );
                 put("interrupt_response", interrupt_response.map(Value::from));
                 put("idle_timeout_ms", idle_timeout_ms.map(Value::from));
@@ -72,7 +77,9 @@ impl TurnDetection {
                 put("eagerness", eagerness.clone().map(Value::from));
                 put(
                     "create_response",
-                    create_response_override.or(*create_response).map(Value::from),
+                    create_response_override
+                        .or(*create_response)
+                        .map(Value::from),
                 );
                 put("interrupt_response", interrupt_response.map(Value::from));
             }
@@ -210,8 +217,15 @@ mod tests {
             voice: Some("marin".into()),
             input_format: WireAudioFormat::G711Ulaw,
             output_format: WireAudioFormat::Pcm16,
-            transcription: Some(Transcription { model: "whisper-1".into(), language: None }),
-            tools: vec![ToolSpec { name: "lookup".into(), description: "d".into(), parameters: json!({"type":"object"}) }],
+            transcription: Some(Transcription {
+                model: "whisper-1".into(),
+                language: None,
+            }),
+            tools: vec![ToolSpec {
+                name: "lookup".into(),
+                description: "d".into(),
+                parameters: json!({"type":"object"}),
+            }],
             tool_choice: Some("lookup".into()),
             ..Default::default()
         }
@@ -243,7 +257,10 @@ mod tests {
     fn listen_only_turns_off_create_response() {
         let mut c = cfg();
         c.listen_only = true;
-        assert_eq!(c.to_json(Dialect::Ga)["audio"]["input"]["turn_detection"]["create_response"], false);
+        assert_eq!(
+            c.to_json(Dialect::Ga)["audio"]["input"]["turn_detection"]["create_response"],
+            false
+        );
         c.turn_detection = TurnDetection::Disabled;
         assert!(c.to_json(Dialect::Beta)["turn_detection"].is_null());
     }

@@ -50,7 +50,11 @@ impl DeadAir {
     /// The user's turn ended at `at`.
     pub fn user_turn_ended(&mut self, at: Instant) {
         if self.span.is_none() {
-            self.span = Some(Span { start: at, phase: Phase::AfterUser, guard_fired: false });
+            self.span = Some(Span {
+                start: at,
+                phase: Phase::AfterUser,
+                guard_fired: false,
+            });
         }
     }
 
@@ -60,8 +64,15 @@ impl DeadAir {
         match self.span {
             Some(s) if s.phase == Phase::ToolCall => None,
             other => {
-                self.span = Some(Span { start: silent_from.max(now), phase: Phase::ToolCall, guard_fired: false });
-                other.map(|s| Closed { phase: s.phase, duration: now.saturating_duration_since(s.start) })
+                self.span = Some(Span {
+                    start: silent_from.max(now),
+                    phase: Phase::ToolCall,
+                    guard_fired: false,
+                });
+                other.map(|s| Closed {
+                    phase: s.phase,
+                    duration: now.saturating_duration_since(s.start),
+                })
             }
         }
     }
@@ -75,7 +86,10 @@ impl DeadAir {
             return None;
         }
         self.span = None;
-        Some(Closed { phase: s.phase, duration: now - s.start })
+        Some(Closed {
+            phase: s.phase,
+            duration: now - s.start,
+        })
     }
 
     /// When the guard should fire for the open tool span, if it has not fired yet.
@@ -108,7 +122,13 @@ mod tests {
         let mut d = DeadAir::new();
         d.user_turn_ended(t);
         let c = d.audio_released(t + Duration::from_millis(700)).unwrap();
-        assert_eq!(c, Closed { phase: Phase::AfterUser, duration: Duration::from_millis(700) });
+        assert_eq!(
+            c,
+            Closed {
+                phase: Phase::AfterUser,
+                duration: Duration::from_millis(700)
+            }
+        );
         assert!(d.audio_released(t + Duration::from_secs(1)).is_none());
     }
 
@@ -117,7 +137,12 @@ mod tests {
         let t = Instant::now();
         let mut d = DeadAir::new();
         d.user_turn_ended(t);
-        let closed = d.tool_started(t + Duration::from_millis(300), t + Duration::from_millis(1300)).unwrap();
+        let closed = d
+            .tool_started(
+                t + Duration::from_millis(300),
+                t + Duration::from_millis(1300),
+            )
+            .unwrap();
         assert_eq!(closed.phase, Phase::AfterUser);
         let th = Duration::from_millis(1500);
         assert_eq!(d.guard_deadline(th), Some(t + Duration::from_millis(2800)));

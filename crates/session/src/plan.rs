@@ -175,22 +175,30 @@ pub fn turn_detection(td: Option<&pb::TurnDetection>) -> Result<TurnDetection, S
         pb::turn_detection::Mode::ServerVad(v) => {
             if let Some(t) = v.threshold {
                 if !(0.0..=1.0).contains(&t) || t.is_nan() {
-                    return err(format!("server_vad.threshold must be within 0.0..=1.0, got {t}"));
+                    return err(format!(
+                        "server_vad.threshold must be within 0.0..=1.0, got {t}"
+                    ));
                 }
             }
             if let Some(p) = v.prefix_padding_ms {
                 if p > 5000 {
-                    return err(format!("server_vad.prefix_padding_ms must be at most 5000, got {p}"));
+                    return err(format!(
+                        "server_vad.prefix_padding_ms must be at most 5000, got {p}"
+                    ));
                 }
             }
             if let Some(s) = v.silence_duration_ms {
                 if s > 10_000 {
-                    return err(format!("server_vad.silence_duration_ms must be at most 10000, got {s}"));
+                    return err(format!(
+                        "server_vad.silence_duration_ms must be at most 10000, got {s}"
+                    ));
                 }
             }
             if let Some(i) = v.idle_timeout_ms {
                 if !(5000..=30_000).contains(&i) {
-                    return err(format!("server_vad.idle_timeout_ms must be within 5000..=30000, got {i}"));
+                    return err(format!(
+                        "server_vad.idle_timeout_ms must be within 5000..=30000, got {i}"
+                    ));
                 }
             }
             Ok(TurnDetection::ServerVad {
@@ -221,22 +229,31 @@ pub fn turn_detection(td: Option<&pb::TurnDetection>) -> Result<TurnDetection, S
     }
 }
 
-fn labels(m: &std::collections::HashMap<String, String>) -> Result<BTreeMap<String, String>, StartError> {
+fn labels(
+    m: &std::collections::HashMap<String, String>,
+) -> Result<BTreeMap<String, String>, StartError> {
     if m.len() > 4 {
-        return Err(StartError::Labels(format!("at most 4 labels, got {}", m.len())));
+        return Err(StartError::Labels(format!(
+            "at most 4 labels, got {}",
+            m.len()
+        )));
     }
     let mut out = BTreeMap::new();
     for (k, v) in m {
         let ok_key = !k.is_empty()
             && k.len() <= 32
-            && k.bytes().enumerate().all(|(i, b)| {
-                b == b'_' || b.is_ascii_lowercase() || (i > 0 && b.is_ascii_digit())
-            });
+            && k.bytes()
+                .enumerate()
+                .all(|(i, b)| b == b'_' || b.is_ascii_lowercase() || (i > 0 && b.is_ascii_digit()));
         if !ok_key {
-            return Err(StartError::Labels(format!("label key {k:?} must match [a-z_][a-z0-9_]{{0,31}}")));
+            return Err(StartError::Labels(format!(
+                "label key {k:?} must match [a-z_][a-z0-9_]{{0,31}}"
+            )));
         }
         if v.len() > 64 {
-            return Err(StartError::Labels(format!("label {k:?} value is longer than 64 bytes")));
+            return Err(StartError::Labels(format!(
+                "label {k:?} value is longer than 64 bytes"
+            )));
         }
         out.insert(k.clone(), v.clone());
     }
@@ -245,7 +262,7 @@ fn labels(m: &std::collections::HashMap<String, String>) -> Result<BTreeMap<Stri
 
 impl SessionPlan {
     pub fn from_start(start: &pb::SessionStart, d: &Defaults) -> Result<SessionPlan, StartError> {
-        let in_pb = start.input_format.clone().unwrap_or_default();
+        let in_pb = start.input_format.unwrap_or_default();
         let input = host_format(&in_pb).map_err(StartError::InputFormat)?;
         let output = match &start.output_format {
             Some(f) => host_format(f).map_err(StartError::OutputFormat)?,
@@ -310,9 +327,16 @@ impl SessionPlan {
                     PreambleMode::Custom(p.custom_text.clone())
                 }
                 Ok(pb::preamble::Mode::Custom) => {
-                    return Err(StartError::Other("preamble.mode is CUSTOM but custom_text is empty".into()))
+                    return Err(StartError::Other(
+                        "preamble.mode is CUSTOM but custom_text is empty".into(),
+                    ))
                 }
-                Err(_) => return Err(StartError::Other(format!("unknown preamble mode {}", p.mode))),
+                Err(_) => {
+                    return Err(StartError::Other(format!(
+                        "unknown preamble mode {}",
+                        p.mode
+                    )))
+                }
             },
         };
 
@@ -327,10 +351,17 @@ impl SessionPlan {
                     Ok(pb::silence_guard::Action::HoldingLine) => GuardAction::HoldingLine,
                     Ok(pb::silence_guard::Action::Earcon) => GuardAction::Earcon,
                     Ok(pb::silence_guard::Action::Off) => GuardAction::Off,
-                    Err(_) => return Err(StartError::Other(format!("unknown silence_guard action {}", g.action))),
+                    Err(_) => {
+                        return Err(StartError::Other(format!(
+                            "unknown silence_guard action {}",
+                            g.action
+                        )))
+                    }
                 };
                 if action == GuardAction::Earcon && g.earcon.is_empty() {
-                    return Err(StartError::Other("silence_guard.action is EARCON but earcon audio is empty".into()));
+                    return Err(StartError::Other(
+                        "silence_guard.action is EARCON but earcon audio is empty".into(),
+                    ));
                 }
                 SilenceGuardPlan {
                     action,
@@ -353,7 +384,11 @@ impl SessionPlan {
         let transcription = match &start.transcription {
             Some(t) if t.disabled => None,
             Some(t) => Some(Transcription {
-                model: if t.model.is_empty() { "whisper-1".into() } else { t.model.clone() },
+                model: if t.model.is_empty() {
+                    "whisper-1".into()
+                } else {
+                    t.model.clone()
+                },
                 language: (!t.language.is_empty()).then(|| t.language.clone()),
             }),
             None => Some(Transcription {
@@ -367,7 +402,11 @@ impl SessionPlan {
             Ok(pb::Dialect::Beta) => Dialect::Beta,
             _ => d.dialect,
         };
-        let voice = if start.voice.is_empty() { d.voice.clone() } else { Some(start.voice.clone()) };
+        let voice = if start.voice.is_empty() {
+            d.voice.clone()
+        } else {
+            Some(start.voice.clone())
+        };
 
         let config = SessionConfig {
             instructions: preamble.apply(&start.instructions),
@@ -386,7 +425,11 @@ impl SessionPlan {
             output,
             wire_in,
             wire_out,
-            model: if start.model.is_empty() { d.model.clone() } else { start.model.clone() },
+            model: if start.model.is_empty() {
+                d.model.clone()
+            } else {
+                start.model.clone()
+            },
             dialect,
             base_instructions: start.instructions.clone(),
             preamble,
@@ -443,7 +486,10 @@ mod tests {
     #[test]
     fn telephony_is_passthrough() {
         let mut s = start();
-        s.input_format = Some(pb::AudioFormat { codec: pb::Codec::Mulaw as i32, ..Default::default() });
+        s.input_format = Some(pb::AudioFormat {
+            codec: pb::Codec::Mulaw as i32,
+            ..Default::default()
+        });
         let p = SessionPlan::from_start(&s, &Defaults::default()).unwrap();
         assert_eq!(p.wire_in, WireFormat::Ulaw8k);
         assert_eq!(p.config.input_format, WireAudioFormat::G711Ulaw);
@@ -453,23 +499,38 @@ mod tests {
     fn bad_inputs_are_refused_with_the_field_named() {
         let mut s = start();
         s.input_format.as_mut().unwrap().sample_rate_hz = 96000;
-        let e = SessionPlan::from_start(&s, &Defaults::default()).unwrap_err().to_string();
+        let e = SessionPlan::from_start(&s, &Defaults::default())
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("input_format"), "{e}");
 
         let mut s = start();
         s.turn_detection = Some(pb::TurnDetection {
-            mode: Some(pb::turn_detection::Mode::ServerVad(pb::ServerVad { threshold: Some(1.5), ..Default::default() })),
+            mode: Some(pb::turn_detection::Mode::ServerVad(pb::ServerVad {
+                threshold: Some(1.5),
+                ..Default::default()
+            })),
         });
-        let e = SessionPlan::from_start(&s, &Defaults::default()).unwrap_err().to_string();
+        let e = SessionPlan::from_start(&s, &Defaults::default())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("threshold"), "{e}");
 
         let mut s = start();
         s.labels.insert("Session-Id".into(), "x".into());
-        assert!(matches!(SessionPlan::from_start(&s, &Defaults::default()), Err(StartError::Labels(_))));
+        assert!(matches!(
+            SessionPlan::from_start(&s, &Defaults::default()),
+            Err(StartError::Labels(_))
+        ));
 
         let mut s = start();
-        s.tools.push(pb::ToolDefinition { name: "t".into(), ..Default::default() });
-        let e = SessionPlan::from_start(&s, &Defaults::default()).unwrap_err().to_string();
+        s.tools.push(pb::ToolDefinition {
+            name: "t".into(),
+            ..Default::default()
+        });
+        let e = SessionPlan::from_start(&s, &Defaults::default())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("no tool route"), "{e}");
     }
 

@@ -76,7 +76,9 @@ impl Playout {
                 break;
             }
             let d = f.duration;
-            let Some(f) = self.queue.pop_front() else { break };
+            let Some(f) = self.queue.pop_front() else {
+                break;
+            };
             self.clock = Some(clock + d);
             self.note_release(&f, now);
             out.push(f);
@@ -94,7 +96,10 @@ impl Playout {
     }
 
     fn note_release(&mut self, f: &QueuedFrame, now: Instant) {
-        let same = self.current.as_ref().is_some_and(|c| c.item_id == f.frame.item_id);
+        let same = self
+            .current
+            .as_ref()
+            .is_some_and(|c| c.item_id == f.frame.item_id);
         if !same {
             self.current = Some(ItemPlay {
                 item_id: f.frame.item_id.clone(),
@@ -134,7 +139,9 @@ impl Playout {
     /// The item being played and how much of it the caller has heard.
     pub fn played(&self, now: Instant) -> Option<(String, Duration)> {
         let c = self.current.as_ref()?;
-        let by_clock = now.saturating_duration_since(c.first_release).min(c.released);
+        let by_clock = now
+            .saturating_duration_since(c.first_release)
+            .min(c.released);
         let played = match (self.lead, c.marked) {
             (None, Some(m)) => m,
             _ => by_clock,
@@ -159,7 +166,10 @@ mod tests {
 
     fn frame(item: &str, ms: u64) -> QueuedFrame {
         QueuedFrame {
-            frame: pb::AudioFrame { item_id: item.into(), ..Default::default() },
+            frame: pb::AudioFrame {
+                item_id: item.into(),
+                ..Default::default()
+            },
             duration: Duration::from_millis(ms),
         }
     }
@@ -181,8 +191,15 @@ mod tests {
             t += 5;
             p.due(t0 + Duration::from_millis(t), &mut out);
         }
-        assert_eq!(out.len(), 31, "by 500 ms, frames starting up to 600 ms are released");
-        assert_eq!(p.next_due(t0 + Duration::from_millis(500)), Some(t0 + Duration::from_millis(520)));
+        assert_eq!(
+            out.len(),
+            31,
+            "by 500 ms, frames starting up to 600 ms are released"
+        );
+        assert_eq!(
+            p.next_due(t0 + Duration::from_millis(500)),
+            Some(t0 + Duration::from_millis(520))
+        );
         let (item, played) = p.played(t0 + Duration::from_millis(500)).unwrap();
         assert_eq!(item, "i");
         assert_eq!(played, Duration::from_millis(500));
@@ -197,9 +214,16 @@ mod tests {
             assert!(p.push(frame("i", 20), t0).is_some());
         }
         p.mark("i", Duration::from_millis(60));
-        assert_eq!(p.played(t0 + Duration::from_secs(1)).unwrap().1, Duration::from_millis(60));
+        assert_eq!(
+            p.played(t0 + Duration::from_secs(1)).unwrap().1,
+            Duration::from_millis(60)
+        );
         p.mark("i", Duration::from_millis(9000));
-        assert_eq!(p.played(t0).unwrap().1, Duration::from_millis(200), "capped at what was sent");
+        assert_eq!(
+            p.played(t0).unwrap().1,
+            Duration::from_millis(200),
+            "capped at what was sent"
+        );
         assert_eq!(p.flush(), 0);
         assert!(p.played(t0).is_none());
     }

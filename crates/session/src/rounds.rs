@@ -33,7 +33,8 @@ impl ToolRounds {
         if self.calls.contains_key(call_id) {
             return false;
         }
-        self.calls.insert(call_id.to_string(), response_id.to_string());
+        self.calls
+            .insert(call_id.to_string(), response_id.to_string());
         self.rounds
             .entry(response_id.to_string())
             .or_default()
@@ -95,7 +96,10 @@ mod tests {
         let mut r = ToolRounds::new();
         assert!(r.on_call("r1", "a"));
         assert!(r.on_call("r1", "b"));
-        assert!(!r.on_call("r1", "a"), "duplicate sighting must not start a second run");
+        assert!(
+            !r.on_call("r1", "a"),
+            "duplicate sighting must not start a second run"
+        );
         assert_eq!(r.on_output("b"), None);
         assert_eq!(r.on_output("a"), None, "response not done yet");
         assert_eq!(r.on_response_done("r1"), Some("r1".into()));

@@ -34,10 +34,16 @@ pub struct PendingCreate {
 enum Active {
     Idle,
     /// We sent a create (its event id); `response.created` not yet seen.
-    Requested { event_id: String, create: PendingCreate },
+    Requested {
+        event_id: String,
+        create: PendingCreate,
+    },
     /// A response is running (id `None` when upstream rejected our create because of one we have not
     /// seen created yet).
-    Running { id: Option<String>, ours: Option<PendingCreate> },
+    Running {
+        id: Option<String>,
+        ours: Option<PendingCreate>,
+    },
 }
 
 #[derive(Debug)]
@@ -121,12 +127,21 @@ impl ResponseScheduler {
     /// the front and wait for that response to finish.
     pub fn on_rejected(&mut self, event_id: &str) -> bool {
         match std::mem::replace(&mut self.active, Active::Idle) {
-            Active::Requested { event_id: e, create } if e == event_id => {
+            Active::Requested {
+                event_id: e,
+                create,
+            } if e == event_id => {
                 self.queue.push_front(create);
-                self.active = Active::Running { id: None, ours: None };
+                self.active = Active::Running {
+                    id: None,
+                    ours: None,
+                };
                 true
             }
-            Active::Running { id, ours: Some(create) } if id.is_some() => {
+            Active::Running {
+                id,
+                ours: Some(create),
+            } if id.is_some() => {
                 // We took a VAD response for ours; ours was the one rejected.
                 self.queue.push_front(create);
                 self.active = Active::Running { id, ours: None };
@@ -151,7 +166,10 @@ mod tests {
     use super::*;
 
     fn c(r: CreateReason) -> PendingCreate {
-        PendingCreate { reason: r, response: None }
+        PendingCreate {
+            reason: r,
+            response: None,
+        }
     }
 
     #[test]
@@ -182,7 +200,10 @@ mod tests {
         assert_eq!(s.queued(), 1);
         assert!(s.next_to_send().is_none());
         s.on_done("vad");
-        assert_eq!(s.next_to_send().unwrap().reason, CreateReason::ToolRound("r0".into()));
+        assert_eq!(
+            s.next_to_send().unwrap().reason,
+            CreateReason::ToolRound("r0".into())
+        );
     }
 
     #[test]
@@ -192,7 +213,10 @@ mod tests {
         let p = s.next_to_send().unwrap();
         s.sent("e1".into(), p);
         assert!(s.on_rejected("e1"));
-        assert!(s.next_to_send().is_none(), "must wait for the unseen response to finish");
+        assert!(
+            s.next_to_send().is_none(),
+            "must wait for the unseen response to finish"
+        );
         s.on_created("vad");
         s.on_done("vad");
         assert!(s.next_to_send().is_some());

@@ -27,7 +27,10 @@ use tracing::{debug, info, info_span, warn, Instrument};
 use voice_audio::{InputPipeline, OutFrame, OutputPipeline};
 use voice_proto::v1 as pb;
 use voice_proto::v1::server_message::Message as Out;
-use voice_realtime::{ApiKey, ClientEvent, ConnectOptions, Item, RealtimeConnection, RealtimeError, ServerEvent, Usage};
+use voice_realtime::{
+    ApiKey, ClientEvent, ConnectOptions, Item, RealtimeConnection, RealtimeError, ServerEvent,
+    Usage,
+};
 use voice_telemetry as names;
 
 /// Where and how to reach the Realtime API.
@@ -51,15 +54,16 @@ pub struct SessionContext {
 
 pub type HostSender = mpsc::Sender<Result<pb::ServerMessage, Status>>;
 
-const HOLDING_LINE_INSTRUCTIONS: &str = "The caller has been waiting in silence while a tool runs. \
+const HOLDING_LINE_INSTRUCTIONS: &str =
+    "The caller has been waiting in silence while a tool runs. \
 Say one short, warm sentence telling them you are still working on it. Do not guess any result and \
 do not ask a question.";
 
 /// Why the loop stopped.
 #[derive(Debug)]
 enum End {
-    ClientClosed,
-    ClientEnd,
+    HostClosed,
+    HostRequested,
     HostGone,
     Shutdown,
     Upstream(RealtimeError),
@@ -68,8 +72,8 @@ enum End {
 impl End {
     fn reason(&self) -> &'static str {
         match self {
-            End::ClientClosed => "client_closed",
-            End::ClientEnd => "client_end",
+            End::HostClosed => "client_closed",
+            End::HostRequested => "client_end",
             End::HostGone => "host_gone",
             End::Shutdown => "shutdown",
             End::Upstream(RealtimeError::Closed { .. }) => "upstream_closed",
@@ -131,11 +135,17 @@ struct Session {
 }
 
 /// Runs a session to completion. `inbound` yields the host's messages after `SessionStart`.
-pub async fn run_session<S>(plan: SessionPlan, inbound: S, out: HostSender, ctx: Arc<SessionContext>, id: String)
-where
+pub async fn run_session<S>(
+    plan: SessionPlan,
+    inbound: S,
+    out: HostSender,
+    ctx: Arc<SessionContext>,
+    id: String,
+) where
     S: Stream<Item = Result<pb::ClientMessage, Status>> + Unpin + Send,
 {
-    let span = info_span!("session", session_id = %id, model = %plan.model, dialect = %plan.dialect);
+    let span =
+        info_span!("session", session_id = %id, model = %plan.model, dialect = %plan.dialect);
     async move {
         gauge!(names::SESSIONS_ACTIVE).increment(1.0);
         let outcome = run(plan, inbound, out, ctx, id).await;
@@ -146,7 +156,13 @@ where
     .await
 }
 
-async fn run<S>(plan: SessionPlan, mut inbound: S, out: HostSender, ctx: Arc<SessionContext>, id: String) -> &'static str
+async fn run<S>(
+    plan: SessionPlan,
+    mut inbound: S,
+    out: HostSender,
+    ctx: Arc<SessionContext>,
+    id: String,
+) -> &'static str
 where
     S: Stream<Item = Result<pb::ClientMessage, Status>> + Unpin + Send,
 {
@@ -167,9 +183,11 @@ where
         let mut conn = RealtimeConnection::connect(&opts)
             .await
             .map_err(|e| ("upstream_connect", e.to_string(), e.is_retryable()))?;
-        conn.send(&ClientEvent::SessionUpdate { session: plan.config.to_json(plan.dialect) })
-            .await
-            .map_err(|e| ("upstream_connect", e.to_string(), true))?;
+        conn.send(&ClientEvent::SessionUpdate {
+            session: plan.config.to_json(plan.dialect),
+        })
+        .await
+        .map_err(|e| ("upstream_connect", e.to_string(), true))?;
         loop {
             match conn.recv().await {
                 Ok(ServerEvent::SessionUpdated { .. }) => break,
@@ -192,14 +210,39 @@ where
         Ok(Err((code, message, retryable))) => {
             warn!(code, %message, "session setup failed");
             counter!(names::UPSTREAM_ERRORS, "code" => code).increment(1);
-            let _ = out.send(Ok(server(Out::Error(pb::Error { code: code.into(), message, retryable })))).await;
-            let _ = out.send(Ok(server(Out::Ended(pb::SessionEnded { reason: "upstream_error".into(), summary: None })))).await;
+            let _ = out
+                .send(Ok(server(Out::Error(pb::Error {
+                    code: code.into(),
+                    message,
+                    retryable,
+                }))))
+                .await;
+            let _ = out
+                .send(Ok(server(Out::Ended(pb::SessionEnded {
+                    reason: "upstream_error".into(),
+                    summary: None,
+                }))))
+                .await;
             return "setup_failed";
         }
         Err(_) => {
-            let message = format!("upstream session setup took longer than {:?}", ctx.setup_timeout);
-            let _ = out.send(Ok(server(Out::Error(pb::Error { code: "upstream_timeout".into(), message, retryable: true })))).await;
-            let _ = out.send(Ok(server(Out::Ended(pb::SessionEnded { reason: "upstream_error".into(), summary: None })))).await;
+            let message = format!(
+                "upstream session setup took longer than {:?}",
+                ctx.setup_timeout
+            );
+            let _ = out
+                .send(Ok(server(Out::Error(pb::Error {
+                    code: "upstream_timeout".into(),
+                    message,
+                    retryable: true,
+                }))))
+                .await;
+            let _ = out
+                .send(Ok(server(Out::Ended(pb::SessionEnded {
+                    reason: "upstream_error".into(),
+                    summary: None,
+                }))))
+                .await;
             return "setup_failed";
         }
     };
@@ -209,7 +252,11 @@ where
         passthrough_out = output.is_passthrough(),
         "session started"
     );
-    let labels: Vec<metrics::Label> = plan.labels.iter().map(|(k, v)| metrics::Label::new(k.clone(), v.clone())).collect();
+    let labels: Vec<metrics::Label> = plan
+        .labels
+        .iter()
+        .map(|(k, v)| metrics::Label::new(k.clone(), v.clone()))
+        .collect();
     let mut s = Session {
         id,
         playout: Playout::new(plan.pacing_lead),
@@ -268,13 +315,26 @@ impl SessionPlan {
 
 impl Session {
     async fn emit(&mut self, m: Out) -> Result<(), End> {
-        self.out.send(Ok(server(m))).await.map_err(|_| End::HostGone)
+        self.out
+            .send(Ok(server(m)))
+            .await
+            .map_err(|_| End::HostGone)
     }
 
-    async fn host_error(&mut self, code: &'static str, message: String, retryable: bool) -> Result<(), End> {
+    async fn host_error(
+        &mut self,
+        code: &'static str,
+        message: String,
+        retryable: bool,
+    ) -> Result<(), End> {
         counter!(names::HOST_ERRORS, "code" => code).increment(1);
         debug!(code, %message, "error reported to host");
-        self.emit(Out::Error(pb::Error { code: code.into(), message, retryable })).await
+        self.emit(Out::Error(pb::Error {
+            code: code.into(),
+            message,
+            retryable,
+        }))
+        .await
     }
 
     async fn send_up(&mut self, ev: ClientEvent) -> Result<String, End> {
@@ -305,7 +365,7 @@ impl Session {
             let r = tokio::select! {
                 _ = shutdown.cancelled() => Err(End::Shutdown),
                 msg = inbound.next() => match msg {
-                    None => Err(End::ClientClosed),
+                    None => Err(End::HostClosed),
                     Some(Err(status)) => {
                         debug!(%status, "host stream failed");
                         Err(End::HostGone)
@@ -337,15 +397,24 @@ impl Session {
     async fn on_host(&mut self, m: pb::ClientMessage) -> Result<(), End> {
         use pb::client_message::Message as In;
         match m.message {
-            None => self.host_error("invalid_message", "empty ClientMessage".into(), true).await,
+            None => {
+                self.host_error("invalid_message", "empty ClientMessage".into(), true)
+                    .await
+            }
             Some(In::Start(_)) => {
-                self.host_error("invalid_message", "SessionStart may only be sent once, first".into(), true).await
+                self.host_error(
+                    "invalid_message",
+                    "SessionStart may only be sent once, first".into(),
+                    true,
+                )
+                .await
             }
             Some(In::Audio(f)) => self.on_audio(f).await,
             Some(In::ToolResult(r)) => self.on_tool_result(r).await,
             Some(In::Control(c)) => self.on_control(c).await,
             Some(In::PlaybackMark(m)) => {
-                self.playout.mark(&m.item_id, Duration::from_millis(m.played_ms as u64));
+                self.playout
+                    .mark(&m.item_id, Duration::from_millis(m.played_ms as u64));
                 Ok(())
             }
         }
@@ -361,7 +430,10 @@ impl Session {
             return self.host_error(e.code(), e.to_string(), true).await;
         }
         if !self.wire_buf.is_empty() {
-            self.conn.send_audio(&self.wire_buf).await.map_err(End::Upstream)?;
+            self.conn
+                .send_audio(&self.wire_buf)
+                .await
+                .map_err(End::Upstream)?;
         }
         histogram!(names::FRAME_PROCESSING, "direction" => "in").record(t0.elapsed().as_secs_f64());
         Ok(())
@@ -370,18 +442,25 @@ impl Session {
     async fn on_control(&mut self, c: pb::Control) -> Result<(), End> {
         use pb::control::Action;
         match c.action {
-            None => self.host_error("invalid_control", "Control without an action".into(), true).await,
-            Some(Action::End(_)) => Err(End::ClientEnd),
+            None => {
+                self.host_error("invalid_control", "Control without an action".into(), true)
+                    .await
+            }
+            Some(Action::End(_)) => Err(End::HostRequested),
             Some(Action::Commit(_)) => {
                 self.send_up(ClientEvent::InputAudioCommit).await?;
-                if self.plan.config.turn_detection == voice_realtime::TurnDetection::Disabled && !self.plan.config.listen_only {
+                if self.plan.config.turn_detection == voice_realtime::TurnDetection::Disabled
+                    && !self.plan.config.listen_only
+                {
                     self.user_turn_end = Some(Instant::now());
                     self.dead_air.user_turn_ended(Instant::now());
                     self.request_response(CreateReason::Commit, None).await?;
                 }
                 Ok(())
             }
-            Some(Action::ClearInput(_)) => self.send_up(ClientEvent::InputAudioClear).await.map(drop),
+            Some(Action::ClearInput(_)) => {
+                self.send_up(ClientEvent::InputAudioClear).await.map(drop)
+            }
             Some(Action::CancelResponse(_)) => self.interrupt(false).await,
             Some(Action::ListenOnly(on)) => {
                 self.plan.config.listen_only = on;
@@ -389,7 +468,9 @@ impl Session {
             }
             Some(Action::SendText(text)) => {
                 if text.trim().is_empty() {
-                    return self.host_error("invalid_control", "send_text is empty".into(), true).await;
+                    return self
+                        .host_error("invalid_control", "send_text is empty".into(), true)
+                        .await;
                 }
                 self.send_up(ClientEvent::user_text(&text)).await?;
                 if !self.plan.config.listen_only {
@@ -401,12 +482,17 @@ impl Session {
                 if let Some(td) = &u.turn_detection {
                     match plan::turn_detection(Some(td)) {
                         Ok(t) => self.plan.config.turn_detection = t,
-                        Err(e) => return self.host_error("invalid_control", e.to_string(), true).await,
+                        Err(e) => {
+                            return self
+                                .host_error("invalid_control", e.to_string(), true)
+                                .await
+                        }
                     }
                 }
                 if let Some(i) = u.instructions {
                     self.plan.base_instructions = i;
-                    self.plan.config.instructions = self.plan.preamble.apply(&self.plan.base_instructions);
+                    self.plan.config.instructions =
+                        self.plan.preamble.apply(&self.plan.base_instructions);
                 }
                 if let Some(v) = u.voice {
                     self.plan.config.voice = (!v.is_empty()).then_some(v);
@@ -418,7 +504,9 @@ impl Session {
 
     async fn push_session_update(&mut self) -> Result<(), End> {
         let session = self.plan.config.to_json(self.plan.dialect);
-        self.send_up(ClientEvent::SessionUpdate { session }).await.map(drop)
+        self.send_up(ClientEvent::SessionUpdate { session })
+            .await
+            .map(drop)
     }
 
     // ----------------------------------------------------------------------------------------------
@@ -427,66 +515,135 @@ impl Session {
 
     async fn on_upstream(&mut self, ev: ServerEvent) -> Result<(), End> {
         match ev {
-            ServerEvent::AudioDelta { response_id, item_id, audio } => self.on_audio_delta(response_id, item_id, audio).await,
+            ServerEvent::AudioDelta {
+                response_id,
+                item_id,
+                audio,
+            } => self.on_audio_delta(response_id, item_id, audio).await,
             ServerEvent::AudioDone { .. } => {
                 self.output.flush(&mut self.out_frames);
-                self.forward_frames(self.audio_response.clone().unwrap_or_default(), String::new()).await
+                self.forward_frames(
+                    self.audio_response.clone().unwrap_or_default(),
+                    String::new(),
+                )
+                .await
             }
-            ServerEvent::TranscriptDelta { response_id, item_id, delta } => {
+            ServerEvent::TranscriptDelta {
+                response_id,
+                item_id,
+                delta,
+            } => {
                 if self.is_cancelled(&response_id) {
                     return Ok(());
                 }
-                self.emit(transcript(pb::Role::Assistant, item_id, delta, false)).await
+                self.emit(transcript(pb::Role::Assistant, item_id, delta, false))
+                    .await
             }
-            ServerEvent::TranscriptDone { response_id, item_id, transcript: t } => {
+            ServerEvent::TranscriptDone {
+                response_id,
+                item_id,
+                transcript: t,
+            } => {
                 if self.is_cancelled(&response_id) {
                     return Ok(());
                 }
-                self.emit(transcript(pb::Role::Assistant, item_id, t, true)).await
+                self.emit(transcript(pb::Role::Assistant, item_id, t, true))
+                    .await
             }
             ServerEvent::InputTranscriptionDelta { item_id, delta } => {
-                self.emit(transcript(pb::Role::User, item_id, delta, false)).await
+                self.emit(transcript(pb::Role::User, item_id, delta, false))
+                    .await
             }
-            ServerEvent::InputTranscriptionCompleted { item_id, transcript: t } => {
-                self.emit(transcript(pb::Role::User, item_id, t, true)).await
+            ServerEvent::InputTranscriptionCompleted {
+                item_id,
+                transcript: t,
+            } => {
+                self.emit(transcript(pb::Role::User, item_id, t, true))
+                    .await
             }
             ServerEvent::InputTranscriptionFailed { item_id, message } => {
-                self.host_error("transcription_failed", format!("item {item_id}: {message}"), true).await
+                self.host_error(
+                    "transcription_failed",
+                    format!("item {item_id}: {message}"),
+                    true,
+                )
+                .await
             }
-            ServerEvent::SpeechStarted { item_id, audio_start_ms } => {
+            ServerEvent::SpeechStarted {
+                item_id,
+                audio_start_ms,
+            } => {
                 let now = Instant::now();
                 if let Some(c) = self.dead_air.audio_released(now) {
                     self.observe_dead_air(c);
                 }
                 self.user_turn_end = None;
-                if self.playout.is_audible(now) || self.scheduler.running_id().is_some_and(|r| Some(r) == self.audio_response.as_deref()) {
+                if self.playout.is_audible(now)
+                    || self
+                        .scheduler
+                        .running_id()
+                        .is_some_and(|r| Some(r) == self.audio_response.as_deref())
+                {
                     self.interrupt(true).await?;
                 }
-                self.emit(Out::SpeechStarted(pb::SpeechStarted { item_id, audio_start_ms: clamp_u32(audio_start_ms) })).await
+                self.emit(Out::SpeechStarted(pb::SpeechStarted {
+                    item_id,
+                    audio_start_ms: clamp_u32(audio_start_ms),
+                }))
+                .await
             }
-            ServerEvent::SpeechStopped { item_id, audio_end_ms } => {
+            ServerEvent::SpeechStopped {
+                item_id,
+                audio_end_ms,
+            } => {
                 let now = Instant::now();
                 self.summary.turns += 1;
                 if !self.plan.config.listen_only {
                     self.user_turn_end = Some(now);
                     self.dead_air.user_turn_ended(now);
                 }
-                self.emit(Out::SpeechStopped(pb::SpeechStopped { item_id, audio_end_ms: clamp_u32(audio_end_ms) })).await
+                self.emit(Out::SpeechStopped(pb::SpeechStopped {
+                    item_id,
+                    audio_end_ms: clamp_u32(audio_end_ms),
+                }))
+                .await
             }
             ServerEvent::ResponseCreated { response } => {
                 self.scheduler.on_created(&response.id);
                 Ok(())
             }
-            ServerEvent::OutputItemAdded { item: Item::FunctionCall { call_id, name, .. }, .. } => {
+            ServerEvent::OutputItemAdded {
+                item: Item::FunctionCall { call_id, name, .. },
+                ..
+            } => {
                 self.call_names.insert(call_id, name);
                 Ok(())
             }
-            ServerEvent::FunctionCallArgumentsDone { response_id, call_id, name, arguments, .. } => {
-                let name = name.or_else(|| self.call_names.get(&call_id).cloned()).unwrap_or_default();
-                self.start_call(&response_id, call_id, name, arguments).await
+            ServerEvent::FunctionCallArgumentsDone {
+                response_id,
+                call_id,
+                name,
+                arguments,
+                ..
+            } => {
+                let name = name
+                    .or_else(|| self.call_names.get(&call_id).cloned())
+                    .unwrap_or_default();
+                self.start_call(&response_id, call_id, name, arguments)
+                    .await
             }
-            ServerEvent::OutputItemDone { response_id, item: Item::FunctionCall { call_id, name, arguments, .. } } => {
-                self.start_call(&response_id, call_id, name, arguments).await
+            ServerEvent::OutputItemDone {
+                response_id,
+                item:
+                    Item::FunctionCall {
+                        call_id,
+                        name,
+                        arguments,
+                        ..
+                    },
+            } => {
+                self.start_call(&response_id, call_id, name, arguments)
+                    .await
             }
             ServerEvent::ResponseDone { response } => self.on_response_done(response).await,
             ServerEvent::Error { error } => {
@@ -506,7 +663,11 @@ impl Session {
                 counter!(names::UPSTREAM_ERRORS, "code" => bounded_code(&code)).increment(1);
                 warn!(code = %code, message = %error.message, "upstream error");
                 let retryable = error.kind == "server_error" || code.contains("rate_limit");
-                let message = if code.is_empty() { error.message } else { format!("{code}: {}", error.message) };
+                let message = if code.is_empty() {
+                    error.message
+                } else {
+                    format!("{code}: {}", error.message)
+                };
                 self.host_error("upstream_error", message, retryable).await
             }
             ServerEvent::Unknown { kind } => {
@@ -522,7 +683,12 @@ impl Session {
         self.cancelled.iter().any(|r| r == response_id)
     }
 
-    async fn on_audio_delta(&mut self, response_id: String, item_id: String, audio: Vec<u8>) -> Result<(), End> {
+    async fn on_audio_delta(
+        &mut self,
+        response_id: String,
+        item_id: String,
+        audio: Vec<u8>,
+    ) -> Result<(), End> {
         if self.is_cancelled(&response_id) {
             return Ok(());
         }
@@ -531,17 +697,25 @@ impl Session {
             self.audio_response = Some(response_id.clone());
             if let Some(end) = self.user_turn_end.take() {
                 let latency = t0.saturating_duration_since(end);
-                histogram!(names::RESPONSE_LATENCY, self.labels.clone()).record(latency.as_secs_f64());
+                histogram!(names::RESPONSE_LATENCY, self.labels.clone())
+                    .record(latency.as_secs_f64());
                 let ms = latency.as_millis().min(u32::MAX as u128) as u32;
                 self.summary.latencies_ms.push(ms);
                 self.latency_by_response.insert(response_id.clone(), ms);
             }
         }
         if let Err(e) = self.output.push(&audio, &mut self.out_frames) {
-            return self.host_error(e.code(), format!("model audio could not be converted: {e}"), true).await;
+            return self
+                .host_error(
+                    e.code(),
+                    format!("model audio could not be converted: {e}"),
+                    true,
+                )
+                .await;
         }
         self.forward_frames(response_id, item_id).await?;
-        histogram!(names::FRAME_PROCESSING, "direction" => "out").record(t0.elapsed().as_secs_f64());
+        histogram!(names::FRAME_PROCESSING, "direction" => "out")
+            .record(t0.elapsed().as_secs_f64());
         Ok(())
     }
 
@@ -559,7 +733,12 @@ impl Session {
             self.out_seq += 1;
             let q = QueuedFrame {
                 duration: Duration::from_micros(f.duration_us as u64),
-                frame: pb::AudioFrame { data: f.data, seq: self.out_seq, item_id: item_id.clone(), duration_us: f.duration_us },
+                frame: pb::AudioFrame {
+                    data: f.data,
+                    seq: self.out_seq,
+                    item_id: item_id.clone(),
+                    duration_us: f.duration_us,
+                },
             };
             if let Some(q) = self.playout.push(q, now) {
                 immediate.push(q);
@@ -609,13 +788,22 @@ impl Session {
         if let (true, Some((item_id, played))) = (audible, played) {
             let ms = played.as_millis() as u64;
             if !item_id.is_empty() && item_id != "earcon" {
-                self.send_up(ClientEvent::ItemTruncate { item_id: item_id.clone(), content_index: 0, audio_end_ms: ms }).await?;
+                self.send_up(ClientEvent::ItemTruncate {
+                    item_id: item_id.clone(),
+                    content_index: 0,
+                    audio_end_ms: ms,
+                })
+                .await?;
             }
             if by_user {
                 counter!(names::INTERRUPTIONS).increment(1);
                 self.summary.interruptions += 1;
             }
-            self.emit(Out::Interrupted(pb::Interrupted { item_id, played_ms: clamp_u32(ms) })).await?;
+            self.emit(Out::Interrupted(pb::Interrupted {
+                item_id,
+                played_ms: clamp_u32(ms),
+            }))
+            .await?;
         }
         Ok(())
     }
@@ -629,10 +817,25 @@ impl Session {
         }
     }
 
-    async fn on_response_done(&mut self, response: voice_realtime::ResponseInfo) -> Result<(), End> {
+    async fn on_response_done(
+        &mut self,
+        response: voice_realtime::ResponseInfo,
+    ) -> Result<(), End> {
         for item in &response.output {
-            if let Item::FunctionCall { call_id, name, arguments, .. } = item {
-                self.start_call(&response.id, call_id.clone(), name.clone(), arguments.clone()).await?;
+            if let Item::FunctionCall {
+                call_id,
+                name,
+                arguments,
+                ..
+            } = item
+            {
+                self.start_call(
+                    &response.id,
+                    call_id.clone(),
+                    name.clone(),
+                    arguments.clone(),
+                )
+                .await?;
             }
         }
         self.scheduler.on_done(&response.id);
@@ -660,7 +863,10 @@ impl Session {
         }))
         .await?;
         if let Some(rid) = self.rounds.on_response_done(&response.id) {
-            self.scheduler.request(PendingCreate { reason: CreateReason::ToolRound(rid), response: None });
+            self.scheduler.request(PendingCreate {
+                reason: CreateReason::ToolRound(rid),
+                response: None,
+            });
         }
         self.pump().await
     }
@@ -669,7 +875,11 @@ impl Session {
     // Responses and tools
     // ----------------------------------------------------------------------------------------------
 
-    async fn request_response(&mut self, reason: CreateReason, response: Option<serde_json::Value>) -> Result<(), End> {
+    async fn request_response(
+        &mut self,
+        reason: CreateReason,
+        response: Option<serde_json::Value>,
+    ) -> Result<(), End> {
         self.scheduler.request(PendingCreate { reason, response });
         self.pump().await
     }
@@ -678,13 +888,23 @@ impl Session {
     async fn pump(&mut self) -> Result<(), End> {
         if let Some(c) = self.scheduler.next_to_send() {
             debug!(reason = ?c.reason, "response.create");
-            let id = self.send_up(ClientEvent::ResponseCreate { response: c.response.clone() }).await?;
+            let id = self
+                .send_up(ClientEvent::ResponseCreate {
+                    response: c.response.clone(),
+                })
+                .await?;
             self.scheduler.sent(id, c);
         }
         Ok(())
     }
 
-    async fn start_call(&mut self, response_id: &str, call_id: String, name: String, arguments: String) -> Result<(), End> {
+    async fn start_call(
+        &mut self,
+        response_id: &str,
+        call_id: String,
+        name: String,
+        arguments: String,
+    ) -> Result<(), End> {
         if call_id.is_empty() || !self.rounds.on_call(response_id, &call_id) {
             return Ok(());
         }
@@ -705,8 +925,21 @@ impl Session {
         let def = match self.plan.tools.check(&name, &arguments) {
             Ok(d) => d,
             Err(refusal) => {
-                let o = ToolOutcome::failed(&call_id, &name, ToolStatus::Refused, refusal.to_string(), Duration::ZERO);
-                self.in_flight.insert(call_id, InFlight { name, started: now, deadline: None });
+                let o = ToolOutcome::failed(
+                    &call_id,
+                    &name,
+                    ToolStatus::Refused,
+                    refusal.to_string(),
+                    Duration::ZERO,
+                );
+                self.in_flight.insert(
+                    call_id,
+                    InFlight {
+                        name,
+                        started: now,
+                        deadline: None,
+                    },
+                );
                 self.tools.push(async move { o }.boxed());
                 return Ok(());
             }
@@ -720,8 +953,21 @@ impl Session {
                     arguments_json: arguments,
                     deadline_ms: def.timeout.as_millis() as u32,
                 };
-                let fut = tools::invoke_callback(self.ctx.channels.clone(), addr, inv, def.timeout, self.plan.max_tool_output_bytes);
-                self.in_flight.insert(call_id, InFlight { name, started: now, deadline: None });
+                let fut = tools::invoke_callback(
+                    self.ctx.channels.clone(),
+                    addr,
+                    inv,
+                    def.timeout,
+                    self.plan.max_tool_output_bytes,
+                );
+                self.in_flight.insert(
+                    call_id,
+                    InFlight {
+                        name,
+                        started: now,
+                        deadline: None,
+                    },
+                );
                 self.tools.push(fut.boxed());
             }
             ToolRoute::InStream => {
@@ -732,11 +978,31 @@ impl Session {
                     timeout_ms: def.timeout.as_millis() as u32,
                 }))
                 .await?;
-                self.in_flight.insert(call_id, InFlight { name, started: now, deadline: Some(now + def.timeout) });
+                self.in_flight.insert(
+                    call_id,
+                    InFlight {
+                        name,
+                        started: now,
+                        deadline: Some(now + def.timeout),
+                    },
+                );
             }
             ToolRoute::Unroutable => {
-                let o = ToolOutcome::failed(&call_id, &name, ToolStatus::Refused, "no tool host is configured".into(), Duration::ZERO);
-                self.in_flight.insert(call_id, InFlight { name, started: now, deadline: None });
+                let o = ToolOutcome::failed(
+                    &call_id,
+                    &name,
+                    ToolStatus::Refused,
+                    "no tool host is configured".into(),
+                    Duration::ZERO,
+                );
+                self.in_flight.insert(
+                    call_id,
+                    InFlight {
+                        name,
+                        started: now,
+                        deadline: None,
+                    },
+                );
                 self.tools.push(async move { o }.boxed());
             }
         }
@@ -744,23 +1010,44 @@ impl Session {
     }
 
     async fn on_tool_result(&mut self, r: pb::ToolResult) -> Result<(), End> {
-        let pending_in_stream = self.in_flight.get(&r.call_id).is_some_and(|f| f.deadline.is_some());
+        let pending_in_stream = self
+            .in_flight
+            .get(&r.call_id)
+            .is_some_and(|f| f.deadline.is_some());
         if !pending_in_stream {
             if self.timed_out.contains(&r.call_id) {
                 info!(call_id = %r.call_id, "late tool result dropped (the call already timed out)");
                 return self
-                    .host_error("tool_result_late", format!("call {} already timed out; result dropped", r.call_id), false)
+                    .host_error(
+                        "tool_result_late",
+                        format!("call {} already timed out; result dropped", r.call_id),
+                        false,
+                    )
                     .await;
             }
-            return self.host_error("tool_unknown_call", format!("no pending in-stream tool call {:?}", r.call_id), false).await;
+            return self
+                .host_error(
+                    "tool_unknown_call",
+                    format!("no pending in-stream tool call {:?}", r.call_id),
+                    false,
+                )
+                .await;
         }
-        let Some(f) = self.in_flight.get(&r.call_id) else { return Ok(()) };
+        let Some(f) = self.in_flight.get(&r.call_id) else {
+            return Ok(());
+        };
         let answer = match r.result {
             Some(pb::tool_result::Result::OutputJson(o)) => Ok(o),
             Some(pb::tool_result::Result::Error(e)) => Err(e),
             None => Err("the host sent a ToolResult with neither output nor error".into()),
         };
-        let o = tools::outcome_from_answer(&r.call_id, &f.name.clone(), answer, self.plan.max_tool_output_bytes, f.started.elapsed());
+        let o = tools::outcome_from_answer(
+            &r.call_id,
+            &f.name.clone(),
+            answer,
+            self.plan.max_tool_output_bytes,
+            f.started.elapsed(),
+        );
         self.finish_call(o).await
     }
 
@@ -772,9 +1059,11 @@ impl Session {
         gauge!(names::TOOL_CALLS_IN_FLIGHT).decrement(1.0);
         let label = self.plan.tools.label(&o.name).to_string();
         histogram!(names::TOOL_CALL_DURATION, "tool" => label.clone(), "outcome" => o.status.as_str()).record(o.duration.as_secs_f64());
-        counter!(names::TOOL_CALLS_TOTAL, "tool" => label, "outcome" => o.status.as_str()).increment(1);
+        counter!(names::TOOL_CALLS_TOTAL, "tool" => label, "outcome" => o.status.as_str())
+            .increment(1);
         info!(call_id = %o.call_id, tool = %o.name, status = o.status.as_str(), duration_ms = o.duration.as_millis() as u64, "tool call finished");
-        self.send_up(ClientEvent::function_output(&o.call_id, &o.output)).await?;
+        self.send_up(ClientEvent::function_output(&o.call_id, &o.output))
+            .await?;
         self.emit(Out::ToolCallFinished(pb::ToolCallFinished {
             call_id: o.call_id.clone(),
             name: o.name.clone(),
@@ -784,7 +1073,10 @@ impl Session {
         }))
         .await?;
         if let Some(rid) = self.rounds.on_output(&o.call_id) {
-            self.scheduler.request(PendingCreate { reason: CreateReason::ToolRound(rid), response: None });
+            self.scheduler.request(PendingCreate {
+                reason: CreateReason::ToolRound(rid),
+                response: None,
+            });
             self.pump().await?;
         }
         Ok(())
@@ -805,8 +1097,13 @@ impl Session {
             .map(|(id, _)| id.clone())
             .collect();
         for call_id in expired {
-            let Some(f) = self.in_flight.get(&call_id) else { continue };
-            let timeout = f.deadline.map(|d| d.saturating_duration_since(f.started)).unwrap_or_default();
+            let Some(f) = self.in_flight.get(&call_id) else {
+                continue;
+            };
+            let timeout = f
+                .deadline
+                .map(|d| d.saturating_duration_since(f.started))
+                .unwrap_or_default();
             let o = tools::timeout_outcome(&call_id, &f.name.clone(), timeout, f.started.elapsed());
             self.timed_out.insert(call_id);
             self.finish_call(o).await?;
@@ -833,7 +1130,8 @@ impl Session {
                     "instructions": HOLDING_LINE_INSTRUCTIONS,
                     "metadata": {"purpose": "holding_line"},
                 });
-                self.request_response(CreateReason::HoldingLine, Some(response)).await
+                self.request_response(CreateReason::HoldingLine, Some(response))
+                    .await
             }
             GuardAction::Earcon => {
                 self.out_seq += 1;
@@ -841,7 +1139,12 @@ impl Session {
                 let duration_us = (self.plan.guard.earcon.len() / bytes_per_ms * 1000) as u32;
                 let mut frames = vec![QueuedFrame {
                     duration: Duration::from_micros(duration_us as u64),
-                    frame: pb::AudioFrame { data: self.plan.guard.earcon.clone(), seq: self.out_seq, item_id: "earcon".into(), duration_us },
+                    frame: pb::AudioFrame {
+                        data: self.plan.guard.earcon.clone(),
+                        seq: self.out_seq,
+                        item_id: "earcon".into(),
+                        duration_us,
+                    },
                 }];
                 self.release(&mut frames).await
             }
@@ -854,7 +1157,9 @@ impl Session {
             End::Upstream(e) => {
                 warn!(error = %e, "upstream connection lost");
                 counter!(names::UPSTREAM_ERRORS, "code" => "disconnected").increment(1);
-                let _ = self.host_error("upstream_disconnected", e.to_string(), e.is_retryable()).await;
+                let _ = self
+                    .host_error("upstream_disconnected", e.to_string(), e.is_retryable())
+                    .await;
             }
             other => info!(reason = other.reason(), "session ending"),
         }
@@ -864,7 +1169,8 @@ impl Session {
         for (call_id, f) in running {
             gauge!(names::TOOL_CALLS_IN_FLIGHT).decrement(1.0);
             let label = self.plan.tools.label(&f.name).to_string();
-            counter!(names::TOOL_CALLS_TOTAL, "tool" => label, "outcome" => "cancelled").increment(1);
+            counter!(names::TOOL_CALLS_TOTAL, "tool" => label, "outcome" => "cancelled")
+                .increment(1);
             let _ = self
                 .emit(Out::ToolCallFinished(pb::ToolCallFinished {
                     call_id,
@@ -882,7 +1188,11 @@ impl Session {
         let summary = pb::SessionSummary {
             turns: self.summary.turns,
             responses: self.summary.responses,
-            mean_voice_to_voice_ms: if lat.is_empty() { 0 } else { (lat.iter().map(|&x| x as u64).sum::<u64>() / lat.len() as u64) as u32 },
+            mean_voice_to_voice_ms: if lat.is_empty() {
+                0
+            } else {
+                (lat.iter().map(|&x| x as u64).sum::<u64>() / lat.len() as u64) as u32
+            },
             max_voice_to_voice_ms: lat.iter().copied().max().unwrap_or(0),
             dead_air_ms: self.summary.dead_air.as_millis().min(u32::MAX as u128) as u32,
             tool_calls: self.summary.tool_calls,
@@ -890,7 +1200,12 @@ impl Session {
             usage: Some(usage_pb(&self.summary.usage)),
             duration_ms: self.started.elapsed().as_millis().min(u32::MAX as u128) as u32,
         };
-        let _ = self.emit(Out::Ended(pb::SessionEnded { reason: reason.into(), summary: Some(summary) })).await;
+        let _ = self
+            .emit(Out::Ended(pb::SessionEnded {
+                reason: reason.into(),
+                summary: Some(summary),
+            }))
+            .await;
         info!(reason, "session ended");
         reason
     }
@@ -904,7 +1219,12 @@ async fn sleep_until_opt(t: Option<Instant>) {
 }
 
 fn transcript(role: pb::Role, item_id: String, text: String, final_: bool) -> Out {
-    Out::Transcript(pb::Transcript { role: role as i32, item_id, text, r#final: final_ })
+    Out::Transcript(pb::Transcript {
+        role: role as i32,
+        item_id,
+        text,
+        r#final: final_,
+    })
 }
 
 fn clamp_u32(x: u64) -> u32 {
@@ -938,7 +1258,11 @@ fn bounded_code(code: &str) -> &'static str {
         "input_audio_buffer_commit_empty",
         "invalid_tool_call_id",
     ];
-    KNOWN.iter().find(|k| **k == code).copied().unwrap_or("other")
+    KNOWN
+        .iter()
+        .find(|k| **k == code)
+        .copied()
+        .unwrap_or("other")
 }
 
 fn bounded_status(s: &str) -> &'static str {

@@ -21,17 +21,29 @@ pub struct ToolDef {
 
 impl std::fmt::Debug for ToolDef {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ToolDef").field("name", &self.name).field("timeout", &self.timeout).finish()
+        f.debug_struct("ToolDef")
+            .field("name", &self.name)
+            .field("timeout", &self.timeout)
+            .finish()
     }
 }
 
 impl ToolDef {
-    pub fn new(name: &str, description: &str, schema_json: &str, timeout: Duration) -> Result<ToolDef, String> {
+    pub fn new(
+        name: &str,
+        description: &str,
+        schema_json: &str,
+        timeout: Duration,
+    ) -> Result<ToolDef, String> {
         let valid_name = !name.is_empty()
             && name.len() <= 64
-            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
         if !valid_name {
-            return Err(format!("tool name {name:?} must match [a-zA-Z0-9_-]{{1,64}}"));
+            return Err(format!(
+                "tool name {name:?} must match [a-zA-Z0-9_-]{{1,64}}"
+            ));
         }
         let schema: Value = if schema_json.trim().is_empty() {
             json!({"type": "object", "properties": {}})
@@ -45,7 +57,9 @@ impl ToolDef {
         let validator = jsonschema::validator_for(&schema)
             .map_err(|e| format!("tool {name:?}: invalid JSON Schema: {e}"))?;
         if timeout.is_zero() || timeout > Duration::from_secs(600) {
-            return Err(format!("tool {name:?}: timeout must be within 1 ms..=600 s"));
+            return Err(format!(
+                "tool {name:?}: timeout must be within 1 ms..=600 s"
+            ));
         }
         Ok(ToolDef {
             name: name.to_string(),
@@ -73,7 +87,9 @@ impl std::fmt::Display for Refusal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Refusal::UnknownTool(n) => write!(f, "there is no tool named {n:?}"),
-            Refusal::BadArguments(m) => write!(f, "the arguments do not match the tool's schema: {m}"),
+            Refusal::BadArguments(m) => {
+                write!(f, "the arguments do not match the tool's schema: {m}")
+            }
         }
     }
 }
@@ -119,11 +135,15 @@ impl ToolRegistry {
 
     /// Checks a call before it reaches the host.
     pub fn check(&self, name: &str, arguments: &str) -> Result<Arc<ToolDef>, Refusal> {
-        let def = self.tools.get(name).ok_or_else(|| Refusal::UnknownTool(name.to_string()))?;
+        let def = self
+            .tools
+            .get(name)
+            .ok_or_else(|| Refusal::UnknownTool(name.to_string()))?;
         let args: Value = if arguments.trim().is_empty() {
             json!({})
         } else {
-            serde_json::from_str(arguments).map_err(|e| Refusal::BadArguments(format!("not JSON: {e}")))?
+            serde_json::from_str(arguments)
+                .map_err(|e| Refusal::BadArguments(format!("not JSON: {e}")))?
         };
         if let Err(e) = def.validator.validate(&args) {
             return Err(Refusal::BadArguments(e.to_string()));
@@ -193,7 +213,13 @@ pub struct ToolOutcome {
 }
 
 impl ToolOutcome {
-    pub fn failed(call_id: &str, name: &str, status: ToolStatus, message: String, duration: Duration) -> ToolOutcome {
+    pub fn failed(
+        call_id: &str,
+        name: &str,
+        status: ToolStatus,
+        message: String,
+        duration: Duration,
+    ) -> ToolOutcome {
         ToolOutcome {
             call_id: call_id.to_string(),
             name: name.to_string(),
@@ -214,12 +240,21 @@ pub fn outcome_from_answer(
     duration: Duration,
 ) -> ToolOutcome {
     match answer {
-        Err(msg) => ToolOutcome::failed(call_id, name, ToolStatus::Error, format!("the tool failed: {msg}"), duration),
+        Err(msg) => ToolOutcome::failed(
+            call_id,
+            name,
+            ToolStatus::Error,
+            format!("the tool failed: {msg}"),
+            duration,
+        ),
         Ok(out) if out.len() > max_bytes => ToolOutcome::failed(
             call_id,
             name,
             ToolStatus::InvalidOutput,
-            format!("the tool returned {} bytes, more than the {max_bytes}-byte limit", out.len()),
+            format!(
+                "the tool returned {} bytes, more than the {max_bytes}-byte limit",
+                out.len()
+            ),
             duration,
         ),
         Ok(out) => match serde_json::from_str::<Value>(&out) {
@@ -279,7 +314,15 @@ pub async fn invoke_callback(
     let name = invocation.name.clone();
     let ch = match channels.channel(&addr) {
         Ok(c) => c,
-        Err(e) => return ToolOutcome::failed(&call_id, &name, ToolStatus::Unreachable, e, started.elapsed()),
+        Err(e) => {
+            return ToolOutcome::failed(
+                &call_id,
+                &name,
+                ToolStatus::Unreachable,
+                e,
+                started.elapsed(),
+            )
+        }
     };
     let mut client = pb::tool_host_client::ToolHostClient::new(ch);
     let mut req = tonic::Request::new(invocation);
@@ -318,7 +361,12 @@ pub async fn invoke_callback(
     }
 }
 
-pub fn timeout_outcome(call_id: &str, name: &str, timeout: Duration, elapsed: Duration) -> ToolOutcome {
+pub fn timeout_outcome(
+    call_id: &str,
+    name: &str,
+    timeout: Duration,
+    elapsed: Duration,
+) -> ToolOutcome {
     ToolOutcome::failed(
         call_id,
         name,
@@ -347,9 +395,18 @@ mod tests {
     fn schema_checks_refuse_before_the_host() {
         let r = reg();
         assert!(r.check("lookup", r#"{"date":"2026-01-01"}"#).is_ok());
-        assert!(matches!(r.check("lookup", r#"{"day":1}"#), Err(Refusal::BadArguments(_))));
-        assert!(matches!(r.check("lookup", "not json"), Err(Refusal::BadArguments(_))));
-        assert!(matches!(r.check("nope", "{}"), Err(Refusal::UnknownTool(_))));
+        assert!(matches!(
+            r.check("lookup", r#"{"day":1}"#),
+            Err(Refusal::BadArguments(_))
+        ));
+        assert!(matches!(
+            r.check("lookup", "not json"),
+            Err(Refusal::BadArguments(_))
+        ));
+        assert!(matches!(
+            r.check("nope", "{}"),
+            Err(Refusal::UnknownTool(_))
+        ));
         assert_eq!(r.label("nope"), "_undeclared");
     }
 
@@ -358,17 +415,32 @@ mod tests {
         assert!(ToolDef::new("bad name", "", "", Duration::from_secs(1)).is_err());
         assert!(ToolDef::new("t", "", "{", Duration::from_secs(1)).is_err());
         assert!(ToolDef::new("t", "", r#"{"type":"string"}"#, Duration::from_secs(1)).is_err());
-        assert!(ToolDef::new("t", "", r#"{"type":"object","properties":{"a":{"type":"nope"}}}"#, Duration::from_secs(1)).is_err());
+        assert!(ToolDef::new(
+            "t",
+            "",
+            r#"{"type":"object","properties":{"a":{"type":"nope"}}}"#,
+            Duration::from_secs(1)
+        )
+        .is_err());
     }
 
     #[test]
     fn outputs_are_normalized() {
         let d = Duration::from_millis(5);
-        assert_eq!(outcome_from_answer("c", "t", Ok("{\"a\":1}".into()), 100, d).status, ToolStatus::Ok);
+        assert_eq!(
+            outcome_from_answer("c", "t", Ok("{\"a\":1}".into()), 100, d).status,
+            ToolStatus::Ok
+        );
         let o = outcome_from_answer("c", "t", Ok("nope".into()), 100, d);
         assert_eq!(o.status, ToolStatus::InvalidOutput);
         assert!(serde_json::from_str::<Value>(&o.output).unwrap()["error"].is_string());
-        assert_eq!(outcome_from_answer("c", "t", Ok("[1,2,3]".into()), 3, d).status, ToolStatus::InvalidOutput);
-        assert_eq!(outcome_from_answer("c", "t", Err("boom".into()), 100, d).status, ToolStatus::Error);
+        assert_eq!(
+            outcome_from_answer("c", "t", Ok("[1,2,3]".into()), 3, d).status,
+            ToolStatus::InvalidOutput
+        );
+        assert_eq!(
+            outcome_from_answer("c", "t", Err("boom".into()), 100, d).status,
+            ToolStatus::Error
+        );
     }
 }

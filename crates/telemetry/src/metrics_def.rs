@@ -25,8 +25,8 @@ pub const RESPONSES_TOTAL: &str = "voice_responses_total";
 
 /// Voice-to-voice and dead air: tens of milliseconds to tens of seconds.
 const LATENCY_BUCKETS: &[f64] = &[
-    0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 7.5, 10.0, 15.0,
-    20.0, 30.0, 60.0,
+    0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 7.5, 10.0,
+    15.0, 20.0, 30.0, 60.0,
 ];
 /// In-sidecar per-frame cost: microseconds to tens of milliseconds.
 const FRAME_BUCKETS: &[f64] = &[
@@ -35,8 +35,16 @@ const FRAME_BUCKETS: &[f64] = &[
 
 /// Registers help texts and units for every metric.
 pub fn describe_all() {
-    describe_gauge!(SESSIONS_ACTIVE, Unit::Count, "Voice sessions currently open.");
-    describe_counter!(SESSIONS_TOTAL, Unit::Count, "Voice sessions ended, by outcome.");
+    describe_gauge!(
+        SESSIONS_ACTIVE,
+        Unit::Count,
+        "Voice sessions currently open."
+    );
+    describe_counter!(
+        SESSIONS_TOTAL,
+        Unit::Count,
+        "Voice sessions ended, by outcome."
+    );
     describe_histogram!(
         RESPONSE_LATENCY,
         Unit::Seconds,
@@ -47,20 +55,76 @@ pub fn describe_all() {
         Unit::Seconds,
         "Dead-air spans while the user waits with no assistant audio, by phase."
     );
-    describe_histogram!(TOOL_CALL_DURATION, Unit::Seconds, "Tool call duration, by tool and outcome.");
-    describe_gauge!(TOOL_CALLS_IN_FLIGHT, Unit::Count, "Tool calls currently running on hosts.");
-    describe_counter!(TOOL_CALLS_TOTAL, Unit::Count, "Tool calls finished, by tool and outcome.");
-    describe_histogram!(UPSTREAM_CONNECT, Unit::Seconds, "Time to open and initialize an upstream Realtime session.");
-    describe_counter!(UPSTREAM_RECONNECTS, Unit::Count, "Upstream reconnects after a dropped connection.");
-    describe_counter!(UPSTREAM_ERRORS, Unit::Count, "Upstream error events and failures, by code.");
-    describe_counter!(UPSTREAM_EVENTS_UNKNOWN, Unit::Count, "Upstream events this build does not know.");
-    describe_counter!(AUDIO_FRAMES, Unit::Count, "Audio frames handled, by direction (in: host to model, out: model to host).");
-    describe_counter!(AUDIO_BYTES, Unit::Bytes, "Audio bytes received from or sent to hosts, by direction.");
-    describe_histogram!(FRAME_PROCESSING, Unit::Seconds, "Time spent inside the sidecar per audio frame, by direction.");
-    describe_counter!(INTERRUPTIONS, Unit::Count, "Barge-ins: the user spoke over assistant audio.");
-    describe_counter!(TOKENS, Unit::Count, "Tokens used, from response.done usage, by kind.");
-    describe_counter!(HOST_ERRORS, Unit::Count, "Errors reported to hosts on the stream, by code.");
-    describe_counter!(RESPONSES_TOTAL, Unit::Count, "Model responses finished, by status.");
+    describe_histogram!(
+        TOOL_CALL_DURATION,
+        Unit::Seconds,
+        "Tool call duration, by tool and outcome."
+    );
+    describe_gauge!(
+        TOOL_CALLS_IN_FLIGHT,
+        Unit::Count,
+        "Tool calls currently running on hosts."
+    );
+    describe_counter!(
+        TOOL_CALLS_TOTAL,
+        Unit::Count,
+        "Tool calls finished, by tool and outcome."
+    );
+    describe_histogram!(
+        UPSTREAM_CONNECT,
+        Unit::Seconds,
+        "Time to open and initialize an upstream Realtime session."
+    );
+    describe_counter!(
+        UPSTREAM_RECONNECTS,
+        Unit::Count,
+        "Upstream reconnects after a dropped connection."
+    );
+    describe_counter!(
+        UPSTREAM_ERRORS,
+        Unit::Count,
+        "Upstream error events and failures, by code."
+    );
+    describe_counter!(
+        UPSTREAM_EVENTS_UNKNOWN,
+        Unit::Count,
+        "Upstream events this build does not know."
+    );
+    describe_counter!(
+        AUDIO_FRAMES,
+        Unit::Count,
+        "Audio frames handled, by direction (in: host to model, out: model to host)."
+    );
+    describe_counter!(
+        AUDIO_BYTES,
+        Unit::Bytes,
+        "Audio bytes received from or sent to hosts, by direction."
+    );
+    describe_histogram!(
+        FRAME_PROCESSING,
+        Unit::Seconds,
+        "Time spent inside the sidecar per audio frame, by direction."
+    );
+    describe_counter!(
+        INTERRUPTIONS,
+        Unit::Count,
+        "Barge-ins: the user spoke over assistant audio."
+    );
+    describe_counter!(
+        TOKENS,
+        Unit::Count,
+        "Tokens used, from response.done usage, by kind."
+    );
+    describe_counter!(
+        HOST_ERRORS,
+        Unit::Count,
+        "Errors reported to hosts on the stream, by code."
+    );
+    describe_counter!(
+        RESPONSES_TOTAL,
+        Unit::Count,
+        "Model responses finished, by status."
+    );
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -71,7 +135,12 @@ pub enum TelemetryError {
 
 fn builder() -> PrometheusBuilder {
     let mut b = PrometheusBuilder::new();
-    for name in [RESPONSE_LATENCY, SILENCE, TOOL_CALL_DURATION, UPSTREAM_CONNECT] {
+    for name in [
+        RESPONSE_LATENCY,
+        SILENCE,
+        TOOL_CALL_DURATION,
+        UPSTREAM_CONNECT,
+    ] {
         b = b
             .set_buckets_for_metric(Matcher::Full(name.to_string()), LATENCY_BUCKETS)
             .expect("bucket list is non-empty");
@@ -96,10 +165,12 @@ pub fn install_prometheus(addr: SocketAddr) -> Result<(), TelemetryError> {
 /// Installs the global recorder without a listener and returns a handle that renders the text format
 /// (for tests and embedding).
 pub fn install_recorder() -> Result<PrometheusHandle, TelemetryError> {
-    let h = builder().install_recorder().map_err(|e| TelemetryError::Exporter {
-        addr: SocketAddr::from(([0, 0, 0, 0], 0)),
-        reason: e.to_string(),
-    })?;
+    let h = builder()
+        .install_recorder()
+        .map_err(|e| TelemetryError::Exporter {
+            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            reason: e.to_string(),
+        })?;
     describe_all();
     Ok(h)
 }

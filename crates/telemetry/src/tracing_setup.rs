@@ -15,7 +15,9 @@ impl std::str::FromStr for LogFormat {
         match s {
             "pretty" | "text" => Ok(LogFormat::Pretty),
             "json" => Ok(LogFormat::Json),
-            o => Err(format!("unknown log format {o:?} (expected pretty or json)")),
+            o => Err(format!(
+                "unknown log format {o:?} (expected pretty or json)"
+            )),
         }
     }
 }
@@ -23,11 +25,18 @@ impl std::str::FromStr for LogFormat {
 /// Installs the global subscriber; logs go to stderr so stdout stays free for program output.
 /// Returns an error string for a bad filter instead of panicking.
 pub fn init_tracing(format: LogFormat, filter: &str) -> Result<(), String> {
-    let filter = EnvFilter::try_new(filter).map_err(|e| format!("bad log filter {filter:?}: {e}"))?;
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter =
+        EnvFilter::try_new(filter).map_err(|e| format!("bad log filter {filter:?}: {e}"))?;
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let r = match format {
         LogFormat::Pretty => b.compact().try_init(),
-        LogFormat::Json => b.json().flatten_event(true).with_current_span(true).try_init(),
+        LogFormat::Json => b
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .try_init(),
     };
     r.map_err(|e| e.to_string())
 }

@@ -41,9 +41,13 @@ struct DemoTools;
 
 #[tonic::async_trait]
 impl pb::tool_host_server::ToolHost for DemoTools {
-    async fn invoke(&self, req: Request<pb::ToolInvocation>) -> Result<Response<pb::ToolOutput>, Status> {
+    async fn invoke(
+        &self,
+        req: Request<pb::ToolInvocation>,
+    ) -> Result<Response<pb::ToolOutput>, Status> {
         let inv = req.into_inner();
-        let args: serde_json::Value = serde_json::from_str(&inv.arguments_json).unwrap_or(json!({}));
+        let args: serde_json::Value =
+            serde_json::from_str(&inv.arguments_json).unwrap_or(json!({}));
         let output = match inv.name.as_str() {
             "calendar_lookup" => {
                 tokio::time::sleep(Duration::from_millis(600)).await;
@@ -55,11 +59,17 @@ impl pb::tool_host_server::ToolHost for DemoTools {
                 tokio::time::sleep(Duration::from_millis(400)).await;
                 json!({"status": "saved", "contact": args["contact"], "note_id": "N-1042"})
             }
-            other => return Ok(Response::new(pb::ToolOutput {
-                result: Some(pb::tool_output::Result::Error(format!("no such tool {other}"))),
-            })),
+            other => {
+                return Ok(Response::new(pb::ToolOutput {
+                    result: Some(pb::tool_output::Result::Error(format!(
+                        "no such tool {other}"
+                    ))),
+                }))
+            }
         };
-        Ok(Response::new(pb::ToolOutput { result: Some(pb::tool_output::Result::OutputJson(output.to_string())) }))
+        Ok(Response::new(pb::ToolOutput {
+            result: Some(pb::tool_output::Result::OutputJson(output.to_string())),
+        }))
     }
 }
 
@@ -81,7 +91,8 @@ fn tools() -> Vec<pb::ToolDefinition> {
 }
 
 fn read_wav(path: &PathBuf) -> Result<(Vec<i16>, u32)> {
-    let mut r = hound::WavReader::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut r =
+        hound::WavReader::open(path).with_context(|| format!("opening {}", path.display()))?;
     let spec = r.spec();
     if spec.channels != 1 || spec.bits_per_sample != 16 {
         bail!("{} must be mono 16-bit PCM", path.display());
@@ -108,19 +119,37 @@ async fn main() -> Result<()> {
 
     let mut client = connect(&args.sidecar).await?;
     let (tx, rx) = mpsc::channel::<pb::ClientMessage>(64);
-    let fmt = pb::AudioFormat { codec: pb::Codec::Pcm16 as i32, sample_rate_hz: rate, channels: 1, frame_ms: 20 };
+    let fmt = pb::AudioFormat {
+        codec: pb::Codec::Pcm16 as i32,
+        sample_rate_hz: rate,
+        channels: 1,
+        frame_ms: 20,
+    };
     tx.send(msg(In::Start(pb::SessionStart {
         input_format: Some(fmt),
         output_format: Some(fmt),
         instructions: "You are a helpful phone assistant for a small business.".into(),
         tools: tools(),
-        tool_routing: Some(pb::ToolRouting { route: Some(pb::tool_routing::Route::CallbackAddress(format!("http://{tools_addr}"))) }),
+        tool_routing: Some(pb::ToolRouting {
+            route: Some(pb::tool_routing::Route::CallbackAddress(format!(
+                "http://{tools_addr}"
+            ))),
+        }),
         ..Default::default()
     })))
     .await?;
     let t0 = Instant::now();
-    let mut inbound = client.converse(ReceiverStream::new(rx)).await.context("opening Converse")?.into_inner();
-    println!("[{:>6} ms] Converse stream open, streaming {:.2} s of speech at {} Hz in 20 ms frames", t0.elapsed().as_millis(), samples.len() as f64 / rate as f64, rate);
+    let mut inbound = client
+        .converse(ReceiverStream::new(rx))
+        .await
+        .context("opening Converse")?
+        .into_inner();
+    println!(
+        "[{:>6} ms] Converse stream open, streaming {:.2} s of speech at {} Hz in 20 ms frames",
+        t0.elapsed().as_millis(),
+        samples.len() as f64 / rate as f64,
+        rate
+    );
 
     // The "microphone": the sample in real time, then silence, like a phone line that stays open.
     let mic = tx.clone();
@@ -131,9 +160,21 @@ async fn main() -> Result<()> {
         for seq in 1u64.. {
             tick.tick().await;
             let start = (seq as usize - 1) * frame;
-            let chunk = if start < samples.len() { &samples[start..(start + frame).min(samples.len())] } else { &silence[..] };
+            let chunk = if start < samples.len() {
+                &samples[start..(start + frame).min(samples.len())]
+            } else {
+                &silence[..]
+            };
             let data: Vec<u8> = chunk.iter().flat_map(|s| s.to_le_bytes()).collect();
-            if mic.send(msg(In::Audio(pb::AudioFrame { data, seq, ..Default::default() }))).await.is_err() {
+            if mic
+                .send(msg(In::Audio(pb::AudioFrame {
+                    data,
+                    seq,
+                    ..Default::default()
+                })))
+                .await
+                .is_err()
+            {
                 break;
             }
         }
@@ -151,13 +192,23 @@ async fn main() -> Result<()> {
             _ = &mut deadline => bail!("no end of conversation within {} s", args.timeout_secs),
             m = inbound.message() => m.context("stream failed")?,
         };
-        let Some(m) = m.and_then(|m| m.message) else { break };
+        let Some(m) = m.and_then(|m| m.message) else {
+            break;
+        };
         let ms = t0.elapsed().as_millis();
         match m {
-            Out::Started(s) => println!("[{ms:>6} ms] session {} started: model {}, upstream audio {}", s.session_id, s.model, s.upstream_audio_format),
+            Out::Started(s) => println!(
+                "[{ms:>6} ms] session {} started: model {}, upstream audio {}",
+                s.session_id, s.model, s.upstream_audio_format
+            ),
             Out::SpeechStarted(_) => println!("[{ms:>6} ms] user started speaking"),
-            Out::SpeechStopped(s) => println!("[{ms:>6} ms] user stopped speaking (at {} ms of input audio)", s.audio_end_ms),
-            Out::Transcript(t) if t.role == pb::Role::User as i32 && t.r#final => println!("[{ms:>6} ms] USER:      {}", t.text),
+            Out::SpeechStopped(s) => println!(
+                "[{ms:>6} ms] user stopped speaking (at {} ms of input audio)",
+                s.audio_end_ms
+            ),
+            Out::Transcript(t) if t.role == pb::Role::User as i32 && t.r#final => {
+                println!("[{ms:>6} ms] USER:      {}", t.text)
+            }
             Out::Transcript(t) if t.role == pb::Role::Assistant as i32 => {
                 if t.r#final {
                     println!("[{ms:>6} ms] ASSISTANT: {}", t.text);
@@ -172,26 +223,49 @@ async fn main() -> Result<()> {
                     first_audio = Some(ms);
                     println!("[{ms:>6} ms] first assistant audio");
                 }
-                reply.extend(a.data.chunks_exact(2).map(|b| i16::from_le_bytes([b[0], b[1]])));
+                reply.extend(
+                    a.data
+                        .chunks_exact(2)
+                        .map(|b| i16::from_le_bytes([b[0], b[1]])),
+                );
             }
             Out::ToolCallStarted(c) => {
                 pending_tools += 1;
-                println!("[{ms:>6} ms] tool call  {} {}({})", c.call_id, c.name, c.arguments_json);
+                println!(
+                    "[{ms:>6} ms] tool call  {} {}({})",
+                    c.call_id, c.name, c.arguments_json
+                );
             }
             Out::ToolCallFinished(c) => {
                 pending_tools = pending_tools.saturating_sub(1);
-                let status = pb::ToolStatus::try_from(c.status).map(|s| s.as_str_name()).unwrap_or("?");
-                println!("[{ms:>6} ms] tool done  {} {} {} in {} ms", c.call_id, c.name, status, c.duration_ms);
+                let status = pb::ToolStatus::try_from(c.status)
+                    .map(|s| s.as_str_name())
+                    .unwrap_or("?");
+                println!(
+                    "[{ms:>6} ms] tool done  {} {} {} in {} ms",
+                    c.call_id, c.name, status, c.duration_ms
+                );
                 if pending_tools == 0 {
                     tool_rounds_done += 1;
                 }
             }
             Out::ResponseDone(r) => {
                 let u = r.usage.unwrap_or_default();
-                let v2v = if r.voice_to_voice_ms > 0 { format!(", voice-to-voice {} ms", r.voice_to_voice_ms) } else { String::new() };
-                println!("[{ms:>6} ms] response {} {}{v2v}, tokens in/out {}/{}", r.response_id, r.status, u.input_tokens, u.output_tokens);
+                let v2v = if r.voice_to_voice_ms > 0 {
+                    format!(", voice-to-voice {} ms", r.voice_to_voice_ms)
+                } else {
+                    String::new()
+                };
+                println!(
+                    "[{ms:>6} ms] response {} {}{v2v}, tokens in/out {}/{}",
+                    r.response_id, r.status, u.input_tokens, u.output_tokens
+                );
                 if tool_rounds_done > 0 && pending_tools == 0 {
-                    tx.send(msg(In::Control(pb::Control { action: Some(pb::control::Action::End(pb::Empty {})) }))).await.ok();
+                    tx.send(msg(In::Control(pb::Control {
+                        action: Some(pb::control::Action::End(pb::Empty {})),
+                    })))
+                    .await
+                    .ok();
                 }
             }
             Out::Error(e) => println!("[{ms:>6} ms] error {}: {}", e.code, e.message),
@@ -205,13 +279,23 @@ async fn main() -> Result<()> {
             }
         }
     }
-    let spec = hound::WavSpec { channels: 1, sample_rate: rate, bits_per_sample: 16, sample_format: hound::SampleFormat::Int };
-    let mut w = hound::WavWriter::create(&args.out, spec).with_context(|| format!("writing {}", args.out.display()))?;
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: rate,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut w = hound::WavWriter::create(&args.out, spec)
+        .with_context(|| format!("writing {}", args.out.display()))?;
     for s in &reply {
         w.write_sample(*s)?;
     }
     w.finalize()?;
-    println!("assistant audio: {:.2} s written to {}", reply.len() as f64 / rate as f64, args.out.display());
+    println!(
+        "assistant audio: {:.2} s written to {}",
+        reply.len() as f64 / rate as f64,
+        args.out.display()
+    );
     Ok(())
 }
 
@@ -219,7 +303,9 @@ fn msg(m: In) -> pb::ClientMessage {
     pb::ClientMessage { message: Some(m) }
 }
 
-async fn connect(addr: &str) -> Result<pb::voice_sidecar_client::VoiceSidecarClient<tonic::transport::Channel>> {
+async fn connect(
+    addr: &str,
+) -> Result<pb::voice_sidecar_client::VoiceSidecarClient<tonic::transport::Channel>> {
     // The sidecar may still be starting: retry for a few seconds.
     let mut last = None;
     for _ in 0..50 {
@@ -229,5 +315,8 @@ async fn connect(addr: &str) -> Result<pb::voice_sidecar_client::VoiceSidecarCli
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    bail!("could not reach the sidecar at {addr}: {}", last.map(|e| e.to_string()).unwrap_or_default())
+    bail!(
+        "could not reach the sidecar at {addr}: {}",
+        last.map(|e| e.to_string()).unwrap_or_default()
+    )
 }

@@ -15,7 +15,11 @@ use voice_telemetry::LogFormat;
 pub const DEFAULT_REALTIME_URL: &str = "wss://api.openai.com";
 
 #[derive(Debug, Parser)]
-#[command(name = "voice-sidecar", version, about = "gRPC sidecar for real-time voice sessions with the OpenAI Realtime API")]
+#[command(
+    name = "voice-sidecar",
+    version,
+    about = "gRPC sidecar for real-time voice sessions with the OpenAI Realtime API"
+)]
 pub struct Args {
     /// Address of the gRPC server.
     #[arg(long, env = "VOICE_SIDECAR_LISTEN")]
@@ -128,8 +132,10 @@ impl Config {
     pub fn load(args: Args) -> Result<Config> {
         let file: FileConfig = match &args.config {
             Some(p) => {
-                let text = std::fs::read_to_string(p).with_context(|| format!("reading config file {}", p.display()))?;
-                toml::from_str(&text).with_context(|| format!("parsing config file {}", p.display()))?
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("reading config file {}", p.display()))?;
+                toml::from_str(&text)
+                    .with_context(|| format!("parsing config file {}", p.display()))?
             }
             None => FileConfig::default(),
         };
@@ -140,8 +146,12 @@ impl Config {
         }
         let api_key = match pick!(api_key_file) {
             Some(p) => {
-                let raw = std::fs::read_to_string(&p).with_context(|| format!("reading API key file {}", p.display()))?;
-                Some(ApiKey::new(raw).with_context(|| format!("API key file {} is empty", p.display()))?)
+                let raw = std::fs::read_to_string(&p)
+                    .with_context(|| format!("reading API key file {}", p.display()))?;
+                Some(
+                    ApiKey::new(raw)
+                        .with_context(|| format!("API key file {} is empty", p.display()))?,
+                )
             }
             None => std::env::var("OPENAI_API_KEY").ok().and_then(ApiKey::new),
         };
@@ -160,13 +170,24 @@ impl Config {
         if backend == Backend::OpenAi && api_key.is_none() {
             bail!("--backend openai needs an API key: set OPENAI_API_KEY or --api-key-file");
         }
-        let dialect: Dialect = pick!(dialect).as_deref().unwrap_or("ga").parse().map_err(anyhow::Error::msg)?;
+        let dialect: Dialect = pick!(dialect)
+            .as_deref()
+            .unwrap_or("ga")
+            .parse()
+            .map_err(anyhow::Error::msg)?;
         let metrics_listen = match pick!(metrics_listen).as_deref() {
             Some("off") | Some("") => None,
-            Some(a) => Some(a.parse().with_context(|| format!("--metrics-listen {a:?} is not an address"))?),
+            Some(a) => Some(
+                a.parse()
+                    .with_context(|| format!("--metrics-listen {a:?} is not an address"))?,
+            ),
             None => Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
         };
-        let log_format: LogFormat = pick!(log_format).as_deref().unwrap_or("pretty").parse().map_err(anyhow::Error::msg)?;
+        let log_format: LogFormat = pick!(log_format)
+            .as_deref()
+            .unwrap_or("pretty")
+            .parse()
+            .map_err(anyhow::Error::msg)?;
         let realtime_url = pick!(realtime_url).unwrap_or_else(|| DEFAULT_REALTIME_URL.to_string());
         if !(realtime_url.starts_with("ws://") || realtime_url.starts_with("wss://")) {
             bail!("--realtime-url must start with ws:// or wss://, got {realtime_url:?}");

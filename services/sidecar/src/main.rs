@@ -77,10 +77,17 @@ async fn main() -> Result<()> {
         voice: cfg.voice.clone(),
     };
     let sessions = Arc::new(Semaphore::new(cfg.max_sessions));
-    let svc = service::Sidecar { ctx, defaults, sessions: sessions.clone(), max_sessions: cfg.max_sessions };
+    let svc = service::Sidecar {
+        ctx,
+        defaults,
+        sessions: sessions.clone(),
+        max_sessions: cfg.max_sessions,
+    };
 
     let (health_reporter, health_svc) = tonic_health::server::health_reporter();
-    health_reporter.set_serving::<VoiceSidecarServer<service::Sidecar>>().await;
+    health_reporter
+        .set_serving::<VoiceSidecarServer<service::Sidecar>>()
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(voice_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -99,12 +106,19 @@ async fn main() -> Result<()> {
         let shutdown = shutdown.clone();
         async move {
             wait_for_signal().await;
-            info!(grace_secs = grace.as_secs(), "shutdown requested: refusing new sessions, letting live ones finish");
-            health_reporter.set_not_serving::<VoiceSidecarServer<service::Sidecar>>().await;
+            info!(
+                grace_secs = grace.as_secs(),
+                "shutdown requested: refusing new sessions, letting live ones finish"
+            );
+            health_reporter
+                .set_not_serving::<VoiceSidecarServer<service::Sidecar>>()
+                .await;
             let live = sessions.clone();
             tokio::spawn(async move {
                 let deadline = tokio::time::Instant::now() + grace;
-                while live.available_permits() < max_sessions && tokio::time::Instant::now() < deadline {
+                while live.available_permits() < max_sessions
+                    && tokio::time::Instant::now() < deadline
+                {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
                 if live.available_permits() < max_sessions {
@@ -124,7 +138,10 @@ async fn main() -> Result<()> {
                 .max_decoding_message_size(MAX_GRPC_MESSAGE)
                 .max_encoding_message_size(MAX_GRPC_MESSAGE),
         )
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), stop)
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            stop,
+        )
         .await
         .context("gRPC server failed")?;
     info!("voice-sidecar stopped");
@@ -132,7 +149,8 @@ async fn main() -> Result<()> {
 }
 
 fn load_sim_config(p: &std::path::Path) -> Result<voice_realtime_sim::SimConfig> {
-    let text = std::fs::read_to_string(p).with_context(|| format!("reading simulator config {}", p.display()))?;
+    let text = std::fs::read_to_string(p)
+        .with_context(|| format!("reading simulator config {}", p.display()))?;
     let cfg = if p.extension().is_some_and(|e| e == "json") {
         serde_json::from_str(&text).with_context(|| format!("parsing {}", p.display()))?
     } else {

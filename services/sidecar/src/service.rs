@@ -35,12 +35,23 @@ impl pb::voice_sidecar_server::VoiceSidecar for Sidecar {
             return Err(Status::unavailable("the sidecar is shutting down"));
         }
         let permit = self.sessions.clone().try_acquire_owned().map_err(|_| {
-            Status::resource_exhausted(format!("the sidecar is at its limit of {} concurrent sessions", self.max_sessions))
+            Status::resource_exhausted(format!(
+                "the sidecar is at its limit of {} concurrent sessions",
+                self.max_sessions
+            ))
         })?;
         let mut inbound = request.into_inner();
         let first = match tokio::time::timeout(START_TIMEOUT, inbound.next()).await {
-            Err(_) => return Err(Status::invalid_argument("no SessionStart received within 10 s")),
-            Ok(None) => return Err(Status::invalid_argument("the stream ended before SessionStart")),
+            Err(_) => {
+                return Err(Status::invalid_argument(
+                    "no SessionStart received within 10 s",
+                ))
+            }
+            Ok(None) => {
+                return Err(Status::invalid_argument(
+                    "the stream ended before SessionStart",
+                ))
+            }
             Ok(Some(Err(s))) => return Err(s),
             Ok(Some(Ok(m))) => m,
         };
