@@ -23,4 +23,5 @@ pub use resample::StreamResampler;
 #[cfg(test)]
 mod interop_tests;
 #[cfg(test)]
+#[allow(clippy::needless_range_loop)] // small fixed-size matrix code reads better with indices
 pub(crate) mod test_util;
