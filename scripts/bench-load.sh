@@ -1,0 +1,156 @@
+#!/usr/bin/env bash
+# Load benchmark for voice-sidecar: realtime-sim (upstream stand-in) + voice-sidecar + voice-loadgen,
+# all on loopback on this machine. Writes BENCHMARKS-load.md at the repository root.
+#
+# For each session count: fresh simulator and sidecar processes, N concurrent 8 kHz µ-law sessions
+# (in and out) ramped up, held, ended. Also measures the "physical floor" (base64 + JSON + loopback
+# WebSocket write of one 20 ms frame) and reports the sidecar's per-frame cost against it.
+#
+# Environment overrides (defaults in brackets):
+#   BENCH_SESSIONS        session counts to run                 ["10 100 500 1000"]
+#   BENCH_HOLD_SECS       hold (measurement) period per run, s  [30]
+#   BENCH_RAMP_SECS       ramp-up period, s                     [max(2, N/100)]
+#   BENCH_CODEC           loadgen codec (mulaw|alaw|pcm16|opus) [mulaw]
+#   BENCH_TOOLS           1: sessions declare a tool (in-stream) [0]
+#   BENCH_FLOOR_FRAMES    frames for the floor measurement      [200000]
+#   BENCH_SIM_CONFIG      simulator config                      [services/loadgen/sim-load.toml]
+#   BENCH_SKIP_BUILD      1: do not run cargo build             [0]
+#   BENCH_PROFILE         N: also `perf record` the sidecar during the hold of the N-session run [unset]
+#   BENCH_OUT             output Markdown file                  [BENCHMARKS-load.md]
+#   BENCH_KEEP            1: keep the work directory (JSON reports, logs) [0]
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+SESSIONS=${BENCH_SESSIONS:-"10 100 500 1000"}
+HOLD=${BENCH_HOLD_SECS:-30}
+CODEC=${BENCH_CODEC:-mulaw}
+TOOLS=${BENCH_TOOLS:-0}
+FLOOR_FRAMES=${BENCH_FLOOR_FRAMES:-200000}
+SIM_CONFIG=${BENCH_SIM_CONFIG:-$ROOT/services/loadgen/sim-load.toml}
+OUT=${BENCH_OUT:-$ROOT/BENCHMARKS-load.md}
+PROFILE=${BENCH_PROFILE:-}
+BIN=$ROOT/target/release
+
+if [[ "${BENCH_SKIP_BUILD:-0}" != 1 ]]; then
+  echo "== building release binaries (slow on small machines)"
+  (cd "$ROOT" && cargo build --release -p voice-loadgen -p voice-sidecar -p realtime-sim)
+fi
+for b in voice-loadgen voice-sidecar realtime-sim; do
+  [[ -x $BIN/$b ]] || { echo "missing $BIN/$b" >&2; exit 1; }
+done
+
+WORK=$(mktemp -d -t bench-load.XXXXXX)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]:-}"; do
+    [[ -n "$p" ]] && kill "$p" 2>/dev/null || true
+  done
+  if [[ "${BENCH_KEEP:-0}" == 1 ]]; then echo "work directory kept: $WORK"; else rm -rf "$WORK"; fi
+}
+trap cleanup EXIT
+
+# 1000 sessions need ~2 sockets each in the sidecar.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])' 2>/dev/null \
+    || echo $((20000 + RANDOM % 20000))
+}
+
+wait_port() { # port, pid
+  for _ in $(seq 1 200); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+    kill -0 "$2" 2>/dev/null || { echo "process $2 exited before listening on $1" >&2; return 1; }
+    sleep 0.1
+  done
+  echo "nothing listening on 127.0.0.1:$1" >&2
+  return 1
+}
+
+stop_proc() { # pid
+  kill -TERM "$1" 2>/dev/null || return 0
+  for _ in $(seq 1 250); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.1; done
+  kill -KILL "$1" 2>/dev/null || true
+}
+
+echo "sk-bench-not-a-real-key" > "$WORK/api-key"
+chmod 600 "$WORK/api-key"
+
+echo "== physical floor"
+"$BIN/voice-loadgen" floor --frame-bytes 160 --frames "$FLOOR_FRAMES" --json "$WORK/floor.json"
+
+RUNS=()
+for N in $SESSIONS; do
+  RAMP=${BENCH_RAMP_SECS:-$(( N / 100 > 2 ? N / 100 : 2 ))}
+  SIM_PORT=$(free_port); GRPC_PORT=$(free_port); METRICS_PORT=$(free_port)
+  echo "== $N sessions (ramp ${RAMP}s, hold ${HOLD}s)"
+  RUST_LOG=warn "$BIN/realtime-sim" --listen "127.0.0.1:$SIM_PORT" --config "$SIM_CONFIG" \
+    >"$WORK/sim-$N.log" 2>&1 &
+  SIM_PID=$!; PIDS+=("$SIM_PID")
+  wait_port "$SIM_PORT" "$SIM_PID"
+  "$BIN/voice-sidecar" --listen "127.0.0.1:$GRPC_PORT" --backend openai \
+    --realtime-url "ws://127.0.0.1:$SIM_PORT" --api-key-file "$WORK/api-key" \
+    --metrics-listen "127.0.0.1:$METRICS_PORT" --log warn --max-sessions 5000 \
+    >"$WORK/sidecar-$N.log" 2>&1 &
+  SC_PID=$!; PIDS+=("$SC_PID")
+  wait_port "$GRPC_PORT" "$SC_PID"
+  wait_port "$METRICS_PORT" "$SC_PID"
+
+  PERF_PID=""
+  if [[ -n "$PROFILE" && "$PROFILE" == "$N" ]] && command -v perf >/dev/null; then
+    # Start sampling once the ramp is over; stop it before the sessions end.
+    ( sleep $(( RAMP + 2 )); exec perf record -F 499 -g -p "$SC_PID" -o "$WORK/perf-$N.data" -- sleep "$(( HOLD > 4 ? HOLD - 2 : HOLD ))" ) \
+      >"$WORK/perf-$N.log" 2>&1 &
+    PERF_PID=$!
+  fi
+
+  EXTRA=()
+  [[ "$TOOLS" == 1 ]] && EXTRA+=(--tools)
+  "$BIN/voice-loadgen" --sidecar "127.0.0.1:$GRPC_PORT" --metrics "127.0.0.1:$METRICS_PORT" \
+    --sidecar-pid "$SC_PID" --sim-pid "$SIM_PID" --sessions "$N" --ramp-secs "$RAMP" --hold-secs "$HOLD" \
+    --codec "$CODEC" --json "$WORK/run-$N.json" --label "$N sessions" "${EXTRA[@]}" | tee "$WORK/run-$N.txt"
+  RUNS+=("$WORK/run-$N.json")
+
+  if [[ -n "$PERF_PID" ]]; then
+    wait "$PERF_PID" || true
+    perf report -i "$WORK/perf-$N.data" --no-children --sort dso,symbol -g none --percent-limit 1 --stdio 2>/dev/null \
+      | grep -v -e '^$' -e '^#' | cut -c1-150 | head -60 > "$WORK/perf-$N.txt" || true
+  fi
+  stop_proc "$SC_PID"
+  stop_proc "$SIM_PID"
+done
+
+TABLE=$("$BIN/voice-loadgen" summarize --floor "$WORK/floor.json" "${RUNS[@]}")
+
+CPU_MODEL=$(lscpu 2>/dev/null | sed -n 's/^Model name:[[:space:]]*//p' | head -1)
+{
+  echo "# Load benchmark (voice-loadgen)"
+  echo
+  echo "Generated by \`scripts/bench-load.sh\` on $(date -u +%Y-%m-%dT%H:%MZ)."
+  echo
+  echo "- Machine: ${CPU_MODEL:-unknown CPU}, $(nproc) cores available ($(lscpu 2>/dev/null | sed -n 's/^CPU(s):[[:space:]]*//p' | head -1) logical CPUs), $(awk '/MemTotal/ {printf "%.1f GiB RAM", $2/1048576}' /proc/meminfo)"
+  echo "- Kernel: $(uname -srm)"
+  echo "- Sidecar: \`--backend openai\` against \`realtime-sim\` ($(basename "$SIM_CONFIG"): realtime_factor 4, short replies) on loopback, \`--log warn\`"
+  echo "- Load: ${CODEC} 8 kHz in and out, 20 ms frames, 1.5 s speech / 2.5 s silence per caller turn, tools: $([[ $TOOLS == 1 ]] && echo in-stream || echo off); hold ${HOLD} s per run"
+  echo "- Simulator, sidecar and load generator share the same machine; their CPU is reported separately."
+  echo
+  echo "$TABLE"
+  echo
+  echo "Notes:"
+  echo "- *in/out p50/p99/max*: time inside the sidecar per frame, from \`voice_frame_processing_seconds\` bucket deltas over the hold (bucket-interpolated; max is the upper bound of the highest non-empty bucket). *out* is observed per upstream audio delta (100 ms = 5 host frames)."
+  echo "- *sidecar CPU per frame*: sidecar user+system CPU during the hold ÷ audio frames it handled (in + out, from \`voice_audio_frames_total\`); includes gRPC, WebSocket, JSON and all control traffic. The floor ratio compares it with the send floor."
+  echo "- *RSS KiB/session*: (VmRSS during the hold − VmRSS before any session) ÷ sessions."
+  echo "- *speech end → first audio*: client-observed, includes the VAD's 500 ms silence and the simulator's think time."
+  for f in "$WORK"/perf-*.txt; do
+    [[ -s "$f" ]] || continue
+    echo
+    echo "## Sidecar profile ($(basename "$f" .txt | sed 's/perf-//') sessions, perf record -g, top symbols)"
+    echo
+    echo '```'
+    head -60 "$f"
+    echo '```'
+  done
+} > "$OUT"
+echo
+echo "== results written to $OUT"
+cat "$OUT"
