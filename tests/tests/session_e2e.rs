@@ -202,3 +202,457 @@ async fn spoken_turn_16k_end_to_end() {
     );
     sessions_drain(&sim).await;
 }
+
+#[tokio::test]
+async fn streams_must_start_with_a_valid_session_start() {
+    let sim = SimServer::bind("127.0.0.1:0".parse().unwrap(), sim_config())
+        .await
+        .unwrap();
+    let sidecar = start_sidecar(&sim.base_url(), &[]).await;
+
+    // Audio before SessionStart.
+    let mut c = client(sidecar.addr).await;
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(msg(In::Audio(pb::AudioFrame {
+        data: vec![0; 640],
+        seq: 1,
+        ..Default::default()
+    })))
+    .await
+    .unwrap();
+    let err = c
+        .converse(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("SessionStart"), "{}", err.message());
+
+    // An empty stream.
+    let (tx, rx) = tokio::sync::mpsc::channel::<pb::ClientMessage>(4);
+    drop(tx);
+    let err = c
+        .converse(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+
+    // Invalid SessionStart fields are named.
+    for (start, needle) in [
+        (
+            pb::SessionStart {
+                input_format: Some(pcm16(7000)),
+                ..Default::default()
+            },
+            "input_format",
+        ),
+        (
+            pb::SessionStart {
+                input_format: Some(pb::AudioFormat {
+                    codec: pb::Codec::Mulaw as i32,
+                    sample_rate_hz: 16000,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            "input_format",
+        ),
+        (
+            pb::SessionStart {
+                tools: vec![pb::ToolDefinition {
+                    name: "t".into(),
+                    parameters_json_schema: "{not json".into(),
+                    ..Default::default()
+                }],
+                tool_routing: Some(pb::ToolRouting {
+                    route: Some(pb::tool_routing::Route::InStream(true)),
+                }),
+                ..Default::default()
+            },
+            "tools",
+        ),
+    ] {
+        let err = HostSession::open(sidecar.addr, start)
+            .await
+            .err()
+            .expect("must be refused");
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        assert!(err.message().contains(needle), "{}", err.message());
+    }
+    assert_eq!(
+        sim.stats().connections,
+        0,
+        "refused sessions must not open upstream sockets"
+    );
+}
+
+#[tokio::test]
+async fn health_and_reflection_are_served() {
+    let sim = SimServer::bind("127.0.0.1:0".parse().unwrap(), sim_config())
+        .await
+        .unwrap();
+    let sidecar = start_sidecar(&sim.base_url(), &[]).await;
+    let ch = tonic::transport::Channel::from_shared(format!("http://{}", sidecar.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+
+    let mut health = tonic_health::pb::health_client::HealthClient::new(ch.clone());
+    for service in ["", "voice.v1.VoiceSidecar"] {
+        let r = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            r.status,
+            tonic_health::pb::health_check_response::ServingStatus::Serving as i32,
+            "{service:?}"
+        );
+    }
+
+    use tonic_reflection::pb::v1::{
+        server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+        ServerReflectionRequest,
+    };
+    let mut refl = ServerReflectionClient::new(ch);
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut resp = refl
+        .server_reflection_info(tokio_stream::iter(vec![req]))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(MessageResponse::ListServicesResponse(list)) =
+        resp.message().await.unwrap().unwrap().message_response
+    else {
+        panic!("no service list")
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for want in ["voice.v1.VoiceSidecar", "grpc.health.v1.Health"] {
+        assert!(
+            names.iter().any(|n| n == want),
+            "{want} missing from {names:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn half_close_from_the_host_ends_the_session_and_the_upstream_socket() {
+    let sim = SimServer::bind("127.0.0.1:0".parse().unwrap(), sim_config())
+        .await
+        .unwrap();
+    let sidecar = start_sidecar(&sim.base_url(), &[]).await;
+    let mut host = HostSession::open(sidecar.addr, start_16k()).await.unwrap();
+    host.until(Duration::from_secs(10), |e| matches!(e, Out::Started(_)))
+        .await;
+    assert_eq!(sim.stats().sessions_active, 1);
+    let (dead_tx, _) = tokio::sync::mpsc::channel(1);
+    drop(std::mem::replace(&mut host.tx, dead_tx));
+    let Out::Ended(e) = host
+        .until(Duration::from_secs(5), |e| matches!(e, Out::Ended(_)))
+        .await
+    else {
+        unreachable!()
+    };
+    assert_eq!(e.reason, "client_closed");
+    sessions_drain(&sim).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beta_dialect_and_telephony_passthrough() {
+    let sim = SimServer::bind("127.0.0.1:0".parse().unwrap(), sim_config())
+        .await
+        .unwrap();
+    let sidecar = start_sidecar(&sim.base_url(), &["--dialect", "beta"]).await;
+    let ulaw = pb::AudioFormat {
+        codec: pb::Codec::Mulaw as i32,
+        sample_rate_hz: 8000,
+        channels: 1,
+        frame_ms: 20,
+    };
+    let mut host = HostSession::open(
+        sidecar.addr,
+        pb::SessionStart {
+            input_format: Some(ulaw),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let Out::Started(st) = host.until(Duration::from_secs(10), |_| true).await else {
+        panic!()
+    };
+    assert_eq!(st.dialect, pb::Dialect::Beta as i32);
+    assert_eq!(st.upstream_audio_format, "g711_ulaw");
+    assert!(st.input_passthrough && st.output_passthrough);
+
+    // µ-law-encode the utterance and send it in 20 ms frames (160 bytes).
+    let codes: Vec<u8> = one_utterance(8000)
+        .iter()
+        .map(|&s| ulaw_encode(s))
+        .collect();
+    let tx = host.tx.clone();
+    let frames: Vec<Vec<u8>> = codes.chunks(160).map(|c| c.to_vec()).collect();
+    let sent = frames.clone();
+    let streamer = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        for (i, f) in frames.into_iter().enumerate() {
+            tick.tick().await;
+            tx.send(msg(In::Audio(pb::AudioFrame {
+                data: f,
+                seq: i as u64 + 1,
+                ..Default::default()
+            })))
+            .await
+            .unwrap();
+        }
+    });
+    host.until(Duration::from_secs(20), |e| {
+        matches!(e, Out::ResponseDone(_))
+    })
+    .await;
+    streamer.await.unwrap();
+
+    // Pass-through: the appended bytes upstream are exactly the host's bytes.
+    let appended: Vec<u8> = sim
+        .events_log()
+        .iter()
+        .filter(|e| e.event["type"] == "input_audio_buffer.append")
+        .flat_map(|e| b64decode(e.event["audio"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        appended,
+        sent.concat(),
+        "µ-law input must reach upstream unchanged"
+    );
+    assert_eq!(
+        sim.events_log()[0].event["session"]["input_audio_format"],
+        "g711_ulaw"
+    );
+    let frames = host.audio_frames();
+    assert!(
+        frames.iter().rev().skip(1).all(|f| f.data.len() == 160),
+        "20 ms of µ-law is 160 bytes"
+    );
+}
+
+#[tokio::test]
+async fn bad_audio_gets_a_typed_error_and_the_session_survives() {
+    let sim = SimServer::bind("127.0.0.1:0".parse().unwrap(), sim_config())
+        .await
+        .unwrap();
+    let sidecar = start_sidecar(&sim.base_url(), &["--max-frame-bytes", "4000"]).await;
+    let mut host = HostSession::open(sidecar.addr, start_16k()).await.unwrap();
+    host.until(Duration::from_secs(10), |e| matches!(e, Out::Started(_)))
+        .await;
+    host.send(In::Audio(pb::AudioFrame {
+        data: vec![1, 2, 3],
+        seq: 1,
+        ..Default::default()
+    }))
+    .await;
+    let Out::Error(e) = host
+        .until(Duration::from_secs(5), |e| matches!(e, Out::Error(_)))
+        .await
+    else {
+        unreachable!()
+    };
+    assert_eq!(e.code, "odd_byte_count");
+    host.send(In::Audio(pb::AudioFrame {
+        data: vec![0; 6000],
+        seq: 2,
+        ..Default::default()
+    }))
+    .await;
+    let Out::Error(e) = host
+        .until(Duration::from_secs(5), |e| matches!(e, Out::Error(_)))
+        .await
+    else {
+        unreachable!()
+    };
+    assert_eq!(e.code, "frame_too_large");
+    host.send(In::Control(pb::Control { action: None })).await;
+    let Out::Error(e) = host
+        .until(Duration::from_secs(5), |e| matches!(e, Out::Error(_)))
+        .await
+    else {
+        unreachable!()
+    };
+    assert_eq!(e.code, "invalid_control");
+    // Still alive: a normal turn gets answered.
+    let streamer = host.stream_in_background(one_utterance(16000), 16000, 3);
+    host.until(Duration::from_secs(20), |e| {
+        matches!(e, Out::ResponseDone(_))
+    })
+    .await;
+    streamer.await.unwrap();
+}
+
+#[tokio::test]
+async fn an_upstream_that_drops_ends_the_session_with_a_clear_error() {
+    let cfg = SimConfig {
+        drop_after_events: Some(3),
+        ..sim_config()
+    };
+    let sim = SimServer::bind("127.0.0.1:0".parse().unwrap(), cfg)
+        .await
+        .unwrap();
+    let sidecar = start_sidecar(&sim.base_url(), &[]).await;
+    let mut host = HostSession::open(sidecar.addr, start_16k()).await.unwrap();
+    let streamer = host.stream_in_background(one_utterance(16000), 16000, 1);
+    let Out::Error(e) = host
+        .until(Duration::from_secs(10), |e| matches!(e, Out::Error(_)))
+        .await
+    else {
+        unreachable!()
+    };
+    assert_eq!(e.code, "upstream_disconnected");
+    let Out::Ended(end) = host
+        .until(Duration::from_secs(5), |e| matches!(e, Out::Ended(_)))
+        .await
+    else {
+        unreachable!()
+    };
+    assert!(end.reason.starts_with("upstream"), "{}", end.reason);
+    streamer.abort();
+}
+
+#[tokio::test]
+async fn the_api_key_never_reaches_logs() {
+    let sim = SimServer::bind("127.0.0.1:0".parse().unwrap(), sim_config())
+        .await
+        .unwrap();
+    let port = free_port();
+    let key_file = std::env::temp_dir().join(format!("voice-e2e-key-log-{port}"));
+    std::fs::write(&key_file, "sk-test-must-not-leak-42\n").unwrap();
+    // Logs go to a file: a pipe nobody reads would fill up and stall the process.
+    let log_path = std::env::temp_dir().join(format!("voice-e2e-log-{port}"));
+    let log_file = std::fs::File::create(&log_path).unwrap();
+    let mut child = std::process::Command::new(binary("voice-sidecar"))
+        .args([
+            "--backend",
+            "openai",
+            "--realtime-url",
+            "ws://127.0.0.1:1",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .args([
+            "--metrics-listen",
+            "off",
+            "--log",
+            "trace",
+            "--api-key-file",
+        ])
+        .arg(&key_file)
+        .stdout(log_file.try_clone().unwrap())
+        .stderr(log_file)
+        .spawn()
+        .unwrap();
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    wait_for_port(addr, Duration::from_secs(20)).await;
+    // A session whose upstream is unreachable: the failure is logged and reported, the key is not.
+    let mut host = HostSession::open(addr, start_16k()).await.unwrap();
+    let Out::Error(e) = host
+        .until(Duration::from_secs(15), |e| matches!(e, Out::Error(_)))
+        .await
+    else {
+        unreachable!()
+    };
+    assert_eq!(e.code, "upstream_connect");
+    assert!(e.retryable);
+    drop(host);
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let t0 = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "sidecar did not exit after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let logs = std::fs::read_to_string(&log_path).unwrap();
+    assert!(
+        logs.contains("upstream"),
+        "expected upstream failure logs, got: {logs}"
+    );
+    assert!(!logs.contains("must-not-leak"), "API key leaked into logs");
+    assert!(!e.message.contains("must-not-leak"));
+    drop(sim);
+}
+
+fn ulaw_encode(s: i16) -> u8 {
+    voice_audio::g711::linear_to_ulaw(s)
+}
+
+fn b64decode(s: &str) -> Vec<u8> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD
+        .decode(s)
+        .expect("upstream audio is base64")
+}
+
+#[tokio::test]
+async fn sigterm_ends_live_sessions_after_the_grace_period() {
+    let sim = SimServer::bind("127.0.0.1:0".parse().unwrap(), sim_config())
+        .await
+        .unwrap();
+    let mut sidecar = start_sidecar(&sim.base_url(), &["--shutdown-grace-secs", "1"]).await;
+    let mut host = HostSession::open(sidecar.addr, start_16k()).await.unwrap();
+    host.until(Duration::from_secs(10), |e| matches!(e, Out::Started(_)))
+        .await;
+    let t0 = std::time::Instant::now();
+    sidecar.terminate();
+    // New sessions are refused while draining.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // (Either the connection or the stream is refused.)
+    let refused = match pb::voice_sidecar_client::VoiceSidecarClient::connect(format!(
+        "http://{}",
+        sidecar.addr
+    ))
+    .await
+    {
+        Err(_) => true,
+        Ok(mut c) => {
+            let (tx, rx) = tokio::sync::mpsc::channel(1);
+            tx.send(msg(In::Start(start_16k()))).await.unwrap();
+            c.converse(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await
+                .is_err()
+        }
+    };
+    assert!(refused, "a draining sidecar must refuse new sessions");
+    let Out::Ended(e) = host
+        .until(Duration::from_secs(10), |e| matches!(e, Out::Ended(_)))
+        .await
+    else {
+        unreachable!()
+    };
+    assert_eq!(e.reason, "shutdown");
+    assert!(
+        t0.elapsed() >= Duration::from_millis(900),
+        "the grace period was not honoured"
+    );
+    // The process exits by itself even though this host keeps its request stream open.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = sidecar.child.try_wait().unwrap() {
+            assert!(status.success(), "sidecar exited with {status}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "sidecar did not exit after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    sessions_drain(&sim).await;
+}

@@ -77,11 +77,13 @@ async fn main() -> Result<()> {
         voice: cfg.voice.clone(),
     };
     let sessions = Arc::new(Semaphore::new(cfg.max_sessions));
+    let draining = CancellationToken::new();
     let svc = service::Sidecar {
         ctx,
         defaults,
         sessions: sessions.clone(),
         max_sessions: cfg.max_sessions,
+        draining: draining.clone(),
     };
 
     let (health_reporter, health_svc) = tonic_health::server::health_reporter();
@@ -106,6 +108,7 @@ async fn main() -> Result<()> {
         let shutdown = shutdown.clone();
         async move {
             wait_for_signal().await;
+            draining.cancel();
             info!(
                 grace_secs = grace.as_secs(),
                 "shutdown requested: refusing new sessions, letting live ones finish"
@@ -129,7 +132,7 @@ async fn main() -> Result<()> {
         }
     };
 
-    tonic::transport::Server::builder()
+    let server = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_service(health_svc)
         .add_service(reflection)
@@ -141,9 +144,17 @@ async fn main() -> Result<()> {
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
             stop,
-        )
-        .await
-        .context("gRPC server failed")?;
+        );
+    // Graceful shutdown waits for every HTTP/2 stream to close; a host that keeps its request stream
+    // open after SessionEnded would hold the process forever, so the drain gets a hard limit.
+    let hard_stop = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    };
+    tokio::select! {
+        r = server => r.context("gRPC server failed")?,
+        _ = hard_stop => warn!("connections still open 2 s after the sessions ended: exiting anyway"),
+    }
     info!("voice-sidecar stopped");
     Ok(())
 }

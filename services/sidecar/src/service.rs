@@ -6,6 +6,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::info;
 use voice_proto::v1 as pb;
@@ -16,6 +17,8 @@ pub struct Sidecar {
     pub defaults: Defaults,
     pub sessions: Arc<Semaphore>,
     pub max_sessions: usize,
+    /// Set on SIGTERM: live sessions go on, new ones are refused.
+    pub draining: CancellationToken,
 }
 
 /// How long a new stream may take to send its `SessionStart`.
@@ -31,7 +34,7 @@ impl pb::voice_sidecar_server::VoiceSidecar for Sidecar {
         &self,
         request: Request<Streaming<pb::ClientMessage>>,
     ) -> Result<Response<Self::ConverseStream>, Status> {
-        if self.ctx.shutdown.is_cancelled() {
+        if self.draining.is_cancelled() || self.ctx.shutdown.is_cancelled() {
             return Err(Status::unavailable("the sidecar is shutting down"));
         }
         let permit = self.sessions.clone().try_acquire_owned().map_err(|_| {
