@@ -30,7 +30,7 @@ pub async fn scrape(addr: SocketAddr) -> Result<Scrape> {
     let Some((head, body)) = text.split_once("\r\n\r\n") else {
         bail!("malformed HTTP response from {addr}");
     };
-    if !head.starts_with("HTTP/1.") || !head.split_whitespace().nth(1).is_some_and(|c| c == "200") {
+    if !head.starts_with("HTTP/1.") || head.split_whitespace().nth(1).is_none_or(|c| c != "200") {
         bail!(
             "{addr}/metrics answered {}",
             head.lines().next().unwrap_or("")
