@@ -122,7 +122,7 @@ impl Playout {
     pub fn mark(&mut self, item_id: &str, played: Duration) {
         if let Some(c) = self.current.as_mut() {
             if c.item_id == item_id {
-                c.marked = Some(played.min(c.released));
+                c.marked = Some(played);
             }
         }
     }
@@ -143,7 +143,8 @@ impl Playout {
             .saturating_duration_since(c.first_release)
             .min(c.released);
         let played = match (self.lead, c.marked) {
-            (None, Some(m)) => m,
+            // A host cannot have played more than it was sent.
+            (None, Some(m)) => m.min(c.released),
             _ => by_clock,
         };
         Some((c.item_id.clone(), played))
