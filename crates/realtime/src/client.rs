@@ -210,6 +210,11 @@ impl RealtimeConnection {
         format!("evt_vs_{}", self.next_event)
     }
 
+    /// The `event_id` the next `send` will use (for events that must refer to their own id).
+    pub fn next_event_id(&self) -> String {
+        format!("evt_vs_{}", self.next_event + 1)
+    }
+
     /// Sends one event; returns the `event_id` it was given.
     pub async fn send(&mut self, ev: &ClientEvent) -> Result<String, RealtimeError> {
         let id = self.event_id();

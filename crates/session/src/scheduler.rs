@@ -30,25 +30,17 @@ pub struct PendingCreate {
     pub response: Option<Value>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
-enum Active {
-    Idle,
-    /// We sent a create (its event id); `response.created` not yet seen.
-    Requested {
-        event_id: String,
-        create: PendingCreate,
-    },
-    /// A response is running (id `None` when upstream rejected our create because of one we have not
-    /// seen created yet).
-    Running {
-        id: Option<String>,
-        ours: Option<PendingCreate>,
-    },
-}
+/// Metadata key that tags our creates, so `response.created` can be attributed: upstream echoes a
+/// response's `metadata`, and without the tag a response started by server VAD (whose
+/// `response.created` may still be in flight) would be mistaken for ours.
+pub const TAG_KEY: &str = "voice_sidecar_create";
 
 #[derive(Debug)]
 pub struct ResponseScheduler {
-    active: Active,
+    /// A create we sent that upstream has neither started (tagged `response.created`) nor rejected.
+    inflight: Option<(String, PendingCreate)>,
+    /// The response upstream is running, from `response.created` to `response.done`.
+    running: Option<String>,
     queue: VecDeque<PendingCreate>,
 }
 
@@ -61,21 +53,19 @@ impl Default for ResponseScheduler {
 impl ResponseScheduler {
     pub fn new() -> Self {
         ResponseScheduler {
-            active: Active::Idle,
+            inflight: None,
+            running: None,
             queue: VecDeque::new(),
         }
     }
 
     pub fn is_active(&self) -> bool {
-        !matches!(self.active, Active::Idle)
+        self.inflight.is_some() || self.running.is_some()
     }
 
     /// The id of the running response, when known.
     pub fn running_id(&self) -> Option<&str> {
-        match &self.active {
-            Active::Running { id: Some(id), .. } => Some(id),
-            _ => None,
-        }
+        self.running.as_deref()
     }
 
     pub fn queued(&self) -> usize {
@@ -87,8 +77,8 @@ impl ResponseScheduler {
         self.queue.push_back(create);
     }
 
-    /// If nothing is active and a create is queued, pops it; the caller must send it and then call
-    /// `sent` with the event id it used.
+    /// If nothing is active and a create is queued, pops it; the caller must send it (with
+    /// `tagged_response` for its body) and then call `sent` with the event id it used.
     pub fn next_to_send(&mut self) -> Option<PendingCreate> {
         if self.is_active() {
             return None;
@@ -97,58 +87,34 @@ impl ResponseScheduler {
     }
 
     pub fn sent(&mut self, event_id: String, create: PendingCreate) {
-        self.active = Active::Requested { event_id, create };
+        self.inflight = Some((event_id, create));
     }
 
-    /// `response.created` from upstream (ours, or started by server VAD).
-    pub fn on_created(&mut self, response_id: &str) {
-        let ours = match std::mem::replace(&mut self.active, Active::Idle) {
-            Active::Requested { create, .. } => Some(create),
-            Active::Running { ours, .. } => ours,
-            Active::Idle => None,
-        };
-        self.active = Active::Running {
-            id: Some(response_id.to_string()),
-            ours,
-        };
+    /// `response.created` from upstream; `tag` is the `metadata` tag it carries, if any.
+    pub fn on_created(&mut self, response_id: &str, tag: Option<&str>) {
+        self.running = Some(response_id.to_string());
+        if tag.is_some() && self.inflight.as_ref().map(|(e, _)| e.as_str()) == tag {
+            self.inflight = None;
+        }
     }
 
     /// `response.done` from upstream.
     pub fn on_done(&mut self, response_id: &str) {
-        match &self.active {
-            Active::Running { id: Some(id), .. } if id == response_id => self.active = Active::Idle,
-            Active::Running { id: None, .. } => self.active = Active::Idle,
-            // A done for a response we are not tracking (or before ours was created) changes nothing.
-            _ => {}
+        if self.running.as_deref() == Some(response_id) {
+            self.running = None;
         }
     }
 
     /// Upstream rejected the create with this event id because a response is active: put it back at
-    /// the front and wait for that response to finish.
+    /// the front; it goes out again once that response is done.
     pub fn on_rejected(&mut self, event_id: &str) -> bool {
-        match std::mem::replace(&mut self.active, Active::Idle) {
-            Active::Requested {
-                event_id: e,
-                create,
-            } if e == event_id => {
+        match self.inflight.take() {
+            Some((e, create)) if e == event_id => {
                 self.queue.push_front(create);
-                self.active = Active::Running {
-                    id: None,
-                    ours: None,
-                };
-                true
-            }
-            Active::Running {
-                id,
-                ours: Some(create),
-            } if id.is_some() => {
-                // We took a VAD response for ours; ours was the one rejected.
-                self.queue.push_front(create);
-                self.active = Active::Running { id, ours: None };
                 true
             }
             other => {
-                self.active = other;
+                self.inflight = other;
                 false
             }
         }
@@ -156,9 +122,28 @@ impl ResponseScheduler {
 
     /// The upstream connection is gone: nothing is active any more; queued creates are returned.
     pub fn reset(&mut self) -> Vec<PendingCreate> {
-        self.active = Active::Idle;
+        self.inflight = None;
+        self.running = None;
         self.queue.drain(..).collect()
     }
+}
+
+/// The `response` body of a create, with our tag merged into its metadata.
+pub fn tagged_response(response: Option<&serde_json::Value>, event_id: &str) -> serde_json::Value {
+    let mut r = match response {
+        Some(serde_json::Value::Object(o)) => serde_json::Value::Object(o.clone()),
+        _ => serde_json::json!({}),
+    };
+    let meta = r
+        .as_object_mut()
+        .map(|o| o.entry("metadata").or_insert_with(|| serde_json::json!({})));
+    if let Some(serde_json::Value::Object(m)) = meta {
+        m.insert(
+            TAG_KEY.to_string(),
+            serde_json::Value::String(event_id.to_string()),
+        );
+    }
+    r
 }
 
 #[cfg(test)]
@@ -175,7 +160,7 @@ mod tests {
     #[test]
     fn queued_while_active_sent_after_done() {
         let mut s = ResponseScheduler::new();
-        s.on_created("r1");
+        s.on_created("r1", None);
         s.request(c(CreateReason::UserText));
         assert!(s.next_to_send().is_none());
         s.on_done("r1");
@@ -183,7 +168,7 @@ mod tests {
         s.sent("e1".into(), p);
         assert!(s.is_active());
         assert!(s.next_to_send().is_none());
-        s.on_created("r2");
+        s.on_created("r2", Some("e1"));
         s.on_done("r2");
         assert!(!s.is_active());
     }
@@ -195,7 +180,7 @@ mod tests {
         let p = s.next_to_send().unwrap();
         s.sent("e1".into(), p);
         // Server VAD started a response at the same moment; its created arrives first.
-        s.on_created("vad");
+        s.on_created("vad", None);
         assert!(s.on_rejected("e1"));
         assert_eq!(s.queued(), 1);
         assert!(s.next_to_send().is_none());
@@ -207,18 +192,23 @@ mod tests {
     }
 
     #[test]
-    fn rejection_before_any_created() {
+    fn untagged_created_is_not_taken_for_ours() {
         let mut s = ResponseScheduler::new();
         s.request(c(CreateReason::UserText));
         let p = s.next_to_send().unwrap();
         s.sent("e1".into(), p);
-        assert!(s.on_rejected("e1"));
-        assert!(
-            s.next_to_send().is_none(),
-            "must wait for the unseen response to finish"
+        // A VAD response's created/done that were in flight before our create reached upstream.
+        s.on_created("stale", None);
+        s.on_done("stale");
+        assert!(s.is_active(), "our create is still unresolved");
+        s.on_created("r2", Some("e1"));
+        s.on_done("r2");
+        assert!(!s.is_active());
+        let t = tagged_response(
+            Some(&serde_json::json!({"metadata": {"purpose": "x"}})),
+            "e9",
         );
-        s.on_created("vad");
-        s.on_done("vad");
-        assert!(s.next_to_send().is_some());
+        assert_eq!(t["metadata"]["purpose"], "x");
+        assert_eq!(t["metadata"][TAG_KEY], "e9");
     }
 }

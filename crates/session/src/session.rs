@@ -609,7 +609,12 @@ impl Session {
                 .await
             }
             ServerEvent::ResponseCreated { response } => {
-                self.scheduler.on_created(&response.id);
+                let tag = response
+                    .metadata
+                    .as_ref()
+                    .and_then(|m| m.get(crate::scheduler::TAG_KEY))
+                    .and_then(|t| t.as_str());
+                self.scheduler.on_created(&response.id, tag);
                 Ok(())
             }
             ServerEvent::OutputItemAdded {
@@ -888,11 +893,15 @@ impl Session {
     async fn pump(&mut self) -> Result<(), End> {
         if let Some(c) = self.scheduler.next_to_send() {
             debug!(reason = ?c.reason, "response.create");
+            // The connection assigns event ids; the tag must carry the id this create will get.
+            let eid = self.conn.next_event_id();
+            let response = crate::scheduler::tagged_response(c.response.as_ref(), &eid);
             let id = self
                 .send_up(ClientEvent::ResponseCreate {
-                    response: c.response.clone(),
+                    response: Some(response),
                 })
                 .await?;
+            debug_assert_eq!(id, eid);
             self.scheduler.sent(id, c);
         }
         Ok(())
