@@ -63,8 +63,8 @@ KNOWN = {
     "voice_responses_total": "counter",
     # being added alongside these deploy files
     "voice_output_audio_anomalies_total": "counter",
-    "voice_dead_air_seconds_total": "counter",
-    "voice_cost_usd_total": "counter",
+    "voice_dead_air_seconds": "histogram",
+    "voice_cost_microdollars_total": "counter",
 }
 errors = []
 

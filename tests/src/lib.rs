@@ -103,7 +103,12 @@ pub async fn start_sidecar(realtime_url: &str, extra: &[&str]) -> Proc {
             "--listen",
             &addr.to_string(),
         ])
-        .args(["--metrics-listen", "off", "--log", "warn", "--api-key-file"])
+        .args(if extra.contains(&"--metrics-listen") {
+            &[][..]
+        } else {
+            &["--metrics-listen", "off"][..]
+        })
+        .args(["--log", "warn", "--api-key-file"])
         .arg(&key_file)
         .args(extra)
         .stdout(Stdio::null())
@@ -314,4 +319,44 @@ pub fn pcm16(rate: u32) -> pb::AudioFormat {
         channels: 1,
         frame_ms: 20,
     }
+}
+
+/// GET `http://addr/path` over a plain TCP socket (enough for `/metrics`).
+pub async fn http_get(addr: SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connecting to the metrics endpoint");
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.unwrap();
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body.to_string()
+}
+
+/// Sum of every sample of `name` whose labels include all of `labels` (Prometheus text format).
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (n, lab) = match series.split_once('{') {
+                Some((n, rest)) => (n, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            if n != name {
+                return None;
+            }
+            let all = labels
+                .iter()
+                .all(|(k, v)| lab.split(',').any(|kv| kv == format!("{k}=\"{v}\"")));
+            all.then(|| value.parse::<f64>().ok()).flatten()
+        })
+        .sum()
 }

@@ -5,6 +5,7 @@
 //! state machines in their own modules (`scheduler`, `rounds`, `playout`, `dead_air`); `session` wires
 //! them to the sockets.
 
+pub mod audio_check;
 pub mod dead_air;
 pub mod plan;
 pub mod playout;
@@ -13,6 +14,6 @@ pub mod scheduler;
 pub mod session;
 pub mod tools;
 
-pub use plan::{Defaults, SessionPlan, StartError};
+pub use plan::{Defaults, Prices, SessionPlan, StartError};
 pub use session::{run_session, SessionContext, UpstreamSettings};
 pub use tools::ToolChannels;

@@ -37,6 +37,32 @@ pub struct Defaults {
     /// Largest tool output passed to the model, in bytes.
     pub max_tool_output_bytes: usize,
     pub voice: Option<String>,
+    /// Prices for cost estimates and budgets; `None` disables both.
+    pub prices: Option<Prices>,
+}
+
+/// US dollars per million tokens, by kind.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Prices {
+    pub input_text: f64,
+    pub input_audio: f64,
+    /// Cached input tokens (priced instead of their text/audio rate).
+    pub input_cached: f64,
+    pub output_text: f64,
+    pub output_audio: f64,
+}
+
+impl Prices {
+    /// Estimated cost of one response's usage. Cached tokens are part of the input counts, so they
+    /// are moved from the text rate to the cached rate (upstream reports cached tokens mostly as text).
+    pub fn cost_usd(&self, u: &voice_realtime::Usage) -> f64 {
+        let per = |n: u64, p: f64| n as f64 * p / 1_000_000.0;
+        per(u.input_text_tokens, self.input_text)
+            + per(u.input_audio_tokens, self.input_audio)
+            + per(u.input_cached_tokens, self.input_cached - self.input_text)
+            + per(u.output_text_tokens, self.output_text)
+            + per(u.output_audio_tokens, self.output_audio)
+    }
 }
 
 impl Default for Defaults {
@@ -49,6 +75,7 @@ impl Default for Defaults {
             max_frame_bytes: 64 * 1024,
             max_tool_output_bytes: 64 * 1024,
             voice: None,
+            prices: None,
         }
     }
 }
@@ -117,6 +144,9 @@ pub struct SessionPlan {
     pub labels: BTreeMap<String, String>,
     pub max_frame_bytes: usize,
     pub max_tool_output_bytes: usize,
+    pub prices: Option<Prices>,
+    /// Cost budget in USD and whether exceeding it ends the session.
+    pub budget: Option<(f64, bool)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -397,6 +427,19 @@ impl SessionPlan {
             }),
         };
 
+        let budget = match start.budget_usd {
+            b if b == 0.0 => None,
+            b if !(b.is_finite() && b > 0.0) => {
+                return Err(StartError::Other(format!(
+                    "budget_usd must be a positive amount, got {b}"
+                )))
+            }
+            _ if d.prices.is_none() => return Err(StartError::Other(
+                "budget_usd needs a price table: configure [prices] in the sidecar's config file"
+                    .into(),
+            )),
+            b => Some((b, start.end_on_budget)),
+        };
         let dialect = match pb::Dialect::try_from(start.dialect) {
             Ok(pb::Dialect::Ga) => Dialect::Ga,
             Ok(pb::Dialect::Beta) => Dialect::Beta,
@@ -441,6 +484,8 @@ impl SessionPlan {
             labels: labels(&start.labels)?,
             max_frame_bytes: d.max_frame_bytes,
             max_tool_output_bytes: d.max_tool_output_bytes,
+            prices: d.prices,
+            budget,
         })
     }
 }

@@ -36,6 +36,8 @@ pub struct Playout {
     current: Option<ItemPlay>,
     /// When released audio stops being audible at the host (assuming real-time playback).
     audible_until: Option<Instant>,
+    /// Gaps inside one item: the host ran out of audio mid-utterance (upstream slower than real time).
+    underrun: Duration,
 }
 
 impl Playout {
@@ -46,6 +48,7 @@ impl Playout {
             clock: None,
             current: None,
             audible_until: None,
+            underrun: Duration::ZERO,
         }
     }
 
@@ -113,9 +116,18 @@ impl Playout {
         }
         let start = match self.audible_until {
             Some(a) if a > now => a,
+            Some(a) if same => {
+                self.underrun += now - a;
+                now
+            }
             _ => now,
         };
         self.audible_until = Some(start + f.duration);
+    }
+
+    /// Underrun time accumulated since the last call.
+    pub fn take_underrun(&mut self) -> Duration {
+        std::mem::take(&mut self.underrun)
     }
 
     /// The host reports how much of an item it has played.

@@ -6,7 +6,8 @@
 //! rules — one active response, one output per call, one `response.create` per tool round — hold
 //! without locks.
 
-use crate::dead_air::{Closed, DeadAir};
+use crate::audio_check::AudioCheck;
+use crate::dead_air::{Closed, DeadAir, Phase};
 use crate::plan::{self, GuardAction, SessionPlan, ToolRoute};
 use crate::playout::{Playout, QueuedFrame};
 use crate::rounds::ToolRounds;
@@ -66,6 +67,7 @@ enum End {
     HostRequested,
     HostGone,
     Shutdown,
+    Budget,
     Upstream(RealtimeError),
 }
 
@@ -76,6 +78,7 @@ impl End {
             End::HostRequested => "client_end",
             End::HostGone => "host_gone",
             End::Shutdown => "shutdown",
+            End::Budget => "budget_exceeded",
             End::Upstream(RealtimeError::Closed { .. }) => "upstream_closed",
             End::Upstream(_) => "upstream_error",
         }
@@ -132,6 +135,14 @@ struct Session {
     summary: Summary,
     started: Instant,
     labels: Vec<metrics::Label>,
+    audio_check: AudioCheck,
+    cost_usd: f64,
+    budget_warned: bool,
+    /// Tracing spans of responses and tool calls still open.
+    response_spans: HashMap<String, tracing::Span>,
+    tool_spans: HashMap<String, tracing::Span>,
+    /// The tool a `tool_call` dead-air span is attributed to.
+    waiting_on_tool: Option<String>,
 }
 
 /// Runs a session to completion. `inbound` yields the host's messages after `SessionStart`.
@@ -284,6 +295,12 @@ where
         summary: Summary::default(),
         started: Instant::now(),
         labels,
+        audio_check: AudioCheck::new(Duration::from_secs(2), Duration::from_millis(500)),
+        cost_usd: 0.0,
+        budget_warned: false,
+        response_spans: HashMap::new(),
+        tool_spans: HashMap::new(),
+        waiting_on_tool: None,
     };
     let started = pb::SessionStarted {
         session_id: s.id.clone(),
@@ -615,6 +632,16 @@ impl Session {
                     .and_then(|m| m.get(crate::scheduler::TAG_KEY))
                     .and_then(|t| t.as_str());
                 self.scheduler.on_created(&response.id, tag);
+                let span = tracing::info_span!(
+                    "response",
+                    response_id = %response.id,
+                    status = tracing::field::Empty,
+                    voice_to_voice_ms = tracing::field::Empty,
+                    output_tokens = tracing::field::Empty,
+                );
+                if self.response_spans.len() < 64 {
+                    self.response_spans.insert(response.id.clone(), span);
+                }
                 Ok(())
             }
             ServerEvent::OutputItemAdded {
@@ -700,6 +727,7 @@ impl Session {
         let t0 = Instant::now();
         if self.audio_response.as_deref() != Some(&response_id) {
             self.audio_response = Some(response_id.clone());
+            self.audio_check.reset();
             if let Some(end) = self.user_turn_end.take() {
                 let latency = t0.saturating_duration_since(end);
                 histogram!(names::RESPONSE_LATENCY, self.labels.clone())
@@ -709,6 +737,7 @@ impl Session {
                 self.latency_by_response.insert(response_id.clone(), ms);
             }
         }
+        self.check_audio(&audio);
         if let Err(e) = self.output.push(&audio, &mut self.out_frames) {
             return self
                 .host_error(
@@ -762,6 +791,12 @@ impl Session {
         if let Some(c) = self.dead_air.audio_released(Instant::now()) {
             self.observe_dead_air(c);
         }
+        let underrun = self.playout.take_underrun();
+        if !underrun.is_zero() {
+            histogram!(names::DEAD_AIR, "cause" => "underrun", "tool" => "")
+                .record(underrun.as_secs_f64());
+            self.summary.dead_air += underrun;
+        }
         for q in frames.drain(..) {
             counter!(names::AUDIO_FRAMES, "direction" => "out").increment(1);
             counter!(names::AUDIO_BYTES, "direction" => "out").increment(q.frame.data.len() as u64);
@@ -771,8 +806,54 @@ impl Session {
     }
 
     fn observe_dead_air(&mut self, c: Closed) {
-        histogram!(names::SILENCE, "phase" => c.phase.as_str()).record(c.duration.as_secs_f64());
+        let secs = c.duration.as_secs_f64();
+        histogram!(names::SILENCE, "phase" => c.phase.as_str()).record(secs);
+        match c.phase {
+            Phase::AfterUser => {
+                histogram!(names::DEAD_AIR, "cause" => "model", "tool" => "").record(secs)
+            }
+            Phase::ToolCall => {
+                let tool = self
+                    .waiting_on_tool
+                    .as_deref()
+                    .map(|t| self.plan.tools.label(t))
+                    .unwrap_or("_unknown");
+                histogram!(names::DEAD_AIR, "cause" => "tool", "tool" => tool.to_string())
+                    .record(secs)
+            }
+        }
         self.summary.dead_air += c.duration;
+    }
+
+    /// Counts assistant audio that stays near-silent or clipped (wire samples, before conversion).
+    fn check_audio(&mut self, wire: &[u8]) {
+        use voice_audio::g711;
+        let (samples, rate): (Box<dyn Iterator<Item = i16>>, u64) = match self.plan.wire_out {
+            voice_audio::WireFormat::Pcm16_24k => (
+                Box::new(
+                    wire.chunks_exact(2)
+                        .map(|b| i16::from_le_bytes([b[0], b[1]])),
+                ),
+                24_000,
+            ),
+            voice_audio::WireFormat::Ulaw8k => (
+                Box::new(wire.iter().map(|&b| g711::ulaw_to_linear(b))),
+                8_000,
+            ),
+            voice_audio::WireFormat::Alaw8k => (
+                Box::new(wire.iter().map(|&b| g711::alaw_to_linear(b))),
+                8_000,
+            ),
+        };
+        let n = match self.plan.wire_out {
+            voice_audio::WireFormat::Pcm16_24k => wire.len() / 2,
+            _ => wire.len(),
+        } as u64;
+        let duration = Duration::from_micros(n * 1_000_000 / rate);
+        if let Some(a) = self.audio_check.feed(samples, duration) {
+            warn!(kind = a.as_str(), "assistant audio anomaly");
+            counter!(names::AUDIO_ANOMALIES, "kind" => a.as_str()).increment(1);
+        }
     }
 
     /// Barge-in (`by_user`) or a host's cancel: stop the assistant, truncate what was not heard, tell
@@ -860,6 +941,19 @@ impl Session {
         }
         self.summary.usage.add(&usage);
         let v2v = self.latency_by_response.remove(&response.id).unwrap_or(0);
+        if let Some(span) = self.response_spans.remove(&response.id) {
+            span.record("status", response.status.as_str());
+            span.record("voice_to_voice_ms", v2v);
+            span.record("output_tokens", usage.output_tokens);
+            span.in_scope(
+                || info!(status = %response.status, voice_to_voice_ms = v2v, "response done"),
+            );
+        }
+        if let Some(prices) = self.plan.prices {
+            let cost = prices.cost_usd(&usage);
+            self.cost_usd += cost;
+            counter!(names::COST).increment((cost * 1_000_000.0).round() as u64);
+        }
         self.emit(Out::ResponseDone(pb::ResponseDone {
             response_id: response.id.clone(),
             status: response.status.clone(),
@@ -873,7 +967,34 @@ impl Session {
                 response: None,
             });
         }
-        self.pump().await
+        self.pump().await?;
+        self.check_budget().await
+    }
+
+    /// Over budget: warn the host once, and end the session if it asked for that.
+    async fn check_budget(&mut self) -> Result<(), End> {
+        let Some((budget, end)) = self.plan.budget else {
+            return Ok(());
+        };
+        if self.cost_usd <= budget || self.budget_warned {
+            return Ok(());
+        }
+        self.budget_warned = true;
+        counter!(names::BUDGET_EXCEEDED).increment(1);
+        let msg = format!(
+            "estimated cost ${:.4} is over this session's budget of ${budget:.4}",
+            self.cost_usd
+        );
+        warn!(
+            cost_usd = self.cost_usd,
+            budget_usd = budget,
+            "session over budget"
+        );
+        self.host_error("budget_exceeded", msg, false).await?;
+        if end {
+            return Err(End::Budget);
+        }
+        Ok(())
     }
 
     // ----------------------------------------------------------------------------------------------
@@ -930,7 +1051,16 @@ impl Session {
             arguments_json: arguments.clone(),
         }))
         .await?;
-        info!(%call_id, tool = %name, "tool call started");
+        let span = tracing::info_span!(
+            "tool_call",
+            %call_id,
+            tool = %name,
+            status = tracing::field::Empty,
+            duration_ms = tracing::field::Empty,
+        );
+        span.in_scope(|| info!("tool call started"));
+        self.tool_spans.insert(call_id.clone(), span);
+        self.waiting_on_tool = Some(name.clone());
         let def = match self.plan.tools.check(&name, &arguments) {
             Ok(d) => d,
             Err(refusal) => {
@@ -968,6 +1098,12 @@ impl Session {
                     inv,
                     def.timeout,
                     self.plan.max_tool_output_bytes,
+                )
+                .instrument(
+                    self.tool_spans
+                        .get(&call_id)
+                        .cloned()
+                        .unwrap_or_else(tracing::Span::none),
                 );
                 self.in_flight.insert(
                     call_id,
@@ -1070,7 +1206,20 @@ impl Session {
         histogram!(names::TOOL_CALL_DURATION, "tool" => label.clone(), "outcome" => o.status.as_str()).record(o.duration.as_secs_f64());
         counter!(names::TOOL_CALLS_TOTAL, "tool" => label, "outcome" => o.status.as_str())
             .increment(1);
-        info!(call_id = %o.call_id, tool = %o.name, status = o.status.as_str(), duration_ms = o.duration.as_millis() as u64, "tool call finished");
+        let duration_ms = o.duration.as_millis() as u64;
+        let span = self
+            .tool_spans
+            .remove(&o.call_id)
+            .unwrap_or_else(tracing::Span::none);
+        span.record("status", o.status.as_str());
+        span.record("duration_ms", duration_ms);
+        span.in_scope(|| {
+            info!(
+                status = o.status.as_str(),
+                duration_ms, "tool call finished"
+            )
+        });
+        self.waiting_on_tool = Some(o.name.clone());
         self.send_up(ClientEvent::function_output(&o.call_id, &o.output))
             .await?;
         self.emit(Out::ToolCallFinished(pb::ToolCallFinished {
@@ -1208,6 +1357,7 @@ impl Session {
             interruptions: self.summary.interruptions,
             usage: Some(usage_pb(&self.summary.usage)),
             duration_ms: self.started.elapsed().as_millis().min(u32::MAX as u128) as u32,
+            cost_usd: self.cost_usd,
         };
         let _ = self
             .emit(Out::Ended(pb::SessionEnded {

@@ -22,6 +22,10 @@ pub const INTERRUPTIONS: &str = "voice_interruptions_total";
 pub const TOKENS: &str = "voice_tokens_total";
 pub const HOST_ERRORS: &str = "voice_host_errors_total";
 pub const RESPONSES_TOTAL: &str = "voice_responses_total";
+pub const DEAD_AIR: &str = "voice_dead_air_seconds";
+pub const AUDIO_ANOMALIES: &str = "voice_output_audio_anomalies_total";
+pub const COST: &str = "voice_cost_microdollars_total";
+pub const BUDGET_EXCEEDED: &str = "voice_budget_exceeded_total";
 
 /// Voice-to-voice and dead air: tens of milliseconds to tens of seconds.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -125,6 +129,26 @@ pub fn describe_all() {
         Unit::Count,
         "Model responses finished, by status."
     );
+    describe_histogram!(
+        DEAD_AIR,
+        Unit::Seconds,
+        "Dead air the caller heard, by cause (model, tool, reconnect, underrun) and tool."
+    );
+    describe_counter!(
+        AUDIO_ANOMALIES,
+        Unit::Count,
+        "Assistant audio near-silent or clipped for longer than the threshold, by kind."
+    );
+    describe_counter!(
+        COST,
+        Unit::Count,
+        "Estimated spend from token usage and the configured price table, in millionths of a US dollar."
+    );
+    describe_counter!(
+        BUDGET_EXCEEDED,
+        Unit::Count,
+        "Sessions that went over their cost budget."
+    );
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -140,6 +164,7 @@ fn builder() -> PrometheusBuilder {
         SILENCE,
         TOOL_CALL_DURATION,
         UPSTREAM_CONNECT,
+        DEAD_AIR,
     ] {
         b = b
             .set_buckets_for_metric(Matcher::Full(name.to_string()), LATENCY_BUCKETS)

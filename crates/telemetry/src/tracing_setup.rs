@@ -27,9 +27,12 @@ impl std::str::FromStr for LogFormat {
 pub fn init_tracing(format: LogFormat, filter: &str) -> Result<(), String> {
     let filter =
         EnvFilter::try_new(filter).map_err(|e| format!("bad log filter {filter:?}: {e}"))?;
+    // Span close events carry each span's recorded fields (a response's voice-to-voice latency, a tool
+    // call's status and duration) plus its busy/idle time.
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE);
     let r = match format {
         LogFormat::Pretty => b.compact().try_init(),
         LogFormat::Json => b

@@ -98,6 +98,18 @@ pub struct FileConfig {
     pub max_sessions: Option<usize>,
     pub shutdown_grace_secs: Option<u64>,
     pub sim_config: Option<PathBuf>,
+    /// US dollars per million tokens, for cost metrics and session budgets (file only).
+    pub prices: Option<PricesConfig>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PricesConfig {
+    pub input_text: f64,
+    pub input_audio: f64,
+    pub input_cached: f64,
+    pub output_text: f64,
+    pub output_audio: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,6 +138,7 @@ pub struct Config {
     pub max_sessions: usize,
     pub shutdown_grace: Duration,
     pub sim_config: Option<PathBuf>,
+    pub prices: Option<voice_session::Prices>,
 }
 
 impl Config {
@@ -219,6 +232,28 @@ impl Config {
             max_sessions: pick!(max_sessions).unwrap_or(2000).max(1),
             shutdown_grace: Duration::from_secs(pick!(shutdown_grace_secs).unwrap_or(20)),
             sim_config: pick!(sim_config),
+            prices: match file.prices {
+                None => None,
+                Some(p) => {
+                    let all = [
+                        p.input_text,
+                        p.input_audio,
+                        p.input_cached,
+                        p.output_text,
+                        p.output_audio,
+                    ];
+                    if all.iter().any(|x| !x.is_finite() || *x < 0.0) {
+                        bail!("[prices] must be non-negative numbers (USD per million tokens)");
+                    }
+                    Some(voice_session::Prices {
+                        input_text: p.input_text,
+                        input_audio: p.input_audio,
+                        input_cached: p.input_cached,
+                        output_text: p.output_text,
+                        output_audio: p.output_audio,
+                    })
+                }
+            },
         })
     }
 }

@@ -75,6 +75,7 @@ async fn main() -> Result<()> {
         max_frame_bytes: cfg.max_frame_bytes,
         max_tool_output_bytes: cfg.max_tool_output_bytes,
         voice: cfg.voice.clone(),
+        prices: cfg.prices,
     };
     let sessions = Arc::new(Semaphore::new(cfg.max_sessions));
     let draining = CancellationToken::new();

@@ -1,0 +1,280 @@
+//! Metrics an SRE can trust: the simulator runs with scripted timing (a known delay to the first
+//! response audio, a tool with a known latency), and the scraped `/metrics` must hold those values
+//! within a stated tolerance; the scrape must also pass `promtool check metrics`.
+
+use serde_json::json;
+use std::time::Duration;
+use voice_e2e_tests::*;
+use voice_proto::v1 as pb;
+use voice_proto::v1::client_message::Message as In;
+use voice_proto::v1::server_message::Message as Out;
+use voice_realtime_sim::{ScriptStep, SimConfig, SimServer};
+
+/// Scheduling on a shared 2-core machine adds jitter; every timing assertion allows this much.
+const TOL: f64 = 0.15;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scraped_metrics_match_scripted_timing() {
+    let cfg = SimConfig {
+        script: vec![
+            ScriptStep::say("Hello there."),
+            ScriptStep::tools(None, vec![("lookup", json!({}))], "Found {outputs}"),
+        ],
+        first_audio_delay_ms: 400,
+        ms_per_char: 30,
+        ..Default::default()
+    };
+    let sim = SimServer::bind("127.0.0.1:0".parse().unwrap(), cfg)
+        .await
+        .unwrap();
+    let metrics_addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let prices =
+        std::env::temp_dir().join(format!("voice-e2e-prices-{}.toml", metrics_addr.port()));
+    std::fs::write(&prices, "[prices]\ninput_text = 4.0\ninput_audio = 32.0\ninput_cached = 0.4\noutput_text = 16.0\noutput_audio = 64.0\n").unwrap();
+    let sidecar = start_sidecar(
+        &sim.base_url(),
+        &[
+            "--metrics-listen",
+            &metrics_addr.to_string(),
+            "--config",
+            prices.to_str().unwrap(),
+        ],
+    )
+    .await;
+    let mut host = HostSession::open(
+        sidecar.addr,
+        pb::SessionStart {
+            input_format: Some(pcm16(16000)),
+            tools: vec![pb::ToolDefinition {
+                name: "lookup".into(),
+                timeout_ms: 5000,
+                ..Default::default()
+            }],
+            tool_routing: Some(pb::ToolRouting {
+                route: Some(pb::tool_routing::Route::InStream(true)),
+            }),
+            silence_guard: Some(pb::SilenceGuard {
+                action: pb::silence_guard::Action::Off as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    host.until(Duration::from_secs(10), |e| matches!(e, Out::Started(_)))
+        .await;
+
+    // Turn 1, spoken: voice-to-voice = the simulator's 400 ms delay to first audio.
+    let mut turn = vec![0i16; 3200];
+    turn.extend(speech_like(16000, 1.0));
+    turn.extend(vec![0i16; 16000]);
+    let streamer = host.stream_in_background(turn, 16000, 1);
+    host.until(Duration::from_secs(15), |e| {
+        matches!(e, Out::ResponseDone(_))
+    })
+    .await;
+    streamer.await.unwrap();
+
+    // Turn 2, typed, once the first reply has finished playing (it arrives 4x faster than real time;
+    // until it has played out the caller is not waiting in silence): a tool answered after 500 ms,
+    // then the follow-up's first audio 400 ms later.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    host.send(In::Control(pb::Control {
+        action: Some(pb::control::Action::SendText("look it up".into())),
+    }))
+    .await;
+    let Out::ToolCall(call) = host
+        .until(Duration::from_secs(10), |e| matches!(e, Out::ToolCall(_)))
+        .await
+    else {
+        unreachable!()
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    host.send(In::ToolResult(pb::ToolResult {
+        call_id: call.call_id,
+        result: Some(pb::tool_result::Result::OutputJson("{\"ok\":true}".into())),
+    }))
+    .await;
+    host.until(Duration::from_secs(10), |e| matches!(e, Out::ResponseDone(r) if r.usage.as_ref().is_some_and(|u| u.output_audio_tokens > 0) && r.voice_to_voice_ms == 0)).await;
+    host.send(In::Control(pb::Control {
+        action: Some(pb::control::Action::End(pb::Empty {})),
+    }))
+    .await;
+    let Out::Ended(end) = host
+        .until(Duration::from_secs(5), |e| matches!(e, Out::Ended(_)))
+        .await
+    else {
+        unreachable!()
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let text = http_get(metrics_addr, "/metrics").await;
+    let m = |name: &str, labels: &[(&str, &str)]| metric(&text, name, labels);
+
+    // Voice-to-voice latency: one observation, ~0.4 s.
+    assert_eq!(
+        m("voice_response_latency_seconds_count", &[]),
+        1.0,
+        "{text}"
+    );
+    let v2v = m("voice_response_latency_seconds_sum", &[]);
+    assert!(
+        (v2v - 0.4).abs() <= TOL,
+        "voice-to-voice {v2v:.3} s, scripted 0.4 s"
+    );
+    // Dead air after the user's turn: the same wait.
+    let after_user = m("voice_silence_seconds_sum", &[("phase", "after_user")]);
+    assert!(
+        (after_user - 0.4).abs() <= TOL,
+        "after_user dead air {after_user:.3} s"
+    );
+    assert_eq!(
+        m("voice_dead_air_seconds_count", &[("cause", "model")]),
+        m("voice_silence_seconds_count", &[("phase", "after_user")])
+    );
+    // The tool: 0.5 s, outcome ok; the caller waited tool time plus the follow-up's first-audio delay.
+    assert_eq!(
+        m(
+            "voice_tool_call_duration_seconds_count",
+            &[("tool", "lookup"), ("outcome", "ok")]
+        ),
+        1.0
+    );
+    let tool = m(
+        "voice_tool_call_duration_seconds_sum",
+        &[("tool", "lookup"), ("outcome", "ok")],
+    );
+    assert!(
+        (tool - 0.5).abs() <= TOL,
+        "tool duration {tool:.3} s, scripted 0.5 s"
+    );
+    let tool_wait = m("voice_silence_seconds_sum", &[("phase", "tool_call")]);
+    assert!(
+        (tool_wait - 0.9).abs() <= TOL,
+        "tool_call dead air {tool_wait:.3} s, scripted 0.5 + 0.4 s"
+    );
+    let by_tool = m(
+        "voice_dead_air_seconds_sum",
+        &[("cause", "tool"), ("tool", "lookup")],
+    );
+    assert!(
+        (by_tool - tool_wait).abs() < 1e-9,
+        "dead air attributed to the tool by name"
+    );
+    // Tokens: the counters equal the usage the host was told about, kind by kind.
+    let mut usage = pb::Usage::default();
+    for (_, e) in &host.events {
+        if let Out::ResponseDone(r) = e {
+            let u = r.usage.clone().unwrap_or_default();
+            usage.input_text_tokens += u.input_text_tokens;
+            usage.input_audio_tokens += u.input_audio_tokens;
+            usage.output_text_tokens += u.output_text_tokens;
+            usage.output_audio_tokens += u.output_audio_tokens;
+        }
+    }
+    assert!(usage.output_audio_tokens > 0);
+    for (kind, n) in [
+        ("input_text", usage.input_text_tokens),
+        ("input_audio", usage.input_audio_tokens),
+        ("output_text", usage.output_text_tokens),
+        ("output_audio", usage.output_audio_tokens),
+    ] {
+        assert_eq!(
+            m("voice_tokens_total", &[("kind", kind)]),
+            n as f64,
+            "tokens {kind}"
+        );
+    }
+    // Cost: the price table applied to that usage (micro-dollars, rounded per response).
+    let expected = (usage.input_text_tokens as f64 * 4.0
+        + usage.input_audio_tokens as f64 * 32.0
+        + usage.output_text_tokens as f64 * 16.0
+        + usage.output_audio_tokens as f64 * 64.0)
+        / 1e6;
+    let cost = m("voice_cost_microdollars_total", &[]) / 1e6;
+    assert!((cost - expected).abs() < 1e-5, "cost {cost} vs {expected}");
+    assert!((end.summary.as_ref().unwrap().cost_usd - expected).abs() < 1e-9);
+    assert_eq!(m("voice_sessions_total", &[("outcome", "client_end")]), 1.0);
+    assert_eq!(m("voice_sessions_active", &[]), 0.0);
+    assert_eq!(m("voice_interruptions_total", &[]), 0.0);
+    assert!(m("voice_audio_frames_total", &[("direction", "in")]) > 100.0);
+    // No session or call ids in any label.
+    assert!(
+        !text.contains("=\"vs_") && !text.contains("=\"call_"),
+        "high-cardinality label leaked"
+    );
+
+    // promtool's lint on a real scrape.
+    match std::process::Command::new("promtool").args(["check", "metrics"]).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn() {
+        Ok(mut child) => {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+            let out = child.wait_with_output().unwrap();
+            assert!(out.status.success(), "promtool check metrics failed:\n{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        }
+        Err(e) => assert!(std::env::var("VOICE_SKIP_PROMTOOL").is_ok(), "promtool not found ({e}): run scripts/bootstrap.sh --test, or set VOICE_SKIP_PROMTOOL=1"),
+    }
+}
+
+#[tokio::test]
+async fn a_budget_warns_and_can_end_the_session() {
+    let sim = SimServer::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        SimConfig {
+            ms_per_char: 20,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let prices = std::env::temp_dir().join(format!("voice-e2e-prices-b{}.toml", free_port()));
+    std::fs::write(&prices, "[prices]\ninput_text = 4.0\ninput_audio = 32.0\ninput_cached = 0.4\noutput_text = 16.0\noutput_audio = 64.0\n").unwrap();
+    let sidecar = start_sidecar(&sim.base_url(), &["--config", prices.to_str().unwrap()]).await;
+    let mut host = HostSession::open(
+        sidecar.addr,
+        pb::SessionStart {
+            budget_usd: 0.000001,
+            end_on_budget: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    host.until(Duration::from_secs(10), |e| matches!(e, Out::Started(_)))
+        .await;
+    host.send(In::Control(pb::Control {
+        action: Some(pb::control::Action::SendText("hi".into())),
+    }))
+    .await;
+    let Out::Error(e) = host
+        .until(Duration::from_secs(10), |e| matches!(e, Out::Error(_)))
+        .await
+    else {
+        unreachable!()
+    };
+    assert_eq!(e.code, "budget_exceeded");
+    let Out::Ended(end) = host
+        .until(Duration::from_secs(5), |e| matches!(e, Out::Ended(_)))
+        .await
+    else {
+        unreachable!()
+    };
+    assert_eq!(end.reason, "budget_exceeded");
+    assert!(end.summary.unwrap().cost_usd > 0.000001);
+
+    // Without a price table a budget is refused at start.
+    let sidecar = start_sidecar(&sim.base_url(), &[]).await;
+    let err = HostSession::open(
+        sidecar.addr,
+        pb::SessionStart {
+            budget_usd: 1.0,
+            ..Default::default()
+        },
+    )
+    .await
+    .err()
+    .unwrap();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("price table"), "{}", err.message());
+}
