@@ -65,6 +65,7 @@ KNOWN = {
     "voice_output_audio_anomalies_total": "counter",
     "voice_dead_air_seconds": "histogram",
     "voice_cost_microdollars_total": "counter",
+    "voice_budget_exceeded_total": "counter",
 }
 errors = []
 

@@ -166,7 +166,7 @@ async fn scraped_metrics_match_scripted_timing() {
     let mut usage = pb::Usage::default();
     for (_, e) in &host.events {
         if let Out::ResponseDone(r) = e {
-            let u = r.usage.clone().unwrap_or_default();
+            let u = r.usage.unwrap_or_default();
             usage.input_text_tokens += u.input_text_tokens;
             usage.input_audio_tokens += u.input_audio_tokens;
             usage.output_text_tokens += u.output_text_tokens;

@@ -428,7 +428,7 @@ impl SessionPlan {
         };
 
         let budget = match start.budget_usd {
-            b if b == 0.0 => None,
+            0.0 => None,
             b if !(b.is_finite() && b > 0.0) => {
                 return Err(StartError::Other(format!(
                     "budget_usd must be a positive amount, got {b}"
