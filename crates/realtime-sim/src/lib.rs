@@ -18,7 +18,8 @@
 
 mod config;
 mod error;
-pub mod g711;
+/// G.711 comes from the audio crate (the design lets the simulator depend on `audio`).
+pub use voice_audio::g711;
 mod protocol;
 mod server;
 mod session;

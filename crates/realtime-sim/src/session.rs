@@ -25,12 +25,12 @@ use voice_realtime::{Dialect, WireAudioFormat};
 
 use crate::config::{ScriptStep, SimConfig};
 use crate::error::{HandshakeError, ProtocolError};
-use crate::g711;
 use crate::protocol::{self, ClientEvent};
 use crate::server::{LoggedClientEvent, Shared, Truncation};
 use crate::session_config::SessionConfig;
 use crate::synth::Utterance;
 use crate::vad::{InputAudio, VadEvent};
+use voice_audio::g711;
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 /// Conversation items kept per session; older ones are forgotten (upstream truncates context too).
@@ -1207,10 +1207,10 @@ impl Session {
                         .extend(self.pcm.iter().flat_map(|s| s.to_le_bytes())),
                     WireAudioFormat::G711Ulaw => self
                         .out_bytes
-                        .extend(self.pcm.iter().map(|&s| g711::ulaw_encode(s))),
+                        .extend(self.pcm.iter().map(|&s| g711::linear_to_ulaw(s))),
                     WireAudioFormat::G711Alaw => self
                         .out_bytes
-                        .extend(self.pcm.iter().map(|&s| g711::alaw_encode(s))),
+                        .extend(self.pcm.iter().map(|&s| g711::linear_to_alaw(s))),
                 }
                 self.out_b64.clear();
                 B64.encode_string(&self.out_bytes, &mut self.out_b64);

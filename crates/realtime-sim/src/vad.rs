@@ -11,7 +11,7 @@
 
 use voice_realtime::WireAudioFormat;
 
-use crate::g711;
+use voice_audio::g711;
 
 const TICKS_PER_SEC: u64 = 24_000;
 const WINDOW_MS: u64 = 10;
@@ -108,12 +108,12 @@ impl InputAudio {
             }
             WireAudioFormat::G711Ulaw => {
                 for &b in bytes {
-                    self.sample(g711::ulaw_decode(b), 3, vad, events);
+                    self.sample(g711::ulaw_to_linear(b), 3, vad, events);
                 }
             }
             WireAudioFormat::G711Alaw => {
                 for &b in bytes {
-                    self.sample(g711::alaw_decode(b), 3, vad, events);
+                    self.sample(g711::alaw_to_linear(b), 3, vad, events);
                 }
             }
         }

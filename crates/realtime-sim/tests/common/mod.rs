@@ -135,12 +135,12 @@ impl Client {
             WireAudioFormat::G711Ulaw => samples24
                 .iter()
                 .step_by(3)
-                .map(|&s| g711::ulaw_encode(s))
+                .map(|&s| g711::linear_to_ulaw(s))
                 .collect(),
             WireAudioFormat::G711Alaw => samples24
                 .iter()
                 .step_by(3)
-                .map(|&s| g711::alaw_encode(s))
+                .map(|&s| g711::linear_to_alaw(s))
                 .collect(),
         };
         for chunk in bytes.chunks(20 * format.bytes_per_ms()) {
@@ -188,8 +188,8 @@ pub fn decode_deltas(events: &[Value], delta_type: &str, format: WireAudioFormat
             .chunks_exact(2)
             .map(|c| i16::from_le_bytes([c[0], c[1]]))
             .collect(),
-        WireAudioFormat::G711Ulaw => bytes.iter().map(|&b| g711::ulaw_decode(b)).collect(),
-        WireAudioFormat::G711Alaw => bytes.iter().map(|&b| g711::alaw_decode(b)).collect(),
+        WireAudioFormat::G711Ulaw => bytes.iter().map(|&b| g711::ulaw_to_linear(b)).collect(),
+        WireAudioFormat::G711Alaw => bytes.iter().map(|&b| g711::alaw_to_linear(b)).collect(),
     }
 }
 
