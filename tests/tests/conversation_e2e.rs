@@ -64,7 +64,12 @@ fn start(pacing: Option<u32>) -> pb::SessionStart {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn barge_in_with_paced_output_truncates_at_what_was_released() {
     let sim = sim(vec![ScriptStep::say(LONG), ScriptStep::say("Yes?")]).await;
-    let sidecar = start_sidecar(&sim.base_url(), &[]).await;
+    let metrics_addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let sidecar = start_sidecar(
+        &sim.base_url(),
+        &["--metrics-listen", &metrics_addr.to_string()],
+    )
+    .await;
     let lead_ms = 20u32;
     let mut host = HostSession::open(sidecar.addr, start(Some(lead_ms)))
         .await
@@ -120,6 +125,12 @@ async fn barge_in_with_paced_output_truncates_at_what_was_released() {
             .iter()
             .any(|(_, e)| matches!(e, Out::Audio(a) if a.item_id == int.item_id)),
         "audio of the interrupted response was forwarded after Interrupted"
+    );
+    let text = http_get(metrics_addr, "/metrics").await;
+    assert_eq!(
+        metric(&text, "voice_interruptions_total", &[]),
+        1.0,
+        "one barge-in counted"
     );
     streamer.abort();
 }
