@@ -656,3 +656,143 @@ async fn sigterm_ends_live_sessions_after_the_grace_period() {
     }
     sessions_drain(&sim).await;
 }
+
+/// Runs "first question" and "second question" as typed turns; returns the simulator's server-event
+/// count after each turn.
+async fn two_typed_turns(cfg: SimConfig) -> (u64, u64) {
+    let sim = SimServer::bind("127.0.0.1:0".parse().unwrap(), cfg)
+        .await
+        .unwrap();
+    let sidecar = start_sidecar(&sim.base_url(), &[]).await;
+    let mut host = HostSession::open(sidecar.addr, start_16k()).await.unwrap();
+    host.until(Duration::from_secs(10), |e| matches!(e, Out::Started(_)))
+        .await;
+    let mut counts = Vec::new();
+    for q in ["first question", "second question"] {
+        host.send(In::Control(pb::Control {
+            action: Some(pb::control::Action::SendText(q.into())),
+        }))
+        .await;
+        host.until(Duration::from_secs(10), |e| {
+            matches!(e, Out::ResponseDone(_))
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        counts.push(sim.stats().events_out);
+    }
+    (counts[0], counts[1])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_upstream_is_reconnected_with_the_conversation_carried_forward() {
+    let base = SimConfig {
+        script: vec![ScriptStep::say(
+            "Here is a fairly long first answer to make the first turn long.",
+        )
+        .when_text_contains("first")],
+        default_reply: "Okay.".into(),
+        ms_per_char: 20,
+        record_client_events: true,
+        ..Default::default()
+    };
+    // Measure where the second turn's events fall, then drop the socket in the middle of it.
+    let (after_first, after_second) = two_typed_turns(base.clone()).await;
+    let drop_at = (after_first + after_second) / 2;
+    let cfg = SimConfig {
+        drop_after_events: Some(drop_at),
+        ..base
+    };
+    let sim = SimServer::bind("127.0.0.1:0".parse().unwrap(), cfg)
+        .await
+        .unwrap();
+    let metrics_addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let sidecar = start_sidecar(
+        &sim.base_url(),
+        &["--metrics-listen", &metrics_addr.to_string()],
+    )
+    .await;
+    let mut host = HostSession::open(sidecar.addr, start_16k()).await.unwrap();
+    host.until(Duration::from_secs(10), |e| matches!(e, Out::Started(_)))
+        .await;
+    host.send(In::Control(pb::Control {
+        action: Some(pb::control::Action::SendText("first question".into())),
+    }))
+    .await;
+    host.until(Duration::from_secs(10), |e| {
+        matches!(e, Out::ResponseDone(_))
+    })
+    .await;
+    host.send(In::Control(pb::Control {
+        action: Some(pb::control::Action::SendText("second question".into())),
+    }))
+    .await;
+    let Out::Error(e) = host
+        .until(Duration::from_secs(10), |e| matches!(e, Out::Error(_)))
+        .await
+    else {
+        unreachable!()
+    };
+    assert_eq!(e.code, "upstream_disconnected");
+    assert!(e.retryable);
+    let Out::Error(e) = host
+        .until(Duration::from_secs(10), |e| matches!(e, Out::Error(_)))
+        .await
+    else {
+        unreachable!()
+    };
+    assert_eq!(e.code, "upstream_resumed", "{}", e.message);
+    // The cut-off answer is asked for again in the new session, and arrives.
+    host.until(
+        Duration::from_secs(10),
+        |e| matches!(e, Out::Transcript(t) if t.r#final && t.text == "Okay."),
+    )
+    .await;
+    host.until(
+        Duration::from_secs(10),
+        |e| matches!(e, Out::ResponseDone(r) if r.status == "completed"),
+    )
+    .await;
+    assert_eq!(sim.stats().connections, 2);
+
+    // The new upstream session got the configuration and the conversation so far as text.
+    let log = sim.events_log();
+    let first = log[0].session_id.clone();
+    let second = log
+        .iter()
+        .find(|e| e.session_id != first)
+        .expect("a second upstream session")
+        .session_id
+        .clone();
+    assert!(log
+        .iter()
+        .any(|e| e.session_id == second && e.event["type"] == "session.update"));
+    let texts: Vec<String> = log
+        .iter()
+        .filter(|e| e.session_id == second && e.event["type"] == "conversation.item.create")
+        .map(|e| {
+            format!(
+                "{}:{}",
+                e.event["item"]["role"].as_str().unwrap(),
+                e.event["item"]["content"][0]["text"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        texts,
+        vec![
+            "user:first question".to_string(),
+            "assistant:Here is a fairly long first answer to make the first turn long.".to_string(),
+            "user:second question".to_string()
+        ]
+    );
+    let text = http_get(metrics_addr, "/metrics").await;
+    assert_eq!(metric(&text, "voice_upstream_reconnects_total", &[]), 1.0);
+    assert_eq!(
+        metric(
+            &text,
+            "voice_dead_air_seconds_count",
+            &[("cause", "reconnect")]
+        ),
+        1.0
+    );
+}

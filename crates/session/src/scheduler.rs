@@ -21,6 +21,8 @@ pub enum CreateReason {
     HoldingLine,
     /// The host committed input manually.
     Commit,
+    /// A response was cut off by an upstream reconnect; ask again in the new session.
+    Resume,
 }
 
 #[derive(Debug, Clone, PartialEq)]

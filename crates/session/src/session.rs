@@ -143,6 +143,12 @@ struct Session {
     tool_spans: HashMap<String, tracing::Span>,
     /// The tool a `tool_call` dead-air span is attributed to.
     waiting_on_tool: Option<String>,
+    /// Recent final transcripts, carried into a new upstream session after a reconnect.
+    context: VecDeque<(pb::Role, String)>,
+    reconnects: u32,
+    /// Calls started on a previous upstream session: their results go in as context, not as
+    /// `function_call_output` (the new session does not know their call ids).
+    orphaned_calls: HashSet<String>,
 }
 
 /// Runs a session to completion. `inbound` yields the host's messages after `SessionStart`.
@@ -182,38 +188,7 @@ where
             .map_err(|e| ("invalid_audio_format", e.to_string(), false))?;
         let output = OutputPipeline::new(plan.wire_out, plan.output)
             .map_err(|e| ("invalid_audio_format", e.to_string(), false))?;
-        let t0 = Instant::now();
-        let opts = ConnectOptions {
-            base_url: ctx.upstream.base_url.clone(),
-            model: plan.model.clone(),
-            dialect: plan.dialect,
-            api_key: ctx.upstream.api_key.clone(),
-            connect_timeout: ctx.upstream.connect_timeout,
-            max_message_bytes: ctx.upstream.max_message_bytes,
-        };
-        let mut conn = RealtimeConnection::connect(&opts)
-            .await
-            .map_err(|e| ("upstream_connect", e.to_string(), e.is_retryable()))?;
-        conn.send(&ClientEvent::SessionUpdate {
-            session: plan.config.to_json(plan.dialect),
-        })
-        .await
-        .map_err(|e| ("upstream_connect", e.to_string(), true))?;
-        loop {
-            match conn.recv().await {
-                Ok(ServerEvent::SessionUpdated { .. }) => break,
-                Ok(ServerEvent::Error { error }) => {
-                    return Err((
-                        "upstream_rejected_session",
-                        format!("{}: {}", error.code.unwrap_or(error.kind), error.message),
-                        false,
-                    ))
-                }
-                Ok(other) => debug!(event = other.kind(), "event before session.updated"),
-                Err(e) => return Err(("upstream_connect", e.to_string(), e.is_retryable())),
-            }
-        }
-        histogram!(names::UPSTREAM_CONNECT).record(t0.elapsed().as_secs_f64());
+        let conn = open_upstream(&plan, &ctx).await?;
         Ok::<_, (&'static str, String, bool)>((conn, input, output))
     };
     let (conn, input, output) = match tokio::time::timeout(ctx.setup_timeout, setup).await {
@@ -301,6 +276,9 @@ where
         response_spans: HashMap::new(),
         tool_spans: HashMap::new(),
         waiting_on_tool: None,
+        context: VecDeque::new(),
+        reconnects: 0,
+        orphaned_calls: HashSet::new(),
     };
     let started = pb::SessionStarted {
         session_id: s.id.clone(),
@@ -318,6 +296,47 @@ where
         Err(e) => e,
     };
     s.finish(end).await
+}
+
+/// Opens and configures one upstream session: connect, `session.update`, wait for `session.updated`.
+/// Errors are `(code, message, retryable)` for the host.
+async fn open_upstream(
+    plan: &SessionPlan,
+    ctx: &SessionContext,
+) -> Result<RealtimeConnection, (&'static str, String, bool)> {
+    let t0 = Instant::now();
+    let opts = ConnectOptions {
+        base_url: ctx.upstream.base_url.clone(),
+        model: plan.model.clone(),
+        dialect: plan.dialect,
+        api_key: ctx.upstream.api_key.clone(),
+        connect_timeout: ctx.upstream.connect_timeout,
+        max_message_bytes: ctx.upstream.max_message_bytes,
+    };
+    let mut conn = RealtimeConnection::connect(&opts)
+        .await
+        .map_err(|e| ("upstream_connect", e.to_string(), e.is_retryable()))?;
+    conn.send(&ClientEvent::SessionUpdate {
+        session: plan.config.to_json(plan.dialect),
+    })
+    .await
+    .map_err(|e| ("upstream_connect", e.to_string(), true))?;
+    loop {
+        match conn.recv().await {
+            Ok(ServerEvent::SessionUpdated { .. }) => break,
+            Ok(ServerEvent::Error { error }) => {
+                return Err((
+                    "upstream_rejected_session",
+                    format!("{}: {}", error.code.unwrap_or(error.kind), error.message),
+                    false,
+                ))
+            }
+            Ok(other) => debug!(event = other.kind(), "event before session.updated"),
+            Err(e) => return Err(("upstream_connect", e.to_string(), e.is_retryable())),
+        }
+    }
+    histogram!(names::UPSTREAM_CONNECT).record(t0.elapsed().as_secs_f64());
+    Ok(conn)
 }
 
 fn server(m: Out) -> pb::ServerMessage {
@@ -396,7 +415,7 @@ impl Session {
                         warn!(error = %e, "unparseable upstream event ignored");
                         Ok(())
                     }
-                    Err(e) => Err(End::Upstream(e)),
+                    Err(e) => self.reconnect(e).await,
                 },
                 Some(outcome) = self.tools.next(), if !self.tools.is_empty() => self.finish_call(outcome).await,
                 _ = sleep_until_opt(timer), if timer.is_some() => self.on_timer().await,
@@ -490,6 +509,7 @@ impl Session {
                         .await;
                 }
                 self.send_up(ClientEvent::user_text(&text)).await?;
+                self.remember(pb::Role::User, &text);
                 if !self.plan.config.listen_only {
                     self.request_response(CreateReason::UserText, None).await?;
                 }
@@ -564,6 +584,7 @@ impl Session {
                 if self.is_cancelled(&response_id) {
                     return Ok(());
                 }
+                self.remember(pb::Role::Assistant, &t);
                 self.emit(transcript(pb::Role::Assistant, item_id, t, true))
                     .await
             }
@@ -575,6 +596,7 @@ impl Session {
                 item_id,
                 transcript: t,
             } => {
+                self.remember(pb::Role::User, &t);
                 self.emit(transcript(pb::Role::User, item_id, t, true))
                     .await
             }
@@ -1220,8 +1242,17 @@ impl Session {
             )
         });
         self.waiting_on_tool = Some(o.name.clone());
-        self.send_up(ClientEvent::function_output(&o.call_id, &o.output))
-            .await?;
+        if self.orphaned_calls.remove(&o.call_id) {
+            // Started before a reconnect: the new upstream session has no such call id, so the result
+            // goes in as context and the model is asked to continue.
+            let note = format!("Result of the earlier {} tool call: {}", o.name, o.output);
+            self.send_up(context_item(self.plan.dialect, pb::Role::User, &note))
+                .await?;
+            self.request_response(CreateReason::UserText, None).await?;
+        } else {
+            self.send_up(ClientEvent::function_output(&o.call_id, &o.output))
+                .await?;
+        }
         self.emit(Out::ToolCallFinished(pb::ToolCallFinished {
             call_id: o.call_id.clone(),
             name: o.name.clone(),
@@ -1309,6 +1340,97 @@ impl Session {
         }
     }
 
+    fn remember(&mut self, role: pb::Role, text: &str) {
+        if text.trim().is_empty() {
+            return;
+        }
+        self.context.push_back((role, text.to_string()));
+        while self.context.len() > MAX_CONTEXT_ITEMS {
+            self.context.pop_front();
+        }
+    }
+
+    /// The upstream socket failed: open a new upstream session (with backoff), restore the session
+    /// configuration, carry the conversation forward as text, and tell the host. Calls still running
+    /// keep running; their results are delivered as context.
+    async fn reconnect(&mut self, e: RealtimeError) -> Result<(), End> {
+        if !e.is_retryable() || self.reconnects >= MAX_RECONNECTS {
+            return Err(End::Upstream(e));
+        }
+        self.reconnects += 1;
+        counter!(names::UPSTREAM_RECONNECTS).increment(1);
+        warn!(error = %e, attempt = self.reconnects, "upstream lost: reconnecting");
+        self.host_error("upstream_disconnected", format!("{e}; reconnecting"), true)
+            .await?;
+        let t0 = Instant::now();
+        let mut last = String::new();
+        let mut conn = None;
+        for attempt in 0..3u32 {
+            tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+            match open_upstream(&self.plan, &self.ctx).await {
+                Ok(c) => {
+                    conn = Some(c);
+                    break;
+                }
+                Err((_, m, retryable)) => {
+                    last = m;
+                    if !retryable {
+                        break;
+                    }
+                }
+            }
+        }
+        let Some(conn) = conn else {
+            return Err(End::Upstream(RealtimeError::Closed {
+                reason: Some(format!("reconnect failed: {last}")),
+            }));
+        };
+        self.conn = conn;
+        // Nothing of the old session is active any more; queued creates are kept, and a response that
+        // was cut off is asked for again once the context is restored.
+        let cut_off = self.scheduler.is_active();
+        for c in self.scheduler.reset() {
+            self.scheduler.request(c);
+        }
+        if let Some(rid) = self.audio_response.take() {
+            self.mark_cancelled(rid);
+        }
+        self.output.reset();
+        self.orphaned_calls.extend(self.in_flight.keys().cloned());
+        self.rounds = ToolRounds::new();
+        let items: Vec<ClientEvent> = self
+            .context
+            .iter()
+            .map(|(r, t)| context_item(self.plan.dialect, *r, t))
+            .collect();
+        for item in items {
+            self.send_up(item).await?;
+        }
+        if cut_off {
+            self.scheduler.request(PendingCreate {
+                reason: CreateReason::Resume,
+                response: None,
+            });
+        }
+        let gap = t0.elapsed();
+        histogram!(names::DEAD_AIR, "cause" => "reconnect", "tool" => "").record(gap.as_secs_f64());
+        info!(
+            after_ms = gap.as_millis() as u64,
+            context_items = self.context.len(),
+            "upstream session resumed"
+        );
+        self.host_error(
+            "upstream_resumed",
+            format!(
+                "reconnected after {} ms; conversation carried forward",
+                gap.as_millis()
+            ),
+            true,
+        )
+        .await?;
+        self.pump().await
+    }
+
     async fn finish(mut self, end: End) -> &'static str {
         let reason = end.reason();
         match &end {
@@ -1374,6 +1496,22 @@ async fn sleep_until_opt(t: Option<Instant>) {
     match t {
         Some(t) => tokio::time::sleep_until(t.into()).await,
         None => std::future::pending().await,
+    }
+}
+
+const MAX_RECONNECTS: u32 = 3;
+const MAX_CONTEXT_ITEMS: usize = 20;
+
+/// A conversation message carrying earlier context into a new upstream session. Assistant text uses
+/// the dialect's output content type (`output_text` GA, `text` beta).
+fn context_item(dialect: voice_realtime::Dialect, role: pb::Role, text: &str) -> ClientEvent {
+    let (role, kind) = match (role, dialect) {
+        (pb::Role::Assistant, voice_realtime::Dialect::Ga) => ("assistant", "output_text"),
+        (pb::Role::Assistant, voice_realtime::Dialect::Beta) => ("assistant", "text"),
+        _ => ("user", "input_text"),
+    };
+    ClientEvent::ItemCreate {
+        item: json!({"type": "message", "role": role, "content": [{"type": kind, "text": text}]}),
     }
 }
 
