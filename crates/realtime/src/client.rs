@@ -18,6 +18,9 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub const DEFAULT_BASE_URL: &str = "wss://api.openai.com";
 
+/// Event ids the sidecar gives its client events: `evt_vs_1`, `evt_vs_2`, ...
+const EVENT_ID_PREFIX: &str = "evt_vs_";
+
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 #[derive(Debug, Clone)]
@@ -112,7 +115,6 @@ pub struct RealtimeConnection {
     stream: SplitStream<Ws>,
     dialect: Dialect,
     next_event: u64,
-    scratch: String,
     /// The `session` object of `session.created`.
     pub initial_session: serde_json::Value,
 }
@@ -178,7 +180,6 @@ impl RealtimeConnection {
             stream,
             dialect: opts.dialect,
             next_event: 0,
-            scratch: String::new(),
             initial_session: serde_json::Value::Null,
         };
         let first = tokio::time::timeout(opts.connect_timeout, conn.recv())
@@ -207,12 +208,12 @@ impl RealtimeConnection {
 
     fn event_id(&mut self) -> String {
         self.next_event += 1;
-        format!("evt_vs_{}", self.next_event)
+        format!("{EVENT_ID_PREFIX}{}", self.next_event)
     }
 
     /// The `event_id` the next `send` will use (for events that must refer to their own id).
     pub fn next_event_id(&self) -> String {
-        format!("evt_vs_{}", self.next_event + 1)
+        format!("{EVENT_ID_PREFIX}{}", self.next_event + 1)
     }
 
     /// Sends one event; returns the `event_id` it was given.
@@ -220,8 +221,9 @@ impl RealtimeConnection {
         let id = self.event_id();
         let text = match ev {
             ClientEvent::InputAudioAppend { audio } => {
-                crate::client_events::encode_append(audio, &id, &mut self.scratch);
-                std::mem::take(&mut self.scratch)
+                let mut text = String::new();
+                crate::client_events::encode_append(audio, &id, &mut text);
+                text
             }
             other => other.to_json(&id),
         };
@@ -229,11 +231,18 @@ impl RealtimeConnection {
         Ok(id)
     }
 
-    /// Sends an `input_audio_buffer.append` built from wire bytes, reusing the connection's buffer.
+    /// Sends an `input_audio_buffer.append` built from wire bytes: the per-frame hot path. The event id
+    /// and the base64 audio are written straight into the message text, which is allocated once at
+    /// its exact size and handed to the socket without a copy.
     pub async fn send_audio(&mut self, audio: &[u8]) -> Result<(), RealtimeError> {
-        let id = self.event_id();
-        crate::client_events::encode_append(audio, &id, &mut self.scratch);
-        let text = std::mem::take(&mut self.scratch);
+        self.next_event += 1;
+        let mut text = String::new();
+        crate::client_events::encode_append_numbered(
+            audio,
+            EVENT_ID_PREFIX,
+            self.next_event,
+            &mut text,
+        );
         self.send_raw(text).await
     }
 

@@ -104,10 +104,48 @@ impl ClientEvent {
 /// tree: this is the per-frame hot path, and base64 output never needs JSON escaping.
 pub fn encode_append(audio: &[u8], event_id: &str, out: &mut String) {
     out.clear();
-    out.reserve(audio.len() * 4 / 3 + 96);
-    out.push_str("{\"type\":\"input_audio_buffer.append\",\"event_id\":");
-    // Event ids are ours (ASCII), but escape anyway so a caller cannot break the framing.
-    out.push_str(&Value::String(event_id.to_string()).to_string());
+    out.reserve(append_len(audio.len(), event_id.len()));
+    out.push_str(APPEND_HEAD);
+    // Event ids are ours (plain ASCII) and go in as they are; anything else is escaped so a caller
+    // cannot break the framing.
+    if event_id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+    {
+        out.push('"');
+        out.push_str(event_id);
+        out.push('"');
+    } else {
+        out.push_str(&Value::String(event_id.to_string()).to_string());
+    }
+    push_audio_tail(audio, out);
+}
+
+/// [`encode_append`] for an event id `{prefix}{n}` (prefix plain ASCII), formatted straight into
+/// `out`: no intermediate strings.
+pub fn encode_append_numbered(audio: &[u8], prefix: &str, n: u64, out: &mut String) {
+    use std::fmt::Write;
+    debug_assert!(prefix
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'));
+    out.clear();
+    out.reserve(append_len(audio.len(), prefix.len() + 20));
+    out.push_str(APPEND_HEAD);
+    out.push('"');
+    out.push_str(prefix);
+    let _ = write!(out, "{n}");
+    out.push('"');
+    push_audio_tail(audio, out);
+}
+
+const APPEND_HEAD: &str = "{\"type\":\"input_audio_buffer.append\",\"event_id\":";
+
+/// Exact upper bound of an append event's length, so `out` is allocated once.
+fn append_len(audio_len: usize, id_len: usize) -> usize {
+    APPEND_HEAD.len() + id_len + 2 + ",\"audio\":\"".len() + audio_len.div_ceil(3) * 4 + 2
+}
+
+fn push_audio_tail(audio: &[u8], out: &mut String) {
     out.push_str(",\"audio\":\"");
     base64::engine::general_purpose::STANDARD.encode_string(audio, out);
     out.push_str("\"}");
@@ -129,6 +167,26 @@ mod tests {
         .unwrap();
         let slow = ClientEvent::InputAudioAppend { audio }.to_value("e1");
         assert_eq!(fast, slow);
+    }
+
+    #[test]
+    fn numbered_append_matches_generic_encoding() {
+        for len in [0usize, 1, 2, 3, 160, 161, 959] {
+            let audio: Vec<u8> = (0..len).map(|i| (i * 7) as u8).collect();
+            let mut fast = String::new();
+            encode_append_numbered(&audio, "evt_vs_", 1234567, &mut fast);
+            assert!(
+                fast.capacity() <= fast.len() + 20,
+                "allocated once, tightly"
+            );
+            let v: Value = serde_json::from_str(&fast).unwrap();
+            let slow = ClientEvent::InputAudioAppend { audio }.to_value("evt_vs_1234567");
+            assert_eq!(v, slow);
+        }
+        let mut odd = String::new();
+        encode_append(b"x", "a\"b", &mut odd);
+        let v: Value = serde_json::from_str(&odd).unwrap();
+        assert_eq!(v["event_id"], "a\"b");
     }
 
     #[test]

@@ -554,6 +554,10 @@ fn audio_delta_kind(text: &str) -> Option<&'static str> {
     ];
     // An unescaped `"type":"…"` can only be JSON structure (quotes inside strings are escaped), and no
     // nested object of an audio delta has these type values, so a substring match is exact.
+    // One scan rules out every other event before the four exact patterns are tried.
+    if !text.contains("audio.delta\"") {
+        return None;
+    }
     PATTERNS
         .iter()
         .find(|(p, _)| text.contains(p))

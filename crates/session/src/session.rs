@@ -458,8 +458,7 @@ impl Session {
 
     async fn on_audio(&mut self, f: pb::AudioFrame) -> Result<(), End> {
         let t0 = Instant::now();
-        counter!(names::AUDIO_FRAMES, "direction" => "in").increment(1);
-        counter!(names::AUDIO_BYTES, "direction" => "in").increment(f.data.len() as u64);
+        names::count_frame(names::Direction::In, f.data.len());
         self.wire_buf.clear();
         let seq = (f.seq != 0).then_some(f.seq);
         if let Err(e) = self.input.push(&f.data, seq, &mut self.wire_buf) {
@@ -471,7 +470,7 @@ impl Session {
                 .await
                 .map_err(End::Upstream)?;
         }
-        histogram!(names::FRAME_PROCESSING, "direction" => "in").record(t0.elapsed().as_secs_f64());
+        names::record_frame_processing(names::Direction::In, t0.elapsed().as_secs_f64());
         Ok(())
     }
 
@@ -770,8 +769,7 @@ impl Session {
                 .await;
         }
         self.forward_frames(response_id, item_id).await?;
-        histogram!(names::FRAME_PROCESSING, "direction" => "out")
-            .record(t0.elapsed().as_secs_f64());
+        names::record_frame_processing(names::Direction::Out, t0.elapsed().as_secs_f64());
         Ok(())
     }
 
@@ -783,16 +781,25 @@ impl Session {
         } else {
             item_id
         };
-        let frames = std::mem::take(&mut self.out_frames);
+        // Both buffers are taken and put back so their capacity is reused from delta to delta.
+        let mut frames = std::mem::take(&mut self.out_frames);
         let mut immediate = std::mem::take(&mut self.released);
-        for f in frames {
+        let n = frames.len();
+        let mut item_id = Some(item_id);
+        for (i, f) in frames.drain(..).enumerate() {
             self.out_seq += 1;
+            // Every frame needs its own copy of the item id; the last one takes the original.
+            let frame_item = if i + 1 == n {
+                item_id.take().unwrap_or_default()
+            } else {
+                item_id.clone().unwrap_or_default()
+            };
             let q = QueuedFrame {
                 duration: Duration::from_micros(f.duration_us as u64),
                 frame: pb::AudioFrame {
                     data: f.data,
                     seq: self.out_seq,
-                    item_id: item_id.clone(),
+                    item_id: frame_item,
                     duration_us: f.duration_us,
                 },
             };
@@ -800,6 +807,7 @@ impl Session {
                 immediate.push(q);
             }
         }
+        self.out_frames = frames;
         self.playout.due(now, &mut immediate);
         let r = self.release(&mut immediate).await;
         self.released = immediate;
@@ -820,8 +828,7 @@ impl Session {
             self.summary.dead_air += underrun;
         }
         for q in frames.drain(..) {
-            counter!(names::AUDIO_FRAMES, "direction" => "out").increment(1);
-            counter!(names::AUDIO_BYTES, "direction" => "out").increment(q.frame.data.len() as u64);
+            names::count_frame(names::Direction::Out, q.frame.data.len());
             self.emit(Out::Audio(q.frame)).await?;
         }
         Ok(())

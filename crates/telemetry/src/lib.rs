@@ -5,8 +5,10 @@
 //! are low-cardinality by construction: callers pass values from small fixed sets (direction, phase,
 //! outcome, declared tool names), never session or call ids.
 
+pub mod hot;
 pub mod metrics_def;
 pub mod tracing_setup;
 
+pub use hot::{count_frame, record_frame_processing, Direction};
 pub use metrics_def::*;
 pub use tracing_setup::{init_tracing, LogFormat};

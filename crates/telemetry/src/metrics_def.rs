@@ -184,6 +184,7 @@ pub fn install_prometheus(addr: SocketAddr) -> Result<(), TelemetryError> {
             reason: e.to_string(),
         })?;
     describe_all();
+    crate::hot::pin_frame_metrics();
     Ok(())
 }
 
@@ -197,5 +198,6 @@ pub fn install_recorder() -> Result<PrometheusHandle, TelemetryError> {
             reason: e.to_string(),
         })?;
     describe_all();
+    crate::hot::pin_frame_metrics();
     Ok(h)
 }

@@ -19,6 +19,8 @@ use voice_session::{Defaults, SessionContext, ToolChannels, UpstreamSettings};
 /// Hard gRPC message cap; audio frames are held to the (smaller) configured frame limit with a typed
 /// error on the stream, this only stops abuse.
 const MAX_GRPC_MESSAGE: usize = 4 * 1024 * 1024;
+/// HTTP/2 connection-level receive window (see `Server::builder` below).
+const CONNECTION_WINDOW: u32 = 4 * 1024 * 1024;
 
 #[tokio::main]
 async fn main() -> Result<()> {
@@ -135,6 +137,10 @@ async fn main() -> Result<()> {
 
     let server = tonic::transport::Server::builder()
         .tcp_nodelay(true)
+        // Hosts multiplex many calls on one HTTP/2 connection. With the 64 KiB default connection
+        // window, one session that stops reading (its stream window full) would stall every other
+        // call on that connection; per-stream buffering stays bounded by the 64 KiB stream window.
+        .initial_connection_window_size(CONNECTION_WINDOW)
         .add_service(health_svc)
         .add_service(reflection)
         .add_service(
