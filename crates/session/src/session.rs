@@ -457,6 +457,13 @@ impl Session {
     }
 
     async fn on_audio(&mut self, f: pb::AudioFrame) -> Result<(), End> {
+        // A frame is handled in one go: Tokio's cooperative budget must not park the task halfway
+        // (behind every other session) between accepting the frame and writing it upstream. The
+        // task still yields on budget where `run_loop` waits for its next event.
+        tokio::task::unconstrained(self.on_audio_frame(f)).await
+    }
+
+    async fn on_audio_frame(&mut self, f: pb::AudioFrame) -> Result<(), End> {
         let t0 = Instant::now();
         names::count_frame(names::Direction::In, f.data.len());
         self.wire_buf.clear();
@@ -737,6 +744,17 @@ impl Session {
     }
 
     async fn on_audio_delta(
+        &mut self,
+        response_id: String,
+        item_id: String,
+        audio: Vec<u8>,
+    ) -> Result<(), End> {
+        // As for `on_audio`: a delta's frames reach the host queue without a cooperative-budget
+        // yield in the middle; a full host queue still makes it wait (real backpressure).
+        tokio::task::unconstrained(self.on_audio_delta_frames(response_id, item_id, audio)).await
+    }
+
+    async fn on_audio_delta_frames(
         &mut self,
         response_id: String,
         item_id: String,
