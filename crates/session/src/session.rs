@@ -875,29 +875,25 @@ impl Session {
     /// Counts assistant audio that stays near-silent or clipped (wire samples, before conversion).
     fn check_audio(&mut self, wire: &[u8]) {
         use voice_audio::g711;
-        let (samples, rate): (Box<dyn Iterator<Item = i16>>, u64) = match self.plan.wire_out {
-            voice_audio::WireFormat::Pcm16_24k => (
-                Box::new(
-                    wire.chunks_exact(2)
-                        .map(|b| i16::from_le_bytes([b[0], b[1]])),
-                ),
-                24_000,
+        use voice_audio::WireFormat;
+        // Per-format calls keep `feed` monomorphic: this runs on every upstream audio delta.
+        let micros = |n: usize, rate: u64| Duration::from_micros(n as u64 * 1_000_000 / rate);
+        let found = match self.plan.wire_out {
+            WireFormat::Pcm16_24k => self.audio_check.feed(
+                wire.chunks_exact(2)
+                    .map(|b| i16::from_le_bytes([b[0], b[1]])),
+                micros(wire.len() / 2, 24_000),
             ),
-            voice_audio::WireFormat::Ulaw8k => (
-                Box::new(wire.iter().map(|&b| g711::ulaw_to_linear(b))),
-                8_000,
+            WireFormat::Ulaw8k => self.audio_check.feed(
+                wire.iter().map(|&b| g711::ulaw_to_linear(b)),
+                micros(wire.len(), 8_000),
             ),
-            voice_audio::WireFormat::Alaw8k => (
-                Box::new(wire.iter().map(|&b| g711::alaw_to_linear(b))),
-                8_000,
+            WireFormat::Alaw8k => self.audio_check.feed(
+                wire.iter().map(|&b| g711::alaw_to_linear(b)),
+                micros(wire.len(), 8_000),
             ),
         };
-        let n = match self.plan.wire_out {
-            voice_audio::WireFormat::Pcm16_24k => wire.len() / 2,
-            _ => wire.len(),
-        } as u64;
-        let duration = Duration::from_micros(n * 1_000_000 / rate);
-        if let Some(a) = self.audio_check.feed(samples, duration) {
+        if let Some(a) = found {
             warn!(kind = a.as_str(), "assistant audio anomaly");
             counter!(names::AUDIO_ANOMALIES, "kind" => a.as_str()).increment(1);
         }
@@ -1111,22 +1107,7 @@ impl Session {
         let def = match self.plan.tools.check(&name, &arguments) {
             Ok(d) => d,
             Err(refusal) => {
-                let o = ToolOutcome::failed(
-                    &call_id,
-                    &name,
-                    ToolStatus::Refused,
-                    refusal.to_string(),
-                    Duration::ZERO,
-                );
-                self.in_flight.insert(
-                    call_id,
-                    InFlight {
-                        name,
-                        started: now,
-                        deadline: None,
-                    },
-                );
-                self.tools.push(async move { o }.boxed());
+                self.refuse_call(call_id, name, now, refusal.to_string());
                 return Ok(());
             }
         };
@@ -1180,25 +1161,24 @@ impl Session {
                 );
             }
             ToolRoute::Unroutable => {
-                let o = ToolOutcome::failed(
-                    &call_id,
-                    &name,
-                    ToolStatus::Refused,
-                    "no tool host is configured".into(),
-                    Duration::ZERO,
-                );
-                self.in_flight.insert(
-                    call_id,
-                    InFlight {
-                        name,
-                        started: now,
-                        deadline: None,
-                    },
-                );
-                self.tools.push(async move { o }.boxed());
+                self.refuse_call(call_id, name, now, "no tool host is configured".into());
             }
         }
         Ok(())
+    }
+
+    /// A call that never reaches a host still ends through `finish_call`, like every other call.
+    fn refuse_call(&mut self, call_id: String, name: String, now: Instant, why: String) {
+        let o = ToolOutcome::failed(&call_id, &name, ToolStatus::Refused, why, Duration::ZERO);
+        self.in_flight.insert(
+            call_id,
+            InFlight {
+                name,
+                started: now,
+                deadline: None,
+            },
+        );
+        self.tools.push(async move { o }.boxed());
     }
 
     async fn on_tool_result(&mut self, r: pb::ToolResult) -> Result<(), End> {
