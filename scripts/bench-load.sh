@@ -19,7 +19,8 @@
 #   BENCH_SKIP_BUILD      1: do not run cargo build             [0]
 #   BENCH_PROFILE         N: also `perf record` the sidecar during the hold of the N-session run [unset]
 #   BENCH_OUT             write a standalone Markdown file instead of updating BENCHMARKS.md [unset]
-#   BENCH_KEEP            1: keep the work directory (JSON reports, logs) [0]
+#   BENCH_KEEP            1: keep the work directory (JSON reports, logs, /metrics after each run) [0]
+#   BENCH_LOADGEN_ARGS    extra voice-loadgen flags, e.g. "--connections 1000" [unset]
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -87,11 +88,11 @@ for N in $SESSIONS; do
   RAMP=${BENCH_RAMP_SECS:-$(( N / 100 > 2 ? N / 100 : 2 ))}
   SIM_PORT=$(free_port); GRPC_PORT=$(free_port); METRICS_PORT=$(free_port)
   echo "== $N sessions (ramp ${RAMP}s, hold ${HOLD}s)"
-  RUST_LOG=warn "$BIN/realtime-sim" --listen "127.0.0.1:$SIM_PORT" --config "$SIM_CONFIG" \
+  RUST_LOG=warn ${SIM_NICE:-} "$BIN/realtime-sim" --listen "127.0.0.1:$SIM_PORT" --config "$SIM_CONFIG" \
     >"$WORK/sim-$N.log" 2>&1 &
   SIM_PID=$!; PIDS+=("$SIM_PID")
   wait_port "$SIM_PORT" "$SIM_PID"
-  "$BIN/voice-sidecar" --listen "127.0.0.1:$GRPC_PORT" --backend openai \
+  ${SC_NICE:-} "$BIN/voice-sidecar" --listen "127.0.0.1:$GRPC_PORT" --backend openai \
     --realtime-url "ws://127.0.0.1:$SIM_PORT" --api-key-file "$WORK/api-key" \
     --metrics-listen "127.0.0.1:$METRICS_PORT" --log warn --max-sessions 5000 \
     >"$WORK/sidecar-$N.log" 2>&1 &
@@ -109,10 +110,15 @@ for N in $SESSIONS; do
 
   EXTRA=()
   [[ "$TOOLS" == 1 ]] && EXTRA+=(--tools)
-  "$BIN/voice-loadgen" --sidecar "127.0.0.1:$GRPC_PORT" --metrics "127.0.0.1:$METRICS_PORT" \
+  # shellcheck disable=SC2206 # word splitting intended: extra flags for the load generator
+  [[ -n "${BENCH_LOADGEN_ARGS:-}" ]] && EXTRA+=($BENCH_LOADGEN_ARGS)
+  ${LG_NICE:-} "$BIN/voice-loadgen" --sidecar "127.0.0.1:$GRPC_PORT" --metrics "127.0.0.1:$METRICS_PORT" \
     --sidecar-pid "$SC_PID" --sim-pid "$SIM_PID" --sessions "$N" --ramp-secs "$RAMP" --hold-secs "$HOLD" \
     --codec "$CODEC" --json "$WORK/run-$N.json" --label "$N sessions" "${EXTRA[@]}" | tee "$WORK/run-$N.txt"
   RUNS+=("$WORK/run-$N.json")
+  # The sidecar's metrics after the run, for a closer look (kept with BENCH_KEEP=1).
+  python3 -c 'import sys,urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())' \
+    "http://127.0.0.1:$METRICS_PORT/metrics" >"$WORK/metrics-$N.txt" 2>/dev/null || true
 
   if [[ -n "$PERF_PID" ]]; then
     wait "$PERF_PID" || true

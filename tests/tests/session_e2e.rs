@@ -796,3 +796,114 @@ async fn a_dropped_upstream_is_reconnected_with_the_conversation_carried_forward
         1.0
     );
 }
+
+/// A host that stops reading its stream mid-reply: the sidecar waits (nothing dropped, nothing out of
+/// order), records the stall in `voice_host_stall_seconds`, and everything arrives once the host reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_that_stops_reading_loses_nothing_and_the_stall_is_measured() {
+    // ~16 s of 48 kHz PCM16 (~1.5 MB), sent by the simulator at 4x real time.
+    let long = "This answer is long on purpose, so that a host that stops reading fills every buffer between the model and itself. ".repeat(2);
+    let sim = SimServer::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        SimConfig {
+            script: vec![ScriptStep::say(&long)],
+            ms_per_char: 70,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let metrics_addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let sidecar = start_sidecar(
+        &sim.base_url(),
+        &["--metrics-listen", &metrics_addr.to_string()],
+    )
+    .await;
+    // A small HTTP/2 window, so the host's own buffering cannot absorb the whole reply.
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", sidecar.addr))
+        .unwrap()
+        .initial_stream_window_size(64 * 1024)
+        .initial_connection_window_size(64 * 1024)
+        .connect()
+        .await
+        .unwrap();
+    let mut c = pb::voice_sidecar_client::VoiceSidecarClient::new(ch);
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tx.send(msg(In::Start(pb::SessionStart {
+        input_format: Some(pcm16(16000)),
+        output_format: Some(pcm16(48000)),
+        ..Default::default()
+    })))
+    .await
+    .unwrap();
+    let mut inbound = c
+        .converse(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut audio: Vec<pb::AudioFrame> = Vec::new();
+    let next = |m: Option<pb::ServerMessage>| m.and_then(|m| m.message);
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(10), inbound.message())
+            .await
+            .expect("Started in time")
+            .unwrap();
+        if matches!(next(m), Some(Out::Started(_))) {
+            break;
+        }
+    }
+    tx.send(msg(In::Control(pb::Control {
+        action: Some(pb::control::Action::SendText("talk for a while".into())),
+    })))
+    .await
+    .unwrap();
+    // Read until the reply starts, then stop reading while it streams.
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(10), inbound.message())
+            .await
+            .expect("reply audio in time")
+            .unwrap();
+        if let Some(Out::Audio(a)) = next(m) {
+            audio.push(a);
+            break;
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let done = loop {
+        let m = tokio::time::timeout(Duration::from_secs(20), inbound.message())
+            .await
+            .expect("the rest of the reply after the host resumes reading")
+            .unwrap();
+        match next(m) {
+            Some(Out::Audio(a)) => audio.push(a),
+            Some(Out::ResponseDone(d)) => break d,
+            Some(Out::Error(e)) => panic!("error while the host was slow: {e:?}"),
+            _ => {}
+        }
+    };
+    assert_eq!(done.status, "completed");
+    // Every frame, in order, no gap: backpressure, not loss.
+    for (i, f) in audio.iter().enumerate() {
+        assert_eq!(f.seq, audio[0].seq + i as u64, "frame {i} out of sequence");
+    }
+    let ms: u64 = audio.iter().map(|f| f.duration_us as u64).sum::<u64>() / 1000;
+    let expected_ms = sim_speech_ms(&long, 70);
+    assert!(
+        ms + 100 >= expected_ms,
+        "host received {ms} ms of audio, the reply was {expected_ms} ms"
+    );
+    let text = http_get(metrics_addr, "/metrics").await;
+    let stalls = metric(&text, "voice_host_stall_seconds_count", &[]);
+    let stalled = metric(&text, "voice_host_stall_seconds_sum", &[]);
+    assert!(stalls >= 1.0, "the stall was not recorded:\n{text}");
+    assert!(
+        stalled > 0.5,
+        "the host stopped reading for 3 s, recorded stall {stalled} s"
+    );
+    drop(tx);
+}
+
+/// How much audio the simulator speaks for `text` at `ms_per_char`.
+fn sim_speech_ms(text: &str, ms_per_char: u64) -> u64 {
+    text.chars().count() as u64 * ms_per_char
+}

@@ -120,6 +120,8 @@ struct Session {
     scheduler: ResponseScheduler,
     rounds: ToolRounds,
     playout: Playout,
+    /// A long host stall has been logged (once per session: a stuck host would flood the log).
+    host_stall_warned: bool,
     dead_air: DeadAir,
     tools: FuturesUnordered<BoxFuture<'static, ToolOutcome>>,
     in_flight: HashMap<String, InFlight>,
@@ -246,6 +248,7 @@ where
     let mut s = Session {
         id,
         playout: Playout::new(plan.pacing_lead),
+        host_stall_warned: false,
         plan,
         ctx,
         out,
@@ -351,10 +354,27 @@ impl SessionPlan {
 
 impl Session {
     async fn emit(&mut self, m: Out) -> Result<(), End> {
-        self.out
-            .send(Ok(server(m)))
-            .await
-            .map_err(|_| End::HostGone)
+        use mpsc::error::TrySendError;
+        match self.out.try_send(Ok(server(m))) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Closed(_)) => Err(End::HostGone),
+            // The host is not draining its stream: wait (backpressure, nothing is dropped), and
+            // record how long, so a slow host shows up as such and not as sidecar latency.
+            Err(TrySendError::Full(m)) => {
+                let t0 = Instant::now();
+                let r = self.out.send(m).await.map_err(|_| End::HostGone);
+                let waited = t0.elapsed();
+                histogram!(names::HOST_STALL).record(waited.as_secs_f64());
+                if waited >= Duration::from_secs(1) && !self.host_stall_warned {
+                    self.host_stall_warned = true;
+                    warn!(
+                        waited_ms = waited.as_millis() as u64,
+                        "the host is not reading its Converse stream; output was held back (reported once per session)"
+                    );
+                }
+                r
+            }
+        }
     }
 
     async fn host_error(

@@ -26,6 +26,7 @@ pub const DEAD_AIR: &str = "voice_dead_air_seconds";
 pub const AUDIO_ANOMALIES: &str = "voice_output_audio_anomalies_total";
 pub const COST: &str = "voice_cost_microdollars_total";
 pub const BUDGET_EXCEEDED: &str = "voice_budget_exceeded_total";
+pub const HOST_STALL: &str = "voice_host_stall_seconds";
 
 /// Voice-to-voice and dead air: tens of milliseconds to tens of seconds.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -35,6 +36,11 @@ const LATENCY_BUCKETS: &[f64] = &[
 /// In-sidecar per-frame cost: microseconds to tens of milliseconds.
 const FRAME_BUCKETS: &[f64] = &[
     0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+];
+
+/// Host stalls: a slow reader is sub-millisecond to seconds behind.
+const STALL_BUCKETS: &[f64] = &[
+    0.0001, 0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 ];
 
 /// Registers help texts and units for every metric.
@@ -149,6 +155,11 @@ pub fn describe_all() {
         Unit::Count,
         "Sessions that went over their cost budget."
     );
+    describe_histogram!(
+        HOST_STALL,
+        Unit::Seconds,
+        "Time a session waited because the host's stream was full (the host is not reading its Converse responses)."
+    );
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -171,6 +182,8 @@ fn builder() -> PrometheusBuilder {
             .expect("bucket list is non-empty");
     }
     b.set_buckets_for_metric(Matcher::Full(FRAME_PROCESSING.to_string()), FRAME_BUCKETS)
+        .expect("bucket list is non-empty")
+        .set_buckets_for_metric(Matcher::Full(HOST_STALL.to_string()), STALL_BUCKETS)
         .expect("bucket list is non-empty")
 }
 
