@@ -15,9 +15,11 @@
 
 mod audio;
 mod floor;
+mod pacer;
 mod probe;
 mod report;
 mod session;
+mod shards;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -112,9 +114,14 @@ struct RunArgs {
     /// Declare the `lookup_order` tool and answer ToolCall in-stream.
     #[arg(long)]
     tools: bool,
-    /// HTTP/2 connections to spread sessions over (default: one per 100 sessions).
+    /// HTTP/2 connections to spread sessions over (default: one per 100 sessions). Each connection
+    /// has one pacer task sending its sessions' frames.
     #[arg(long)]
     connections: Option<usize>,
+    /// Load generator threads, each a single-threaded runtime running whole connections (see
+    /// `shards.rs`); default: one per CPU, at most one per connection.
+    #[arg(long)]
+    threads: Option<usize>,
     /// Seconds to wait for SessionStarted.
     #[arg(long, default_value_t = 30)]
     setup_timeout_secs: u64,
@@ -171,7 +178,8 @@ fn main() -> Result<()> {
 }
 
 fn run_blocking(a: RunArgs) -> Result<()> {
-    tokio::runtime::Builder::new_multi_thread()
+    // Shard 0 (see `shards.rs`): single-threaded on purpose.
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?
         .block_on(run(a))
@@ -270,36 +278,52 @@ async fn run(a: RunArgs) -> Result<()> {
     }
 
     let conns = a.connections.unwrap_or(a.sessions.div_ceil(100)).max(1);
+    let threads = a
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let shards = shards::Shards::start(threads.clamp(1, conns))?;
     let mut clients = Vec::with_capacity(conns);
-    for _ in 0..conns {
-        let ch = tonic::transport::Endpoint::from_shared(format!("http://{sidecar}"))?
+    for c in 0..conns {
+        let ep = tonic::transport::Endpoint::from_shared(format!("http://{sidecar}"))?
             .tcp_nodelay(true)
-            .connect_timeout(Duration::from_secs(5))
-            .connect()
-            .await
+            .connect_timeout(Duration::from_secs(5));
+        // Connected on its shard, so the connection's tasks (h2, per-stream body pipes) run there.
+        let ch = shards
+            .spawn(c, async move { ep.connect().await })
+            .await?
             .with_context(|| format!("connecting to the sidecar at {sidecar}"))?;
         clients.push(pb::voice_sidecar_client::VoiceSidecarClient::new(ch));
     }
     eprintln!(
-        "voice-loadgen: {} sessions over {} connection(s) to {sidecar}, {:?} {} Hz in ({} B/frame) / {:?} {} Hz out, ramp {} s, hold {} s{}",
-        a.sessions, conns, a.codec, rate, frame_bytes, out_codec, out_rate, a.ramp_secs, a.hold_secs,
+        "voice-loadgen: {} sessions over {} connection(s) to {sidecar} ({} thread(s)), {:?} {} Hz in ({} B/frame) / {:?} {} Hz out, ramp {} s, hold {} s{}",
+        a.sessions, conns, shards.len(), a.codec, rate, frame_bytes, out_codec, out_rate, a.ramp_secs, a.hold_secs,
         if a.tools { ", tools in-stream" } else { "" }
     );
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let t0 = Instant::now();
     let self_cpu0 = probe::cpu_secs(std::process::id());
+    // One pacer per connection sends its sessions' frames (one timer each instead of one per session).
+    let (pacers, pacer_tasks) = pacer::spawn(conns, plan.clone(), stop_rx.clone(), &shards);
     let mut handles = Vec::with_capacity(a.sessions);
     for i in 0..a.sessions {
         let at = t0 + Duration::from_secs_f64(a.ramp_secs * i as f64 / a.sessions as f64);
         tokio::time::sleep_until(at).await;
-        handles.push(tokio::spawn(session::run(
-            i,
-            plan.clone(),
-            clients[i % conns].clone(),
-            stop_rx.clone(),
-        )));
+        // Session, connection and pacer on one shard.
+        let c = pacer::pacer_of(i, conns);
+        handles.push(shards.spawn(
+            c,
+            session::run(
+                i,
+                plan.clone(),
+                clients[c].clone(),
+                pacers[c].clone(),
+                stop_rx.clone(),
+            ),
+        ));
     }
+    // Pacers exit once every session has dropped its handle.
+    drop(pacers);
     // Wait for every session to be established or to have failed.
     let settle_deadline = Instant::now() + plan.setup_timeout + Duration::from_secs(1);
     while plan.established.load(Ordering::Relaxed) + plan.failed.load(Ordering::Relaxed)
@@ -360,6 +384,15 @@ async fn run(a: RunArgs) -> Result<()> {
             Err(e) => eprintln!("session task failed: {e}"),
         }
     }
+    let mut send_lateness = session::Hist::default();
+    for p in pacer_tasks {
+        match p.await {
+            Ok(h) => send_lateness.merge(&h),
+            Err(e) => eprintln!("pacer task failed: {e}"),
+        }
+    }
+    drop(clients);
+    shards.shutdown();
     let total_wall = t0.elapsed().as_secs_f64();
     let self_cpu1 = probe::cpu_secs(std::process::id());
 
@@ -382,6 +415,7 @@ async fn run(a: RunArgs) -> Result<()> {
         total_secs: total_wall,
         connections: conns,
         stats,
+        send_lateness,
         metrics: m0.zip(m1),
         sidecar_proc: mk(cpu0.0, cpu1.0, base_rss, peak_rss),
         sim_proc: mk(cpu0.1, cpu1.1, base_sim_rss, peak_sim_rss),

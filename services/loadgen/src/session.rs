@@ -1,14 +1,18 @@
-//! One simulated caller: one `Converse` stream driven by one Tokio task. The task ticks every 20 ms
-//! and pushes the next pre-encoded frame (speech turn, then silence turn, forever), reads whatever the
-//! sidecar sends back, answers in-stream tool calls, and ends the session with `Control.end` when told.
+//! One simulated caller: one `Converse` stream driven by one Tokio task. The task opens the stream,
+//! waits for `SessionStarted`, then hands the *sending* to its pacer (`crate::pacer`), which pushes
+//! the next pre-encoded frame (speech turn, then silence turn, forever) every 20 ms. The task itself
+//! has no timer: it only reads whatever the sidecar sends back, answers in-stream tool calls, and,
+//! when told to stop, takes back its send counters from the pacer and ends the session with
+//! `Control.end`.
 
 use crate::audio::Frames;
+use crate::pacer::{self, SendStats, SpeechEnd};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 use voice_proto::v1 as pb;
@@ -123,8 +127,6 @@ pub struct SessionStats {
     pub turn_latency: Hist,
     /// Sidecar-reported `ResponseDone.voice_to_voice_ms`.
     pub v2v_reported: Hist,
-    /// How late the 20 ms send timer fired (generator health).
-    pub tick_lateness: Hist,
     /// Gap between consecutive assistant audio frames within one response (client-observed jitter).
     pub out_gap: Hist,
 }
@@ -132,6 +134,13 @@ pub struct SessionStats {
 impl SessionStats {
     fn err(&mut self, code: impl Into<String>) {
         *self.errors.entry(code.into()).or_insert(0) += 1;
+    }
+
+    /// Takes over the counters the pacer kept while it sent this session's frames.
+    fn add_sends(&mut self, s: SendStats) {
+        self.frames_sent += s.frames_sent;
+        self.frames_skipped += s.frames_skipped;
+        self.turns_spoken += s.turns_spoken;
     }
 }
 
@@ -147,6 +156,7 @@ pub async fn run(
     idx: usize,
     plan: Arc<Plan>,
     mut client: pb::voice_sidecar_client::VoiceSidecarClient<Channel>,
+    pacer: pacer::Handle,
     mut stop: watch::Receiver<bool>,
 ) -> SessionStats {
     let mut st = SessionStats::default();
@@ -192,12 +202,10 @@ pub async fn run(
     st.setup = Some(t_open.elapsed());
     plan.established.fetch_add(1, Ordering::Relaxed);
 
-    // Sessions start their cycle at slightly different points so turns do not line up perfectly.
-    let mut i: u64 = (idx as u64 * 7) % 10;
-    let mut seq: u64 = 1;
-    let mut tick = tokio::time::interval(Duration::from_millis(20));
-    tick.set_missed_tick_behavior(MissedTickBehavior::Burst);
-    let mut speech_ended_at: Option<Instant> = None;
+    // From here on the pacer sends this session's audio (starting at `(idx * 7) % 10` of the cycle).
+    let speech_end = Arc::new(SpeechEnd::new(pacer.base()));
+    let mut handover = pacer.join(idx, tx.clone(), speech_end.clone());
+    let mut sends: Option<SendStats> = None;
     let mut last_audio: Option<(Instant, String)> = None;
 
     let alive = loop {
@@ -207,7 +215,7 @@ pub async fn run(
             m = inbound.message() => {
                 match m {
                     Ok(Some(pb::ServerMessage { message: Some(o) })) => {
-                        if let Some(ended) = handle(&mut st, &tx, o, &mut speech_ended_at, &mut last_audio) {
+                        if let Some(ended) = handle(&mut st, &tx, o, Some(&speech_end), &mut last_audio) {
                             st.end_reason = Some(ended);
                             break false;
                         }
@@ -217,29 +225,37 @@ pub async fn run(
                     Err(s) => { st.err(code_name(s.code())); st.end_reason = Some(code_name(s.code())); break false; }
                 }
             }
-            at = tick.tick() => {
-                st.tick_lateness.record(Instant::now().saturating_duration_since(at));
-                let (data, last_speech) = plan.frames.frame(i);
-                i += 1;
-                let f = msg(In::Audio(pb::AudioFrame { data: data.to_vec(), seq, ..Default::default() }));
-                seq += 1;
-                match tx.try_send(f) {
-                    Ok(()) => {
-                        st.frames_sent += 1;
-                        if last_speech {
-                            st.turns_spoken += 1;
-                            speech_ended_at = Some(Instant::now());
-                        }
-                    }
-                    // The stream is not draining: a real-time source drops rather than queues.
-                    Err(mpsc::error::TrySendError::Full(_)) => st.frames_skipped += 1,
-                    Err(mpsc::error::TrySendError::Closed(_)) => {
+            // The pacer hands the counters back early only when our stream is closed (or, racing
+            // with the stop branch above, when it stopped).
+            h = &mut handover => match h {
+                Ok(h) => {
+                    let closed = h.closed;
+                    sends = Some(h);
+                    if closed {
                         st.err("send_closed"); st.end_reason = Some("send_closed".into()); break false;
                     }
+                    break true;
+                }
+                // Only if the pacer task died: nothing is sent any more, so the session is lost.
+                Err(_) => {
+                    sends = Some(SendStats::default());
+                    st.err("pacer_gone"); st.end_reason = Some("pacer_gone".into()); break false;
                 }
             }
         }
     };
+    // Take the send counters back. Once the pacer has handed them over it sends nothing more for this
+    // session, so no audio frame follows the `Control.end` below.
+    let sends = match sends {
+        Some(s) => s,
+        None => {
+            if !alive {
+                pacer.leave(idx);
+            }
+            handover.await.unwrap_or_default()
+        }
+    };
+    st.add_sends(sends);
 
     if !alive {
         st.dropped = true;
@@ -262,7 +278,7 @@ pub async fn run(
                 break;
             }
             Ok(Ok(Some(pb::ServerMessage { message: Some(o) }))) => {
-                if let Some(reason) = handle(&mut st, &tx, o, &mut None, &mut None) {
+                if let Some(reason) = handle(&mut st, &tx, o, None, &mut None) {
                     st.end_reason = Some(reason);
                     st.clean_end = true;
                     break;
@@ -288,7 +304,7 @@ fn handle(
     st: &mut SessionStats,
     tx: &mpsc::Sender<pb::ClientMessage>,
     o: Out,
-    speech_ended_at: &mut Option<Instant>,
+    speech_end: Option<&SpeechEnd>,
     last_audio: &mut Option<(Instant, String)>,
 ) -> Option<String> {
     match o {
@@ -296,7 +312,7 @@ fn handle(
             let now = Instant::now();
             st.frames_received += 1;
             st.bytes_received += a.data.len() as u64;
-            if let Some(t) = speech_ended_at.take() {
+            if let Some(t) = speech_end.and_then(SpeechEnd::take) {
                 st.turn_latency.record(now - t);
             }
             match last_audio {
