@@ -9,7 +9,7 @@
 # WebSocket write of one 20 ms frame) and reports the sidecar's per-frame cost against it.
 #
 # Environment overrides (defaults in brackets):
-#   BENCH_SESSIONS        session counts to run                 ["10 100 500 1000"]
+#   BENCH_SESSIONS        session counts to run, repeats allowed ["10 100 500 1000 1000 1000"]
 #   BENCH_HOLD_SECS       hold (measurement) period per run, s  [30]
 #   BENCH_RAMP_SECS       ramp-up period, s                     [max(2, N/100)]
 #   BENCH_CODEC           loadgen codec (mulaw|alaw|pcm16|opus) [mulaw]
@@ -17,14 +17,16 @@
 #   BENCH_FLOOR_FRAMES    frames for the floor measurement      [200000]
 #   BENCH_SIM_CONFIG      simulator config                      [services/loadgen/sim-load.toml]
 #   BENCH_SKIP_BUILD      1: do not run cargo build             [0]
-#   BENCH_PROFILE         N: also `perf record` the sidecar during the hold of the N-session run [unset]
+#   BENCH_PROFILE         N: one extra N-session run (not in the table) with `perf record` of the sidecar [unset]
 #   BENCH_OUT             write a standalone Markdown file instead of updating BENCHMARKS.md [unset]
 #   BENCH_KEEP            1: keep the work directory (JSON reports, logs, /metrics after each run) [0]
 #   BENCH_LOADGEN_ARGS    extra voice-loadgen flags, e.g. "--connections 1000" [unset]
+#   BENCH_HARNESS_NICE    run the simulator and the load generator at this nice level, i.e. give
+#                         the sidecar CPU priority as a Kubernetes CPU request would [unset]
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-SESSIONS=${BENCH_SESSIONS:-"10 100 500 1000"}
+SESSIONS=${BENCH_SESSIONS:-"10 100 500 1000 1000 1000"}
 HOLD=${BENCH_HOLD_SECS:-30}
 CODEC=${BENCH_CODEC:-mulaw}
 TOOLS=${BENCH_TOOLS:-0}
@@ -83,16 +85,22 @@ chmod 600 "$WORK/api-key"
 echo "== physical floor"
 "$BIN/voice-loadgen" floor --frame-bytes 160 --frames "$FLOOR_FRAMES" --json "$WORK/floor.json"
 
+HNICE=()
+[[ -n "${BENCH_HARNESS_NICE:-}" ]] && HNICE=(nice -n "$BENCH_HARNESS_NICE")
 RUNS=()
-for N in $SESSIONS; do
+# One run: fresh simulator and sidecar, N sessions. $2 = run index; $3 = 1 for the profiling run,
+# which is extra: perf's sampling costs the sidecar CPU and perturbs its latency, so a profiled run
+# is never one of the measured ones.
+one_run() {
+  local N=$1 K=$2 PROFILED=$3
   RAMP=${BENCH_RAMP_SECS:-$(( N / 100 > 2 ? N / 100 : 2 ))}
   SIM_PORT=$(free_port); GRPC_PORT=$(free_port); METRICS_PORT=$(free_port)
   echo "== $N sessions (ramp ${RAMP}s, hold ${HOLD}s)"
-  RUST_LOG=warn ${SIM_NICE:-} "$BIN/realtime-sim" --listen "127.0.0.1:$SIM_PORT" --config "$SIM_CONFIG" \
+  RUST_LOG=warn "${HNICE[@]}" "$BIN/realtime-sim" --listen "127.0.0.1:$SIM_PORT" --config "$SIM_CONFIG" \
     >"$WORK/sim-$N.log" 2>&1 &
   SIM_PID=$!; PIDS+=("$SIM_PID")
   wait_port "$SIM_PORT" "$SIM_PID"
-  ${SC_NICE:-} "$BIN/voice-sidecar" --listen "127.0.0.1:$GRPC_PORT" --backend openai \
+  "$BIN/voice-sidecar" --listen "127.0.0.1:$GRPC_PORT" --backend openai \
     --realtime-url "ws://127.0.0.1:$SIM_PORT" --api-key-file "$WORK/api-key" \
     --metrics-listen "127.0.0.1:$METRICS_PORT" --log warn --max-sessions 5000 \
     >"$WORK/sidecar-$N.log" 2>&1 &
@@ -101,7 +109,7 @@ for N in $SESSIONS; do
   wait_port "$METRICS_PORT" "$SC_PID"
 
   PERF_PID=""
-  if [[ -n "$PROFILE" && "$PROFILE" == "$N" ]] && command -v perf >/dev/null; then
+  if [[ "$PROFILED" == 1 ]]; then
     # Start sampling once the ramp is over; stop it before the sessions end.
     ( sleep $(( RAMP + 2 )); exec perf record -F 499 -g -p "$SC_PID" -o "$WORK/perf-$N.data" -- sleep "$(( HOLD > 4 ? HOLD - 2 : HOLD ))" ) \
       >"$WORK/perf-$N.log" 2>&1 &
@@ -112,13 +120,13 @@ for N in $SESSIONS; do
   [[ "$TOOLS" == 1 ]] && EXTRA+=(--tools)
   # shellcheck disable=SC2206 # word splitting intended: extra flags for the load generator
   [[ -n "${BENCH_LOADGEN_ARGS:-}" ]] && EXTRA+=($BENCH_LOADGEN_ARGS)
-  ${LG_NICE:-} "$BIN/voice-loadgen" --sidecar "127.0.0.1:$GRPC_PORT" --metrics "127.0.0.1:$METRICS_PORT" \
+  "${HNICE[@]}" "$BIN/voice-loadgen" --sidecar "127.0.0.1:$GRPC_PORT" --metrics "127.0.0.1:$METRICS_PORT" \
     --sidecar-pid "$SC_PID" --sim-pid "$SIM_PID" --sessions "$N" --ramp-secs "$RAMP" --hold-secs "$HOLD" \
-    --codec "$CODEC" --json "$WORK/run-$N.json" --label "$N sessions" "${EXTRA[@]}" | tee "$WORK/run-$N.txt"
-  RUNS+=("$WORK/run-$N.json")
+    --codec "$CODEC" --json "$WORK/run-$K-$N.json" --label "$N sessions" "${EXTRA[@]}" | tee "$WORK/run-$K-$N.txt"
+  [[ "$PROFILED" == 1 ]] || RUNS+=("$WORK/run-$K-$N.json")
   # The sidecar's metrics after the run, for a closer look (kept with BENCH_KEEP=1).
   python3 -c 'import sys,urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())' \
-    "http://127.0.0.1:$METRICS_PORT/metrics" >"$WORK/metrics-$N.txt" 2>/dev/null || true
+    "http://127.0.0.1:$METRICS_PORT/metrics" >"$WORK/metrics-$K-$N.txt" 2>/dev/null || true
 
   if [[ -n "$PERF_PID" ]]; then
     wait "$PERF_PID" || true
@@ -127,7 +135,21 @@ for N in $SESSIONS; do
   fi
   stop_proc "$SC_PID"
   stop_proc "$SIM_PID"
+}
+
+K=0
+for N in $SESSIONS; do
+  K=$((K + 1))
+  one_run "$N" "$K" 0
 done
+if [[ -n "$PROFILE" ]]; then
+  if command -v perf >/dev/null; then
+    echo "== profiling run (not in the table)"
+    one_run "$PROFILE" "profile" 1
+  else
+    echo "BENCH_PROFILE set but perf is not installed: no profile" >&2
+  fi
+fi
 
 TABLE=$("$BIN/voice-loadgen" summarize --floor "$WORK/floor.json" "${RUNS[@]}")
 
@@ -142,13 +164,15 @@ SECTION=$WORK/section.md
   echo "- Kernel: $(uname -srm)"
   echo "- Sidecar: \`--backend openai\` against \`realtime-sim\` ($(basename "$SIM_CONFIG"): realtime_factor 4, short replies) on loopback, \`--log warn\`"
   echo "- Load: ${CODEC} 8 kHz in and out, 20 ms frames, 1.5 s speech / 2.5 s silence per caller turn, tools: $([[ $TOOLS == 1 ]] && echo in-stream || echo off); hold ${HOLD} s per run"
-  echo "- Simulator, sidecar and load generator share the same machine; their CPU is reported separately."
+  echo "- Load generator: one pacer task per HTTP/2 connection (100 sessions each) on single-threaded runtime shards, callers spread over 2 ms phase slots"
+  echo "- Simulator, sidecar and load generator share the same machine; their CPU is reported separately.$([[ -n "${BENCH_HARNESS_NICE:-}" ]] && echo " Simulator and load generator run at nice ${BENCH_HARNESS_NICE}.")"
   echo
   echo "$TABLE"
   echo
   echo "Notes:"
   echo "- *in/out p50/p99/max*: time inside the sidecar per frame, from \`voice_frame_processing_seconds\` bucket deltas over the hold (bucket-interpolated; max is the upper bound of the highest non-empty bucket). *out* is observed per upstream audio delta (100 ms = 5 host frames)."
   echo "- *sidecar CPU per frame*: sidecar user+system CPU during the hold ÷ audio frames it handled (in + out, from \`voice_audio_frames_total\`); includes gRPC, WebSocket, JSON and all control traffic. The floor ratio compares it with the send floor."
+  echo "- *out p99.9 · host stalls*: the out-direction tail, and how often (and how long in total) sessions waited on a full host queue during the hold (\`voice_host_stall_seconds\`): backpressure from the path to the host — the sidecar's own HTTP/2 writer or a load generator that is not reading. Waiting is counted in *out*; nothing is dropped."
   echo "- *RSS KiB/session*: (VmRSS during the hold − VmRSS before any session) ÷ sessions."
   echo "- *speech end → first audio*: client-observed, includes the VAD's 500 ms silence and the simulator's think time."
   for f in "$WORK"/perf-*.txt; do

@@ -80,6 +80,10 @@ pub struct SidecarMetrics {
     pub host_errors: BTreeMap<String, u64>,
     pub upstream_errors: BTreeMap<String, u64>,
     pub sessions_active_at_hold_end: f64,
+    /// `voice_host_stall_seconds` over the hold: waits on a full host queue (backpressure: the path
+    /// to the host, the sidecar's own HTTP/2 writer included, is not draining).
+    #[serde(default)]
+    pub host_stall: HistDelta,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -259,6 +263,7 @@ impl Report {
                 host_errors: delta_by_label(a, b, "voice_host_errors_total", "code"),
                 upstream_errors: delta_by_label(a, b, "voice_upstream_errors_total", "code"),
                 sessions_active_at_hold_end: b.sum("voice_sessions_active", &[]),
+                host_stall: hist_delta(a, b, "voice_host_stall_seconds", &[]),
             });
         }
         let n = i.held_at_hold_start;
@@ -348,6 +353,15 @@ impl Report {
                     if h.over_last_bucket > 0 { ">50 ms".into() } else { us(h.max_le_s) }, us(h.mean_s), n
                 );
             }
+            let st = &m.host_stall;
+            let _ = writeln!(
+                s,
+                "  host stalls (full host queue) n={} total {:.2} s, p50 {} max ≤ {}",
+                st.count,
+                st.mean_s.unwrap_or(0.0) * st.count as f64,
+                ms(st.p50_s.map(|x| x * 1e3)),
+                ms(st.max_le_s.map(|x| x * 1e3)),
+            );
             let _ = writeln!(
                 s,
                 "  host errors {:?}, upstream errors {:?}",
@@ -427,9 +441,9 @@ pub fn markdown(runs: &[Report], floor: Option<&FloorResult>) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "| sessions (req/est/held/dropped) | frames sent / recv | in p50 / p99 / max | out p50 / p99 / max | sidecar cores | CPU-s per session-min | sidecar CPU per frame | sidecar RSS KiB/session | sim cores | loadgen cores | speech end → first audio p50/p99 | errors |"
+        "| sessions (req/est/held/dropped) | frames sent / recv | in p50 / p99 / max | out p50 / p99 / max | out p99.9 · host stalls (n, s) | sidecar cores | CPU-s per session-min | sidecar CPU per frame | sidecar RSS KiB/session | sim cores | loadgen cores | speech end → first audio p50/p99 | errors |"
     );
-    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in runs {
         let m = r.sidecar_metrics.clone().unwrap_or_default();
         let sp = r.sidecar_proc.clone().unwrap_or_default();
@@ -456,7 +470,7 @@ pub fn markdown(runs: &[Report], floor: Option<&FloorResult>) -> String {
         };
         let _ = writeln!(
             s,
-            "| {} / {} / {} / {} | {} / {} | {} | {} | {:.2} | {} | {} | {} | {} | {} | {} / {} ms | {} |",
+            "| {} / {} / {} / {} | {} / {} | {} | {} | {} · {} ({:.1} s) | {:.2} | {} | {} | {} | {} | {} | {} / {} ms | {} |",
             r.sessions_requested,
             r.sessions_established,
             r.sessions_held_to_end,
@@ -465,6 +479,9 @@ pub fn markdown(runs: &[Report], floor: Option<&FloorResult>) -> String {
             r.frames_received,
             fmt_h(&m.frame_in),
             fmt_h(&m.frame_out),
+            us(m.frame_out.p999_s),
+            m.host_stall.count,
+            m.host_stall.mean_s.unwrap_or(0.0) * m.host_stall.count as f64,
             sp.cores,
             sp.cpu_secs_per_session_minute.map_or("-".into(), |x| format!("{x:.3}")),
             per_frame,
@@ -530,4 +547,31 @@ pub fn markdown(runs: &[Report], floor: Option<&FloorResult>) -> String {
         }
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::probe::parse;
+
+    #[test]
+    fn host_stalls_over_the_hold_reach_the_table() {
+        let before = parse(
+            "voice_host_stall_seconds_bucket{le=\"0.5\"} 1\nvoice_host_stall_seconds_bucket{le=\"+Inf\"} 1\nvoice_host_stall_seconds_sum 0.25\nvoice_host_stall_seconds_count 1\n",
+        );
+        let after = parse(
+            "voice_host_stall_seconds_bucket{le=\"0.5\"} 3\nvoice_host_stall_seconds_bucket{le=\"+Inf\"} 4\nvoice_host_stall_seconds_sum 2.25\nvoice_host_stall_seconds_count 4\n",
+        );
+        let r = Report {
+            sessions_requested: 1000,
+            sidecar_metrics: Some(SidecarMetrics {
+                host_stall: hist_delta(&before, &after, "voice_host_stall_seconds", &[]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let md = markdown(&[r], None);
+        // Only what happened between the two scrapes: 3 stalls, 2.0 s in all.
+        assert!(md.contains("· 3 (2.0 s)"), "{md}");
+    }
 }
