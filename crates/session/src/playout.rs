@@ -151,9 +151,15 @@ impl Playout {
     /// The item being played and how much of it the caller has heard.
     pub fn played(&self, now: Instant) -> Option<(String, Duration)> {
         let c = self.current.as_ref()?;
+        // Audio still ahead of the host's playback is not played yet. This is exact even when the
+        // item had a gap (upstream slower than real time) or started behind the previous item's
+        // tail, where the time since its first frame overstates what was heard.
+        let ahead = self
+            .audible_until
+            .map_or(Duration::ZERO, |a| a.saturating_duration_since(now));
         let by_clock = now
             .saturating_duration_since(c.first_release)
-            .min(c.released);
+            .min(c.released.saturating_sub(ahead));
         let played = match (self.lead, c.marked) {
             // A host cannot have played more than it was sent.
             (None, Some(m)) => m.min(c.released),
@@ -185,6 +191,29 @@ mod tests {
             },
             duration: Duration::from_millis(ms),
         }
+    }
+
+    #[test]
+    fn played_position_excludes_a_gap_inside_the_item() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut p = Playout::new(None);
+        // 200 ms of audio at once, then 100 ms more only after a 100 ms underrun (at 300 ms).
+        for _ in 0..10 {
+            p.push(frame("i", 20), t0);
+        }
+        for _ in 0..5 {
+            p.push(frame("i", 20), t0 + ms(300));
+        }
+        // At 390 ms: 200 ms + 90 ms heard; 300 ms released; wall clock since the first frame 390 ms.
+        let (item, played) = p.played(t0 + ms(390)).unwrap();
+        assert_eq!(item, "i");
+        assert_eq!(played, ms(290));
+        assert!(p.is_audible(t0 + ms(390)));
+        // A second item released while the first still plays starts after it.
+        p.push(frame("j", 20), t0 + ms(390));
+        assert_eq!(p.played(t0 + ms(395)).unwrap(), ("j".to_string(), ms(0)));
+        assert_eq!(p.played(t0 + ms(415)).unwrap(), ("j".to_string(), ms(15)));
     }
 
     #[test]

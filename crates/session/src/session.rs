@@ -131,6 +131,11 @@ struct Session {
     timed_out: HashSet<String>,
     cancelled: VecDeque<String>,
     audio_response: Option<String>,
+    /// The assistant item whose audio is arriving, and how much of it upstream has sent (wire
+    /// samples). A truncate may not go past it: an encoder that pads its last frame (Opus) gives the
+    /// host slightly more audio than the model produced, and upstream rejects an `audio_end_ms`
+    /// beyond the item's audio.
+    upstream_item_audio: Option<(String, Duration)>,
     /// End of the user's last turn, until the first assistant audio after it.
     user_turn_end: Option<Instant>,
     latency_by_response: HashMap<String, u32>,
@@ -268,6 +273,7 @@ where
         timed_out: HashSet::new(),
         cancelled: VecDeque::new(),
         audio_response: None,
+        upstream_item_audio: None,
         user_turn_end: None,
         latency_by_response: HashMap::new(),
         summary: Summary::default(),
@@ -797,6 +803,7 @@ impl Session {
             }
         }
         self.check_audio(&audio);
+        self.note_upstream_audio(&item_id, audio.len());
         if let Err(e) = self.output.push(&audio, &mut self.out_frames) {
             return self
                 .host_error(
@@ -892,6 +899,24 @@ impl Session {
         self.summary.dead_air += c.duration;
     }
 
+    fn note_upstream_audio(&mut self, item_id: &str, wire_bytes: usize) {
+        let wire = self.plan.wire_out;
+        let samples = (wire_bytes / wire.bytes_per_sample()) as u64;
+        let d = Duration::from_micros(samples * 1_000_000 / wire.sample_rate() as u64);
+        match self.upstream_item_audio.as_mut() {
+            Some((id, total)) if id == item_id => *total += d,
+            _ => self.upstream_item_audio = Some((item_id.to_string(), d)),
+        }
+    }
+
+    /// How much of `item_id`'s audio upstream has sent, if it is the item currently arriving.
+    fn upstream_audio_of(&self, item_id: &str) -> Option<Duration> {
+        self.upstream_item_audio
+            .as_ref()
+            .filter(|(id, _)| id == item_id)
+            .map(|(_, d)| *d)
+    }
+
     /// Counts assistant audio that stays near-silent or clipped (wire samples, before conversion).
     fn check_audio(&mut self, wire: &[u8]) {
         use voice_audio::g711;
@@ -935,6 +960,11 @@ impl Session {
         self.playout.flush();
         self.output.reset();
         if let (true, Some((item_id, played))) = (audible, played) {
+            // Never past what the model produced for the item (see `upstream_item_audio`).
+            let played = match self.upstream_audio_of(&item_id) {
+                Some(sent) => played.min(sent),
+                None => played,
+            };
             let ms = played.as_millis() as u64;
             if !item_id.is_empty() && item_id != "earcon" {
                 self.send_up(ClientEvent::ItemTruncate {
