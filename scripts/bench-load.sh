@@ -173,6 +173,7 @@ SECTION=$WORK/section.md
   echo "- *in/out p50/p99/max*: time inside the sidecar per frame, from \`voice_frame_processing_seconds\` bucket deltas over the hold (bucket-interpolated; max is the upper bound of the highest non-empty bucket). *out* is observed per upstream audio delta (100 ms = 5 host frames)."
   echo "- *sidecar CPU per frame*: sidecar user+system CPU during the hold ÷ audio frames it handled (in + out, from \`voice_audio_frames_total\`); includes gRPC, WebSocket, JSON and all control traffic. The floor ratio compares it with the send floor."
   echo "- *out p99.9 · host stalls*: the out-direction tail, and how often (and how long in total) sessions waited on a full host queue during the hold (\`voice_host_stall_seconds\`): backpressure from the path to the host — the sidecar's own HTTP/2 writer or a load generator that is not reading. Waiting is counted in *out*; nothing is dropped."
+  echo "- *machine idle / steal*: share of all CPU time during the hold that was idle, and that the hypervisor gave to other guests (\`/proc/stat\`). Steal slows every process at once; tails of runs with steal above a few percent say more about the host than about the sidecar."
   echo "- *RSS KiB/session*: (VmRSS during the hold − VmRSS before any session) ÷ sessions."
   echo "- *speech end → first audio*: client-observed, includes the VAD's 500 ms silence and the simulator's think time."
   for f in "$WORK"/perf-*.txt; do

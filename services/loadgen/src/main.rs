@@ -348,6 +348,7 @@ async fn run(a: RunArgs) -> Result<()> {
         None => None,
     };
     let h0 = Instant::now();
+    let machine0 = probe::machine_ticks();
     let cpu0 = (
         proc_snapshot(a.sidecar_pid),
         proc_snapshot(a.sim_pid),
@@ -370,6 +371,9 @@ async fn run(a: RunArgs) -> Result<()> {
         probe::cpu_secs(std::process::id()),
     );
     let hold_wall = h0.elapsed().as_secs_f64();
+    let machine = machine0
+        .zip(probe::machine_ticks())
+        .and_then(|(a, b)| probe::machine_shares(a, b));
     let m1 = match metrics {
         Some(m) => Some(probe::scrape(m).await?),
         None => None,
@@ -420,6 +424,7 @@ async fn run(a: RunArgs) -> Result<()> {
         sidecar_proc: mk(cpu0.0, cpu1.0, base_rss, peak_rss),
         sim_proc: mk(cpu0.1, cpu1.1, base_sim_rss, peak_sim_rss),
         loadgen_proc: mk(cpu0.2, cpu1.2, None, None),
+        machine_steal_idle: machine,
         loadgen_cpu_total: match (self_cpu0, self_cpu1) {
             (Some(x), Some(y)) => Some(y - x),
             _ => None,

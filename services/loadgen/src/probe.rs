@@ -240,6 +240,38 @@ pub fn cpu_secs(pid: u32) -> Option<f64> {
     Some((ut + st) / clk_tck())
 }
 
+/// Machine-wide CPU time from `/proc/stat` (all CPUs, in clock ticks): (total, idle, steal).
+/// Steal is time the hypervisor ran something else while a vCPU wanted to run: on a shared cloud VM
+/// it makes every process slower at once, which latency tails need to be read against.
+pub fn machine_ticks() -> Option<(u64, u64, u64)> {
+    let s = std::fs::read_to_string("/proc/stat").ok()?;
+    parse_machine_ticks(s.lines().next()?)
+}
+
+fn parse_machine_ticks(cpu_line: &str) -> Option<(u64, u64, u64)> {
+    let mut f = cpu_line.split_whitespace();
+    if f.next()? != "cpu" {
+        return None;
+    }
+    // user nice system idle iowait irq softirq steal (guest times are included in user/nice)
+    let v: Vec<u64> = f.take(8).map(|x| x.parse().ok()).collect::<Option<_>>()?;
+    if v.len() < 8 {
+        return None;
+    }
+    Some((v.iter().sum(), v[3] + v[4], v[7]))
+}
+
+/// Steal and idle shares of all CPU time between two `machine_ticks` samples.
+pub fn machine_shares(a: (u64, u64, u64), b: (u64, u64, u64)) -> Option<(f64, f64)> {
+    let total = b.0.checked_sub(a.0)? as f64;
+    (total > 0.0).then(|| {
+        (
+            b.2.saturating_sub(a.2) as f64 / total,
+            b.1.saturating_sub(a.1) as f64 / total,
+        )
+    })
+}
+
 fn clk_tck() -> f64 {
     static T: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
     *T.get_or_init(|| {
@@ -289,6 +321,17 @@ voice_frame_processing_seconds_bucket{direction="out",le="0.00001"} 5
 voice_frame_processing_seconds_bucket{direction="out",le="+Inf"} 5
 voice_host_errors_total{code="invalid_audio"} 3
 "#;
+
+    #[test]
+    fn machine_steal_and_idle_shares() {
+        let a = parse_machine_ticks("cpu  100 0 50 800 10 0 5 35 0 0").unwrap();
+        assert_eq!(a, (1000, 810, 35));
+        let b = parse_machine_ticks("cpu  200 0 100 1500 10 0 10 180 0 0").unwrap();
+        let (steal, idle) = machine_shares(a, b).unwrap();
+        assert!((steal - 145.0 / 1000.0).abs() < 1e-9, "{steal}");
+        assert!((idle - 700.0 / 1000.0).abs() < 1e-9, "{idle}");
+        assert!(parse_machine_ticks("cpu0 1 2 3 4 5 6 7 8").is_none());
+    }
 
     #[test]
     fn quantiles_from_bucket_deltas() {

@@ -144,6 +144,12 @@ pub struct Report {
     /// Sidecar CPU per audio frame handled (in + out, from its own counters) during the hold, ns.
     pub sidecar_cpu_ns_per_frame: Option<f64>,
     pub loadgen_cpu_total_secs: Option<f64>,
+    /// Machine-wide share of CPU time stolen by the hypervisor during the hold (noisy neighbours).
+    #[serde(default)]
+    pub machine_steal: Option<f64>,
+    /// Machine-wide idle share during the hold (how close the box was to saturation).
+    #[serde(default)]
+    pub machine_idle: Option<f64>,
 }
 
 pub struct Inputs {
@@ -168,6 +174,8 @@ pub struct Inputs {
     pub sim_proc: Option<ProcDelta>,
     pub loadgen_proc: Option<ProcDelta>,
     pub loadgen_cpu_total: Option<f64>,
+    /// Machine-wide (steal, idle) shares of CPU time during the hold.
+    pub machine_steal_idle: Option<(f64, f64)>,
 }
 
 fn delta_by_label(a: &Scrape, b: &Scrape, name: &str, label: &str) -> BTreeMap<String, u64> {
@@ -198,6 +206,8 @@ impl Report {
             sessions_requested: i.sessions_requested,
             sessions_held_at_hold_start: i.held_at_hold_start,
             loadgen_cpu_total_secs: i.loadgen_cpu_total,
+            machine_steal: i.machine_steal_idle.map(|x| x.0),
+            machine_idle: i.machine_steal_idle.map(|x| x.1),
             ..Default::default()
         };
         let (mut setup, mut turn, mut v2v, mut gap) = (
@@ -406,6 +416,14 @@ impl Report {
                 );
             }
         }
+        if let (Some(i), Some(st)) = (self.machine_idle, self.machine_steal) {
+            let _ = writeln!(
+                s,
+                "  machine    {:.0} % idle, {:.1} % stolen by the hypervisor",
+                i * 100.0,
+                st * 100.0
+            );
+        }
         if let Some(x) = self.sidecar_cpu_ns_per_frame {
             let _ = writeln!(
                 s,
@@ -441,9 +459,12 @@ pub fn markdown(runs: &[Report], floor: Option<&FloorResult>) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "| sessions (req/est/held/dropped) | frames sent / recv | in p50 / p99 / max | out p50 / p99 / max | out p99.9 · host stalls (n, s) | sidecar cores | CPU-s per session-min | sidecar CPU per frame | sidecar RSS KiB/session | sim cores | loadgen cores | speech end → first audio p50/p99 | errors |"
+        "| sessions (req/est/held/dropped) | frames sent / recv | in p50 / p99 / max | out p50 / p99 / max | out p99.9 · host stalls (n, s) | machine idle / steal | sidecar cores | CPU-s per session-min | sidecar CPU per frame | sidecar RSS KiB/session | sim cores | loadgen cores | speech end → first audio p50/p99 | errors |"
     );
-    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(
+        s,
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    );
     for r in runs {
         let m = r.sidecar_metrics.clone().unwrap_or_default();
         let sp = r.sidecar_proc.clone().unwrap_or_default();
@@ -470,7 +491,7 @@ pub fn markdown(runs: &[Report], floor: Option<&FloorResult>) -> String {
         };
         let _ = writeln!(
             s,
-            "| {} / {} / {} / {} | {} / {} | {} | {} | {} · {} ({:.1} s) | {:.2} | {} | {} | {} | {} | {} | {} / {} ms | {} |",
+            "| {} / {} / {} / {} | {} / {} | {} | {} | {} · {} ({:.1} s) | {} | {:.2} | {} | {} | {} | {} | {} | {} / {} ms | {} |",
             r.sessions_requested,
             r.sessions_established,
             r.sessions_held_to_end,
@@ -482,6 +503,10 @@ pub fn markdown(runs: &[Report], floor: Option<&FloorResult>) -> String {
             us(m.frame_out.p999_s),
             m.host_stall.count,
             m.host_stall.mean_s.unwrap_or(0.0) * m.host_stall.count as f64,
+            match (r.machine_idle, r.machine_steal) {
+                (Some(i), Some(st)) => format!("{:.0} % / {:.1} %", i * 100.0, st * 100.0),
+                _ => "-".into(),
+            },
             sp.cores,
             sp.cpu_secs_per_session_minute.map_or("-".into(), |x| format!("{x:.3}")),
             per_frame,
