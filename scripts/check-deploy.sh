@@ -66,6 +66,7 @@ KNOWN = {
     "voice_dead_air_seconds": "histogram",
     "voice_cost_microdollars_total": "counter",
     "voice_budget_exceeded_total": "counter",
+    "voice_host_stall_seconds": "histogram",
 }
 errors = []
 
