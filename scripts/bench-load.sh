@@ -17,6 +17,7 @@
 #   BENCH_FLOOR_FRAMES    frames for the floor measurement      [200000]
 #   BENCH_SIM_CONFIG      simulator config                      [services/loadgen/sim-load.toml]
 #   BENCH_SKIP_BUILD      1: do not run cargo build             [0]
+#   BENCH_MICRO           0: skip the audio micro-benchmarks (`cargo bench -p voice-audio`) [1]
 #   BENCH_PROFILE         N: one extra N-session run (not in the table) with `perf record` of the sidecar [unset]
 #   BENCH_OUT             write a standalone Markdown file instead of updating BENCHMARKS.md [unset]
 #   BENCH_KEEP            1: keep the work directory (JSON reports, logs, /metrics after each run) [0]
@@ -81,6 +82,15 @@ stop_proc() { # pid
 
 echo "sk-bench-not-a-real-key" > "$WORK/api-key"
 chmod 600 "$WORK/api-key"
+
+if [[ "${BENCH_MICRO:-1}" != 0 ]]; then
+  # Codec/resampler micro-benchmarks (with libsoxr via Python `soxr` for comparison, when available);
+  # they write crates/audio/BENCH_RESULTS.md, which goes into the generated section below.
+  echo "== audio micro-benchmarks (cargo bench -p voice-audio)"
+  python3 -c 'import soxr' 2>/dev/null || python3 -m pip install -q soxr numpy 2>/dev/null \
+    || echo "(python soxr unavailable: no soxr comparison column)"
+  (cd "$ROOT" && cargo bench -q -p voice-audio --bench conversions) || echo "audio micro-benchmarks failed" >&2
+fi
 
 echo "== physical floor"
 "$BIN/voice-loadgen" floor --frame-bytes 160 --frames "$FLOOR_FRAMES" --json "$WORK/floor.json"
@@ -185,6 +195,12 @@ SECTION=$WORK/section.md
     head -60 "$f"
     echo '```'
   done
+  if [[ "${BENCH_MICRO:-1}" != 0 && -s "$ROOT/crates/audio/BENCH_RESULTS.md" ]]; then
+    echo
+    echo "### Audio conversion micro-benchmarks (\`cargo bench -p voice-audio\`, same run)"
+    echo
+    sed '1{/^# /d}' "$ROOT/crates/audio/BENCH_RESULTS.md"
+  fi
 } > "$SECTION"
 
 if [[ -n "$OUT" ]]; then
