@@ -168,6 +168,7 @@ pub async fn run_session<S>(
 ) where
     S: Stream<Item = Result<pb::ClientMessage, Status>> + Unpin + Send,
 {
+    // Warnings also name the session themselves: at `--log warn` this INFO span is disabled.
     let span =
         info_span!("session", session_id = %id, model = %plan.model, dialect = %plan.dialect);
     async move {
@@ -201,7 +202,7 @@ where
     let (conn, input, output) = match tokio::time::timeout(ctx.setup_timeout, setup).await {
         Ok(Ok(x)) => x,
         Ok(Err((code, message, retryable))) => {
-            warn!(code, %message, "session setup failed");
+            warn!(session_id = %id, code, %message, "session setup failed");
             counter!(names::UPSTREAM_ERRORS, "code" => code).increment(1);
             let _ = out
                 .send(Ok(server(Out::Error(pb::Error {
@@ -374,6 +375,7 @@ impl Session {
                 if waited >= Duration::from_secs(1) && !self.host_stall_warned {
                     self.host_stall_warned = true;
                     warn!(
+                        session_id = %self.id,
                         waited_ms = waited.as_millis() as u64,
                         "the host is not reading its Converse stream; output was held back (reported once per session)"
                     );
@@ -438,7 +440,7 @@ impl Session {
                     Ok(ev) => self.on_upstream(ev).await,
                     Err(RealtimeError::Parse(e)) => {
                         counter!(names::UPSTREAM_ERRORS, "code" => "bad_event").increment(1);
-                        warn!(error = %e, "unparseable upstream event ignored");
+                        warn!(session_id = %self.id, error = %e, "unparseable upstream event ignored");
                         Ok(())
                     }
                     Err(e) => self.reconnect(e).await,
@@ -747,7 +749,7 @@ impl Session {
                     return Ok(());
                 }
                 counter!(names::UPSTREAM_ERRORS, "code" => bounded_code(&code)).increment(1);
-                warn!(code = %code, message = %error.message, "upstream error");
+                warn!(session_id = %self.id, code = %code, message = %error.message, "upstream error");
                 let retryable = error.kind == "server_error" || code.contains("rate_limit");
                 let message = if code.is_empty() {
                     error.message
@@ -939,7 +941,7 @@ impl Session {
             ),
         };
         if let Some(a) = found {
-            warn!(kind = a.as_str(), "assistant audio anomaly");
+            warn!(session_id = %self.id, kind = a.as_str(), "assistant audio anomaly");
             counter!(names::AUDIO_ANOMALIES, "kind" => a.as_str()).increment(1);
         }
     }
@@ -1079,6 +1081,7 @@ impl Session {
             self.cost_usd
         );
         warn!(
+            session_id = %self.id,
             cost_usd = self.cost_usd,
             budget_usd = budget,
             "session over budget"
@@ -1414,7 +1417,7 @@ impl Session {
         }
         self.reconnects += 1;
         counter!(names::UPSTREAM_RECONNECTS).increment(1);
-        warn!(error = %e, attempt = self.reconnects, "upstream lost: reconnecting");
+        warn!(session_id = %self.id, error = %e, attempt = self.reconnects, "upstream lost: reconnecting");
         self.host_error("upstream_disconnected", format!("{e}; reconnecting"), true)
             .await?;
         let t0 = Instant::now();
@@ -1490,7 +1493,7 @@ impl Session {
         let reason = end.reason();
         match &end {
             End::Upstream(e) => {
-                warn!(error = %e, "upstream connection lost");
+                warn!(session_id = %self.id, error = %e, "upstream connection lost");
                 counter!(names::UPSTREAM_ERRORS, "code" => "disconnected").increment(1);
                 let _ = self
                     .host_error("upstream_disconnected", e.to_string(), e.is_retryable())
