@@ -119,6 +119,15 @@ pub async fn start_sidecar(realtime_url: &str, extra: &[&str]) -> Proc {
     Proc { child, addr }
 }
 
+/// Like [`start_sidecar`], with `/metrics` served on a free loopback port, which is returned.
+pub async fn start_sidecar_with_metrics(realtime_url: &str, extra: &[&str]) -> (Proc, SocketAddr) {
+    let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let listen = metrics.to_string();
+    let mut args = vec!["--metrics-listen", listen.as_str()];
+    args.extend_from_slice(extra);
+    (start_sidecar(realtime_url, &args).await, metrics)
+}
+
 /// Speech-like audio: a voiced harmonic signal (pitch ~140 Hz with vibrato, formant-ish weights)
 /// under a syllable envelope, `secs` long at `rate`, about -14 dBFS peak.
 pub fn speech_like(rate: u32, secs: f32) -> Vec<i16> {

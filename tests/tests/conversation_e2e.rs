@@ -64,12 +64,7 @@ fn start(pacing: Option<u32>) -> pb::SessionStart {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn barge_in_with_paced_output_truncates_at_what_was_released() {
     let sim = sim(vec![ScriptStep::say(LONG), ScriptStep::say("Yes?")]).await;
-    let metrics_addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let sidecar = start_sidecar(
-        &sim.base_url(),
-        &["--metrics-listen", &metrics_addr.to_string()],
-    )
-    .await;
+    let (sidecar, metrics_addr) = start_sidecar_with_metrics(&sim.base_url(), &[]).await;
     let lead_ms = 20u32;
     let mut host = HostSession::open(sidecar.addr, start(Some(lead_ms)))
         .await

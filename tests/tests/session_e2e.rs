@@ -705,12 +705,7 @@ async fn a_dropped_upstream_is_reconnected_with_the_conversation_carried_forward
     let sim = SimServer::bind("127.0.0.1:0".parse().unwrap(), cfg)
         .await
         .unwrap();
-    let metrics_addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let sidecar = start_sidecar(
-        &sim.base_url(),
-        &["--metrics-listen", &metrics_addr.to_string()],
-    )
-    .await;
+    let (sidecar, metrics_addr) = start_sidecar_with_metrics(&sim.base_url(), &[]).await;
     let mut host = HostSession::open(sidecar.addr, start_16k()).await.unwrap();
     host.until(Duration::from_secs(10), |e| matches!(e, Out::Started(_)))
         .await;
@@ -813,12 +808,7 @@ async fn a_host_that_stops_reading_loses_nothing_and_the_stall_is_measured() {
     )
     .await
     .unwrap();
-    let metrics_addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let sidecar = start_sidecar(
-        &sim.base_url(),
-        &["--metrics-listen", &metrics_addr.to_string()],
-    )
-    .await;
+    let (sidecar, metrics_addr) = start_sidecar_with_metrics(&sim.base_url(), &[]).await;
     // A small HTTP/2 window, so the host's own buffering cannot absorb the whole reply.
     let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", sidecar.addr))
         .unwrap()

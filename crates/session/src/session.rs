@@ -1186,14 +1186,7 @@ impl Session {
                         .cloned()
                         .unwrap_or_else(tracing::Span::none),
                 );
-                self.in_flight.insert(
-                    call_id,
-                    InFlight {
-                        name,
-                        started: now,
-                        deadline: None,
-                    },
-                );
+                self.track_call(call_id, name, now, None);
                 self.tools.push(fut.boxed());
             }
             ToolRoute::InStream => {
@@ -1204,14 +1197,7 @@ impl Session {
                     timeout_ms: def.timeout.as_millis() as u32,
                 }))
                 .await?;
-                self.in_flight.insert(
-                    call_id,
-                    InFlight {
-                        name,
-                        started: now,
-                        deadline: Some(now + def.timeout),
-                    },
-                );
+                self.track_call(call_id, name, now, Some(now + def.timeout));
             }
             ToolRoute::Unroutable => {
                 self.refuse_call(call_id, name, now, "no tool host is configured".into());
@@ -1223,15 +1209,27 @@ impl Session {
     /// A call that never reaches a host still ends through `finish_call`, like every other call.
     fn refuse_call(&mut self, call_id: String, name: String, now: Instant, why: String) {
         let o = ToolOutcome::failed(&call_id, &name, ToolStatus::Refused, why, Duration::ZERO);
+        self.track_call(call_id, name, now, None);
+        self.tools.push(async move { o }.boxed());
+    }
+
+    /// Every call is in `in_flight` until `finish_call`; `deadline` only for in-stream calls (a
+    /// callback's timeout lives in its future).
+    fn track_call(
+        &mut self,
+        call_id: String,
+        name: String,
+        now: Instant,
+        deadline: Option<Instant>,
+    ) {
         self.in_flight.insert(
             call_id,
             InFlight {
                 name,
                 started: now,
-                deadline: None,
+                deadline,
             },
         );
-        self.tools.push(async move { o }.boxed());
     }
 
     async fn on_tool_result(&mut self, r: pb::ToolResult) -> Result<(), End> {
