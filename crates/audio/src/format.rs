@@ -4,6 +4,7 @@
 //! before building any codec state.
 
 use std::fmt;
+use std::time::Duration;
 
 use crate::error::AudioError;
 
@@ -156,6 +157,12 @@ impl WireFormat {
         }
     }
 
+    /// How much audio `bytes` of this format hold (whole samples only).
+    pub fn duration_of(self, bytes: usize) -> Duration {
+        let samples = (bytes / self.bytes_per_sample()) as u64;
+        Duration::from_micros(samples * 1_000_000 / u64::from(self.sample_rate()))
+    }
+
     /// The Realtime API's `audio/format` name for session configuration.
     pub fn api_name(self) -> &'static str {
         match self {
@@ -203,6 +210,16 @@ mod tests {
             channels,
             frame_ms,
         }
+    }
+
+    #[test]
+    fn wire_duration_counts_whole_samples() {
+        let ms = Duration::from_millis;
+        assert_eq!(WireFormat::Pcm16_24k.duration_of(4800), ms(100));
+        // A trailing odd byte is not a sample.
+        assert_eq!(WireFormat::Pcm16_24k.duration_of(4801), ms(100));
+        assert_eq!(WireFormat::Ulaw8k.duration_of(160), ms(20));
+        assert_eq!(WireFormat::Alaw8k.duration_of(800), ms(100));
     }
 
     #[test]

@@ -804,8 +804,9 @@ impl Session {
                 self.latency_by_response.insert(response_id.clone(), ms);
             }
         }
-        self.check_audio(&audio);
-        self.note_upstream_audio(&item_id, audio.len());
+        let wire_audio = self.plan.wire_out.duration_of(audio.len());
+        self.check_audio(&audio, wire_audio);
+        self.note_upstream_audio(&item_id, wire_audio);
         if let Err(e) = self.output.push(&audio, &mut self.out_frames) {
             return self
                 .host_error(
@@ -901,10 +902,7 @@ impl Session {
         self.summary.dead_air += c.duration;
     }
 
-    fn note_upstream_audio(&mut self, item_id: &str, wire_bytes: usize) {
-        let wire = self.plan.wire_out;
-        let samples = (wire_bytes / wire.bytes_per_sample()) as u64;
-        let d = Duration::from_micros(samples * 1_000_000 / wire.sample_rate() as u64);
+    fn note_upstream_audio(&mut self, item_id: &str, d: Duration) {
         match self.upstream_item_audio.as_mut() {
             Some((id, total)) if id == item_id => *total += d,
             _ => self.upstream_item_audio = Some((item_id.to_string(), d)),
@@ -919,26 +917,24 @@ impl Session {
             .map(|(_, d)| *d)
     }
 
-    /// Counts assistant audio that stays near-silent or clipped (wire samples, before conversion).
-    fn check_audio(&mut self, wire: &[u8]) {
+    /// Counts assistant audio that stays near-silent or clipped (wire samples, before conversion);
+    /// `duration` is how much audio `wire` holds.
+    fn check_audio(&mut self, wire: &[u8], duration: Duration) {
         use voice_audio::g711;
         use voice_audio::WireFormat;
         // Per-format calls keep `feed` monomorphic: this runs on every upstream audio delta.
-        let micros = |n: usize, rate: u64| Duration::from_micros(n as u64 * 1_000_000 / rate);
         let found = match self.plan.wire_out {
             WireFormat::Pcm16_24k => self.audio_check.feed(
                 wire.chunks_exact(2)
                     .map(|b| i16::from_le_bytes([b[0], b[1]])),
-                micros(wire.len() / 2, 24_000),
+                duration,
             ),
-            WireFormat::Ulaw8k => self.audio_check.feed(
-                wire.iter().map(|&b| g711::ulaw_to_linear(b)),
-                micros(wire.len(), 8_000),
-            ),
-            WireFormat::Alaw8k => self.audio_check.feed(
-                wire.iter().map(|&b| g711::alaw_to_linear(b)),
-                micros(wire.len(), 8_000),
-            ),
+            WireFormat::Ulaw8k => self
+                .audio_check
+                .feed(wire.iter().map(|&b| g711::ulaw_to_linear(b)), duration),
+            WireFormat::Alaw8k => self
+                .audio_check
+                .feed(wire.iter().map(|&b| g711::alaw_to_linear(b)), duration),
         };
         if let Some(a) = found {
             warn!(session_id = %self.id, kind = a.as_str(), "assistant audio anomaly");

@@ -155,6 +155,13 @@ pub struct HistDelta {
     pub bucket_counts: Vec<u64>,
 }
 
+impl HistDelta {
+    /// Sum of the observations (seconds).
+    pub fn total_s(&self) -> f64 {
+        self.mean_s.unwrap_or(0.0) * self.count as f64
+    }
+}
+
 pub fn hist_delta(
     before: &Scrape,
     after: &Scrape,

@@ -368,7 +368,7 @@ impl Report {
                 s,
                 "  host stalls (full host queue) n={} total {:.2} s, p50 {} max ≤ {}",
                 st.count,
-                st.mean_s.unwrap_or(0.0) * st.count as f64,
+                st.total_s(),
                 ms(st.p50_s.map(|x| x * 1e3)),
                 ms(st.max_le_s.map(|x| x * 1e3)),
             );
@@ -502,7 +502,7 @@ pub fn markdown(runs: &[Report], floor: Option<&FloorResult>) -> String {
             fmt_h(&m.frame_out),
             us(m.frame_out.p999_s),
             m.host_stall.count,
-            m.host_stall.mean_s.unwrap_or(0.0) * m.host_stall.count as f64,
+            m.host_stall.total_s(),
             match (r.machine_idle, r.machine_steal) {
                 (Some(i), Some(st)) => format!("{:.0} % / {:.1} %", i * 100.0, st * 100.0),
                 _ => "-".into(),
