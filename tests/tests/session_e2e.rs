@@ -128,7 +128,10 @@ async fn spoken_turn_16k_end_to_end() {
         } else {
             assert!(f.data.len() <= 640);
         }
-        assert_eq!(f.seq, i as u64 + 1, "output frames are numbered");
+        assert_eq!(
+            f.seq, i as u64,
+            "output frames are numbered from 0 (the proto)"
+        );
         assert!(!f.item_id.is_empty());
     }
     let samples: Vec<i16> = frames

@@ -11,6 +11,7 @@ use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use std::time::Duration;
 use tokio::net::TcpStream;
+use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
@@ -109,10 +110,40 @@ fn urlencode(s: &str) -> String {
         .collect()
 }
 
+/// How a connection's events travel: a WebSocket, or (for in-process tests of the layers above) a
+/// pair of channels to a scripted peer.
+enum Transport {
+    Ws {
+        sink: SplitSink<Ws, Message>,
+        stream: SplitStream<Ws>,
+    },
+    Memory {
+        tx: mpsc::Sender<String>,
+        rx: mpsc::Receiver<PeerMessage>,
+    },
+}
+
+/// What a [`MemoryPeer`] sends to its connection.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PeerMessage {
+    /// A server event, as the JSON text upstream would send.
+    Text(String),
+    /// The peer closes the connection (with an optional reason).
+    Close(Option<String>),
+}
+
+/// The far end of an in-memory connection: what a test scripts as "the upstream".
+#[derive(Debug)]
+pub struct MemoryPeer {
+    /// Client events the connection sent, as JSON text.
+    pub from_client: mpsc::Receiver<String>,
+    /// Server events (or a close) for the connection.
+    pub to_client: mpsc::Sender<PeerMessage>,
+}
+
 /// An open, initialized Realtime session.
 pub struct RealtimeConnection {
-    sink: SplitSink<Ws, Message>,
-    stream: SplitStream<Ws>,
+    transport: Transport,
     dialect: Dialect,
     next_event: u64,
     /// The `session` object of `session.created`.
@@ -175,20 +206,49 @@ impl RealtimeConnection {
             Ok(Ok(x)) => x,
         };
         let (sink, stream) = ws.split();
-        let mut conn = RealtimeConnection {
-            sink,
-            stream,
+        let conn = RealtimeConnection {
+            transport: Transport::Ws { sink, stream },
             dialect: opts.dialect,
             next_event: 0,
             initial_session: serde_json::Value::Null,
         };
-        let first = tokio::time::timeout(opts.connect_timeout, conn.recv())
+        conn.handshake(opts.connect_timeout).await
+    }
+
+    /// A connection over channels to a scripted [`MemoryPeer`], not yet initialized: call
+    /// [`RealtimeConnection::handshake`] (the peer must send `session.created` first, as upstream
+    /// does). For in-process tests of the session layer.
+    pub fn in_memory(dialect: Dialect) -> (RealtimeConnection, MemoryPeer) {
+        let (client_tx, client_rx) = mpsc::channel(4096);
+        let (peer_tx, peer_rx) = mpsc::channel(4096);
+        let conn = RealtimeConnection {
+            transport: Transport::Memory {
+                tx: client_tx,
+                rx: peer_rx,
+            },
+            dialect,
+            next_event: 0,
+            initial_session: serde_json::Value::Null,
+        };
+        let peer = MemoryPeer {
+            from_client: client_rx,
+            to_client: peer_tx,
+        };
+        (conn, peer)
+    }
+
+    /// Waits for `session.created`, the first event of every Realtime session.
+    pub async fn handshake(
+        mut self,
+        timeout: Duration,
+    ) -> Result<RealtimeConnection, RealtimeError> {
+        let first = tokio::time::timeout(timeout, self.recv())
             .await
-            .map_err(|_| RealtimeError::Timeout(opts.connect_timeout))??;
+            .map_err(|_| RealtimeError::Timeout(timeout))??;
         match first {
             ServerEvent::SessionCreated { session } => {
-                conn.initial_session = session;
-                Ok(conn)
+                self.initial_session = session;
+                Ok(self)
             }
             ServerEvent::Error { error } => Err(RealtimeError::Refused(format!(
                 "{}: {}",
@@ -247,18 +307,36 @@ impl RealtimeConnection {
     }
 
     async fn send_raw(&mut self, text: String) -> Result<(), RealtimeError> {
-        self.sink
-            .send(Message::text(text))
-            .await
-            .map_err(|e| RealtimeError::Closed {
-                reason: Some(e.to_string()),
-            })
+        match &mut self.transport {
+            Transport::Ws { sink, .. } => {
+                sink.send(Message::text(text))
+                    .await
+                    .map_err(|e| RealtimeError::Closed {
+                        reason: Some(e.to_string()),
+                    })
+            }
+            Transport::Memory { tx, .. } => {
+                tx.send(text).await.map_err(|_| RealtimeError::Closed {
+                    reason: Some("the peer is gone".into()),
+                })
+            }
+        }
     }
 
     /// Next server event. Pings are answered by tungstenite; non-text frames are a protocol error.
     pub async fn recv(&mut self) -> Result<ServerEvent, RealtimeError> {
+        let stream = match &mut self.transport {
+            Transport::Ws { stream, .. } => stream,
+            Transport::Memory { rx, .. } => {
+                return match rx.recv().await {
+                    Some(PeerMessage::Text(t)) => Ok(ServerEvent::parse(&t)?),
+                    Some(PeerMessage::Close(reason)) => Err(RealtimeError::Closed { reason }),
+                    None => Err(RealtimeError::Closed { reason: None }),
+                }
+            }
+        };
         loop {
-            match self.stream.next().await {
+            match stream.next().await {
                 None => return Err(RealtimeError::Closed { reason: None }),
                 Some(Err(e)) => {
                     return Err(RealtimeError::Closed {
@@ -281,8 +359,13 @@ impl RealtimeConnection {
 
     /// Closes the socket with a normal close frame.
     pub async fn close(&mut self) {
-        let _ = self.sink.send(Message::Close(None)).await;
-        let _ = self.sink.close().await;
+        match &mut self.transport {
+            Transport::Ws { sink, .. } => {
+                let _ = sink.send(Message::Close(None)).await;
+                let _ = sink.close().await;
+            }
+            Transport::Memory { rx, .. } => rx.close(),
+        }
     }
 }
 

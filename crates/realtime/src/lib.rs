@@ -10,7 +10,7 @@ pub mod secret;
 pub mod server_events;
 pub mod session_config;
 
-pub use client::{ConnectOptions, RealtimeConnection, RealtimeError};
+pub use client::{ConnectOptions, MemoryPeer, PeerMessage, RealtimeConnection, RealtimeError};
 pub use client_events::ClientEvent;
 pub use dialect::{Dialect, WireAudioFormat};
 pub use secret::ApiKey;

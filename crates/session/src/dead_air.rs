@@ -6,7 +6,8 @@
 //! `voice_silence_seconds{phase}`; an open `tool_call` span past the threshold fires the silence guard
 //! once.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {

@@ -1,19 +1,51 @@
 //! Per-call orchestration: one `Converse` stream becomes one upstream Realtime session.
 //!
 //! Data flows one way through here: host messages → audio pipeline → realtime client, and upstream
-//! events → audio pipeline → host messages. The pieces with rules worth testing on their own are pure
-//! state machines in their own modules (`scheduler`, `rounds`, `playout`, `dead_air`); `session` wires
-//! them to the sockets.
+//! events → audio pipeline → host messages. One task per session ([`session`]) owns every socket and
+//! timer and routes what arrives to the [`conversation`], which hands each event to the state machine
+//! that owns it and answers with actions in an [`outbox`]; the loop performs them. Every rule worth
+//! testing is a pure machine in its own module.
+//!
+//! # Layout
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`session`] | the loop: host stream, upstream link, reconnect attempt, tool futures, timer; performs the outbox |
+//! | [`conversation`] | routing of every event to the machines below; context carried across reconnects |
+//! | [`outbox`] | the actions the logic asks the loop to perform |
+//! | [`upstream`] | opening an upstream session within the setup timeout; reconnect `State` machine with jittered exponential backoff |
+//! | [`scheduler`] | the one active response; every `response.create` (queued, retried, failed, timed out) |
+//! | [`tool_calls`] | a tool call's whole lifecycle: refused, started, finished, timed out, late, orphaned, cancelled — one ending path |
+//! | [`rounds`] | which calls belong to which response; exactly one `response.create` per round |
+//! | [`tools`] | declared tools and schemas, callback RPCs, turning any answer into one output |
+//! | [`barge_in`] | whether speech interrupts, and the cancel / truncate / flush plan |
+//! | [`playout`] | pacing of assistant audio and the played position of each item |
+//! | [`dead_air`] | silence spans after the user's turn and during tool calls; the silence guard |
+//! | [`audio_check`] | near-silent or clipped assistant audio |
+//! | [`budget`] | estimated cost and the session budget |
+//! | [`summary`] | the session's figures for `SessionEnded.summary` |
+//! | [`error`] | every error code a host can receive (`Code`, checked against the proto) |
+//! | [`plan`] | validating `SessionStart` into a `SessionPlan` |
 
 pub mod audio_check;
+pub mod barge_in;
+pub mod budget;
+pub mod conversation;
 pub mod dead_air;
+pub mod error;
+pub mod outbox;
 pub mod plan;
 pub mod playout;
 pub mod rounds;
 pub mod scheduler;
 pub mod session;
+pub mod summary;
+pub mod tool_calls;
 pub mod tools;
+pub mod upstream;
 
+pub use error::{Code, HostError};
 pub use plan::{Defaults, Prices, SessionPlan, StartError};
 pub use session::{run_session, SessionContext, UpstreamSettings};
 pub use tools::ToolChannels;
+pub use upstream::{Connect, Policy as ReconnectPolicy, WebSocketConnector};

@@ -3,11 +3,13 @@
 //!
 //! With pacing, frames are released on a real-time clock with a small lead, so "released minus lead"
 //! is what has been played and the host needs no jitter buffer. Without pacing, frames go out as fast
-//! as they come and the played position comes from the host's `PlaybackMark`s, or, failing those, from
-//! the wall clock since the item's first frame (capped at what was sent).
+//! as they come and the played position comes from the host's last `PlaybackMark` advanced by the wall
+//! clock since it, or, failing marks, from the wall clock since the item's first frame (capped at what
+//! was sent either way).
 
 use std::collections::VecDeque;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 use voice_proto::v1 as pb;
 
 #[derive(Debug)]
@@ -23,8 +25,8 @@ struct ItemPlay {
     first_release: Instant,
     /// Audio of the item released so far.
     released: Duration,
-    /// Last `PlaybackMark` from the host, if any.
-    marked: Option<Duration>,
+    /// Last `PlaybackMark` from the host, if any, and when it arrived.
+    marked: Option<(Duration, Instant)>,
 }
 
 #[derive(Debug)]
@@ -130,11 +132,11 @@ impl Playout {
         std::mem::take(&mut self.underrun)
     }
 
-    /// The host reports how much of an item it has played.
-    pub fn mark(&mut self, item_id: &str, played: Duration) {
+    /// The host reports how much of an item it has played (at `now`).
+    pub fn mark(&mut self, item_id: &str, played: Duration, now: Instant) {
         if let Some(c) = self.current.as_mut() {
             if c.item_id == item_id {
-                c.marked = Some(played);
+                c.marked = Some((played, now));
             }
         }
     }
@@ -161,8 +163,9 @@ impl Playout {
             .saturating_duration_since(c.first_release)
             .min(c.released.saturating_sub(ahead));
         let played = match (self.lead, c.marked) {
-            // A host cannot have played more than it was sent.
-            (None, Some(m)) => m.min(c.released),
+            // Playback goes on after the mark: advance it by the time since, but a host cannot have
+            // played more than it was sent.
+            (None, Some((m, at))) => (m + now.saturating_duration_since(at)).min(c.released),
             _ => by_clock,
         };
         Some((c.item_id.clone(), played))
@@ -255,12 +258,22 @@ mod tests {
         for _ in 0..10 {
             assert!(p.push(frame("i", 20), t0).is_some());
         }
-        p.mark("i", Duration::from_millis(60));
+        // A mark at 50 ms says 60 ms were played; 30 ms later, 90 ms are.
+        p.mark(
+            "i",
+            Duration::from_millis(60),
+            t0 + Duration::from_millis(50),
+        );
+        assert_eq!(
+            p.played(t0 + Duration::from_millis(80)).unwrap().1,
+            Duration::from_millis(90)
+        );
         assert_eq!(
             p.played(t0 + Duration::from_secs(1)).unwrap().1,
-            Duration::from_millis(60)
+            Duration::from_millis(200),
+            "never beyond the audio delivered"
         );
-        p.mark("i", Duration::from_millis(9000));
+        p.mark("i", Duration::from_millis(9000), t0);
         assert_eq!(
             p.played(t0).unwrap().1,
             Duration::from_millis(200),

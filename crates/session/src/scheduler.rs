@@ -6,9 +6,30 @@
 //! never read back. So every create goes through `request`: it is sent at once when nothing is active,
 //! otherwise queued until `response.done`. A create that upstream still rejects (server VAD started a
 //! response at the same moment) is put back at the front of the queue, never dropped.
+//!
+//! Every create resolves, so the scheduler can never wedge:
+//! - started: a `response.created` carrying our metadata tag;
+//! - collided: put back at the front, sent again after the running response;
+//! - failed with a retryable error (`server_error`, `rate_limit_exceeded`, ...) or unanswered for
+//!   [`CREATE_ACK_TIMEOUT`]: retried after a backoff, at most [`MAX_ATTEMPTS`] times in all;
+//! - failed otherwise, or out of attempts: handed back as [`Resolution::Failed`] for the host to be
+//!   told, and the scheduler is free;
+//! - an untagged `response.created` while ours is pending (a proxy that drops `metadata`): taken for
+//!   ours if the tagged one has not come [`UNTAGGED_FALLBACK`] later.
 
 use serde_json::Value;
 use std::collections::VecDeque;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Tries per create, the first included.
+pub const MAX_ATTEMPTS: u32 = 3;
+/// Backoff before the second try; doubled for each further one.
+pub const RETRY_BASE: Duration = Duration::from_millis(250);
+/// A create upstream neither starts nor rejects within this is retried (or failed).
+pub const CREATE_ACK_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an untagged `response.created` waits for ours before it is taken for ours.
+pub const UNTAGGED_FALLBACK: Duration = Duration::from_secs(2);
 
 /// Why a response is being requested (for logs and tests).
 #[derive(Debug, Clone, PartialEq)]
@@ -23,6 +44,8 @@ pub enum CreateReason {
     Commit,
     /// A response was cut off by an upstream reconnect; ask again in the new session.
     Resume,
+    /// Results of calls started before a reconnect went in as context; the model continues.
+    OrphanedResult,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -30,6 +53,52 @@ pub struct PendingCreate {
     pub reason: CreateReason,
     /// The `response` object of `response.create`, if any.
     pub response: Option<Value>,
+    /// Tries so far.
+    attempts: u32,
+    /// Not to be sent before this (retry backoff).
+    not_before: Option<Instant>,
+}
+
+impl PendingCreate {
+    pub fn new(reason: CreateReason, response: Option<Value>) -> Self {
+        PendingCreate {
+            reason,
+            response,
+            attempts: 0,
+            not_before: None,
+        }
+    }
+
+    pub fn attempts(&self) -> u32 {
+        self.attempts
+    }
+}
+
+/// What became of a create after an error, a timeout or a fallback.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Resolution {
+    /// The error was not about our pending create.
+    NotOurs,
+    /// A response was active upstream: queued again at the front.
+    Requeued,
+    /// Will be sent again after `after`.
+    Retrying { attempt: u32, after: Duration },
+    /// Given up: the host must be told; the scheduler is free.
+    Failed {
+        create: PendingCreate,
+        reason: String,
+    },
+    /// An untagged `response.created` was taken for ours.
+    Adopted,
+}
+
+#[derive(Debug)]
+struct Inflight {
+    event_id: String,
+    create: PendingCreate,
+    sent_at: Instant,
+    /// An untagged `response.created` arrived while this was pending.
+    untagged_at: Option<Instant>,
 }
 
 /// Metadata key that tags our creates, so `response.created` can be attributed: upstream echoes a
@@ -37,28 +106,18 @@ pub struct PendingCreate {
 /// `response.created` may still be in flight) would be mistaken for ours.
 pub const TAG_KEY: &str = "voice_sidecar_create";
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct ResponseScheduler {
     /// A create we sent that upstream has neither started (tagged `response.created`) nor rejected.
-    inflight: Option<(String, PendingCreate)>,
+    inflight: Option<Inflight>,
     /// The response upstream is running, from `response.created` to `response.done`.
     running: Option<String>,
     queue: VecDeque<PendingCreate>,
 }
 
-impl Default for ResponseScheduler {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl ResponseScheduler {
     pub fn new() -> Self {
-        ResponseScheduler {
-            inflight: None,
-            running: None,
-            queue: VecDeque::new(),
-        }
+        Self::default()
     }
 
     pub fn is_active(&self) -> bool {
@@ -79,24 +138,43 @@ impl ResponseScheduler {
         self.queue.push_back(create);
     }
 
-    /// If nothing is active and a create is queued, pops it; the caller must send it (with
-    /// `tagged_response` for its body) and then call `sent` with the event id it used.
-    pub fn next_to_send(&mut self) -> Option<PendingCreate> {
+    /// If nothing is active and a create is queued (and not backing off), pops it; the caller must
+    /// send it (with `tagged_response` for its body) and then call `sent` with the event id it used.
+    pub fn next_to_send(&mut self, now: Instant) -> Option<PendingCreate> {
         if self.is_active() {
+            return None;
+        }
+        if self.queue.front()?.not_before.is_some_and(|t| t > now) {
             return None;
         }
         self.queue.pop_front()
     }
 
-    pub fn sent(&mut self, event_id: String, create: PendingCreate) {
-        self.inflight = Some((event_id, create));
+    /// A create popped by `next_to_send` that could not be sent: back at the front.
+    pub fn put_back(&mut self, create: PendingCreate) {
+        self.queue.push_front(create);
+    }
+
+    pub fn sent(&mut self, event_id: String, mut create: PendingCreate, now: Instant) {
+        create.attempts += 1;
+        create.not_before = None;
+        self.inflight = Some(Inflight {
+            event_id,
+            create,
+            sent_at: now,
+            untagged_at: None,
+        });
     }
 
     /// `response.created` from upstream; `tag` is the `metadata` tag it carries, if any.
-    pub fn on_created(&mut self, response_id: &str, tag: Option<&str>) {
+    pub fn on_created(&mut self, response_id: &str, tag: Option<&str>, now: Instant) {
         self.running = Some(response_id.to_string());
-        if tag.is_some() && self.inflight.as_ref().map(|(e, _)| e.as_str()) == tag {
-            self.inflight = None;
+        if let Some(f) = self.inflight.as_mut() {
+            if tag.is_some_and(|t| t == f.event_id) {
+                self.inflight = None;
+            } else if tag.is_none() && f.untagged_at.is_none() {
+                f.untagged_at = Some(now);
+            }
         }
     }
 
@@ -107,26 +185,96 @@ impl ResponseScheduler {
         }
     }
 
-    /// Upstream rejected the create with this event id because a response is active: put it back at
-    /// the front; it goes out again once that response is done.
-    pub fn on_rejected(&mut self, event_id: &str) -> bool {
-        match self.inflight.take() {
-            Some((e, create)) if e == event_id => {
-                self.queue.push_front(create);
-                true
-            }
-            other => {
-                self.inflight = other;
-                false
-            }
+    /// An upstream `error` event. `event_id` is the client event it names; `retryable` whether the
+    /// error is transient (server errors, rate limits).
+    pub fn on_error(
+        &mut self,
+        event_id: Option<&str>,
+        code: &str,
+        retryable: bool,
+        now: Instant,
+    ) -> Resolution {
+        let ours = self
+            .inflight
+            .as_ref()
+            .is_some_and(|f| event_id == Some(f.event_id.as_str()));
+        if !ours {
+            return Resolution::NotOurs;
+        }
+        let Some(f) = self.inflight.take() else {
+            return Resolution::NotOurs;
+        };
+        if code == "conversation_already_has_active_response" {
+            // Not a failed try: the create never ran.
+            let mut c = f.create;
+            c.attempts = c.attempts.saturating_sub(1);
+            self.queue.push_front(c);
+            return Resolution::Requeued;
+        }
+        self.retry_or_fail(f.create, retryable, code.to_string(), now)
+    }
+
+    fn retry_or_fail(
+        &mut self,
+        mut create: PendingCreate,
+        retryable: bool,
+        reason: String,
+        now: Instant,
+    ) -> Resolution {
+        if retryable && create.attempts < MAX_ATTEMPTS {
+            let after = RETRY_BASE * 2u32.pow(create.attempts.saturating_sub(1));
+            create.not_before = Some(now + after);
+            let attempt = create.attempts + 1;
+            self.queue.push_front(create);
+            Resolution::Retrying { attempt, after }
+        } else {
+            Resolution::Failed { create, reason }
         }
     }
 
-    /// The upstream connection is gone: nothing is active any more; queued creates are returned.
-    pub fn reset(&mut self) -> Vec<PendingCreate> {
-        self.inflight = None;
+    /// When `on_timer` has something to do: a create's acknowledgement timeout, the untagged
+    /// fallback, or the end of a retry backoff.
+    pub fn deadline(&self) -> Option<Instant> {
+        match &self.inflight {
+            Some(f) => Some(match f.untagged_at {
+                Some(u) => (u + UNTAGGED_FALLBACK).min(f.sent_at + CREATE_ACK_TIMEOUT),
+                None => f.sent_at + CREATE_ACK_TIMEOUT,
+            }),
+            None if self.running.is_none() => self.queue.front().and_then(|c| c.not_before),
+            None => None,
+        }
+    }
+
+    /// Resolves what is due at `now`. After it, `next_to_send` may have a create to send.
+    pub fn on_timer(&mut self, now: Instant) -> Option<Resolution> {
+        let f = self.inflight.as_ref()?;
+        if f.untagged_at.is_some_and(|u| u + UNTAGGED_FALLBACK <= now) {
+            self.inflight = None;
+            return Some(Resolution::Adopted);
+        }
+        if f.sent_at + CREATE_ACK_TIMEOUT <= now {
+            let f = self.inflight.take()?;
+            let reason = format!(
+                "upstream did not acknowledge response.create within {} s",
+                CREATE_ACK_TIMEOUT.as_secs()
+            );
+            return Some(self.retry_or_fail(f.create, true, reason, now));
+        }
+        None
+    }
+
+    /// The upstream connection is gone: nothing is active any more; queued creates are kept, and a
+    /// create that was waiting for its acknowledgement is queued again. Returns whether a response
+    /// was active (cut off).
+    pub fn reset(&mut self) -> bool {
+        let was_active = self.is_active();
+        if let Some(f) = self.inflight.take() {
+            let mut c = f.create;
+            c.attempts = c.attempts.saturating_sub(1);
+            self.queue.push_front(c);
+        }
         self.running = None;
-        self.queue.drain(..).collect()
+        was_active
     }
 }
 
@@ -151,59 +299,72 @@ pub fn tagged_response(response: Option<&serde_json::Value>, event_id: &str) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     fn c(r: CreateReason) -> PendingCreate {
-        PendingCreate {
-            reason: r,
-            response: None,
-        }
+        PendingCreate::new(r, None)
+    }
+
+    fn t0() -> Instant {
+        Instant::now()
     }
 
     #[test]
     fn queued_while_active_sent_after_done() {
+        let now = t0();
         let mut s = ResponseScheduler::new();
-        s.on_created("r1", None);
+        s.on_created("r1", None, now);
         s.request(c(CreateReason::UserText));
-        assert!(s.next_to_send().is_none());
+        assert!(s.next_to_send(now).is_none());
         s.on_done("r1");
-        let p = s.next_to_send().unwrap();
-        s.sent("e1".into(), p);
+        let p = s.next_to_send(now).unwrap();
+        s.sent("e1".into(), p, now);
         assert!(s.is_active());
-        assert!(s.next_to_send().is_none());
-        s.on_created("r2", Some("e1"));
+        assert!(s.next_to_send(now).is_none());
+        s.on_created("r2", Some("e1"), now);
         s.on_done("r2");
         assert!(!s.is_active());
     }
 
     #[test]
     fn rejection_requeues_not_drops() {
+        let now = t0();
         let mut s = ResponseScheduler::new();
         s.request(c(CreateReason::ToolRound("r0".into())));
-        let p = s.next_to_send().unwrap();
-        s.sent("e1".into(), p);
+        let p = s.next_to_send(now).unwrap();
+        s.sent("e1".into(), p, now);
         // Server VAD started a response at the same moment; its created arrives first.
-        s.on_created("vad", None);
-        assert!(s.on_rejected("e1"));
+        s.on_created("vad", None, now);
+        assert_eq!(
+            s.on_error(
+                Some("e1"),
+                "conversation_already_has_active_response",
+                false,
+                now
+            ),
+            Resolution::Requeued
+        );
         assert_eq!(s.queued(), 1);
-        assert!(s.next_to_send().is_none());
+        assert!(s.next_to_send(now).is_none());
         s.on_done("vad");
         assert_eq!(
-            s.next_to_send().unwrap().reason,
+            s.next_to_send(now).unwrap().reason,
             CreateReason::ToolRound("r0".into())
         );
     }
 
     #[test]
-    fn untagged_created_is_not_taken_for_ours() {
+    fn untagged_created_is_not_taken_for_ours_unless_ours_never_comes() {
+        let now = t0();
         let mut s = ResponseScheduler::new();
         s.request(c(CreateReason::UserText));
-        let p = s.next_to_send().unwrap();
-        s.sent("e1".into(), p);
+        let p = s.next_to_send(now).unwrap();
+        s.sent("e1".into(), p, now);
         // A VAD response's created/done that were in flight before our create reached upstream.
-        s.on_created("stale", None);
+        s.on_created("stale", None, now);
         s.on_done("stale");
         assert!(s.is_active(), "our create is still unresolved");
-        s.on_created("r2", Some("e1"));
+        s.on_created("r2", Some("e1"), now);
         s.on_done("r2");
         assert!(!s.is_active());
         let t = tagged_response(
@@ -212,5 +373,169 @@ mod tests {
         );
         assert_eq!(t["metadata"]["purpose"], "x");
         assert_eq!(t["metadata"][TAG_KEY], "e9");
+
+        // A proxy that strips metadata: the untagged created is adopted after the fallback.
+        s.request(c(CreateReason::UserText));
+        let p = s.next_to_send(now).unwrap();
+        s.sent("e2".into(), p, now);
+        s.on_created("r3", None, now);
+        assert_eq!(s.deadline(), Some(now + UNTAGGED_FALLBACK));
+        assert_eq!(
+            s.on_timer(now + UNTAGGED_FALLBACK),
+            Some(Resolution::Adopted)
+        );
+        s.on_done("r3");
+        assert!(!s.is_active());
+    }
+
+    #[test]
+    fn a_failed_create_frees_the_scheduler() {
+        let now = t0();
+        let mut s = ResponseScheduler::new();
+        s.request(c(CreateReason::ToolRound("r0".into())));
+        s.request(c(CreateReason::UserText));
+        let p = s.next_to_send(now).unwrap();
+        s.sent("e1".into(), p, now);
+        match s.on_error(Some("e1"), "invalid_value", false, now) {
+            Resolution::Failed { create, .. } => {
+                assert_eq!(create.reason, CreateReason::ToolRound("r0".into()))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(!s.is_active());
+        assert_eq!(s.next_to_send(now).unwrap().reason, CreateReason::UserText);
+    }
+
+    #[test]
+    fn retryable_errors_back_off_then_fail() {
+        let now = t0();
+        let mut s = ResponseScheduler::new();
+        s.request(c(CreateReason::UserText));
+        let mut t = now;
+        for attempt in 1..=MAX_ATTEMPTS {
+            let p = s.next_to_send(t).expect("due");
+            assert_eq!(p.attempts(), attempt - 1);
+            s.sent(format!("e{attempt}"), p, t);
+            let r = s.on_error(Some(&format!("e{attempt}")), "server_error", true, t);
+            if attempt < MAX_ATTEMPTS {
+                let after = RETRY_BASE * 2u32.pow(attempt - 1);
+                assert_eq!(
+                    r,
+                    Resolution::Retrying {
+                        attempt: attempt + 1,
+                        after
+                    }
+                );
+                assert!(s.next_to_send(t).is_none(), "backing off");
+                assert_eq!(s.deadline(), Some(t + after));
+                t += after;
+            } else {
+                assert!(matches!(r, Resolution::Failed { .. }), "{r:?}");
+            }
+        }
+        assert!(!s.is_active());
+        assert_eq!(s.queued(), 0);
+    }
+
+    #[test]
+    fn an_unanswered_create_times_out() {
+        let now = t0();
+        let mut s = ResponseScheduler::new();
+        s.request(c(CreateReason::Commit));
+        let p = s.next_to_send(now).unwrap();
+        s.sent("e1".into(), p, now);
+        assert_eq!(s.deadline(), Some(now + CREATE_ACK_TIMEOUT));
+        assert!(s.on_timer(now + Duration::from_secs(1)).is_none());
+        assert!(matches!(
+            s.on_timer(now + CREATE_ACK_TIMEOUT),
+            Some(Resolution::Retrying { attempt: 2, .. })
+        ));
+        assert!(!s.is_active());
+    }
+
+    /// How the scripted upstream answers one create.
+    #[derive(Debug, Clone)]
+    enum Answer {
+        Tagged,
+        Untagged,
+        Collides,
+        Retryable,
+        Fatal,
+        Silent,
+        /// A foreign untagged response starts and ends, then ours is tagged.
+        StaleThenTagged,
+    }
+
+    fn answer() -> impl Strategy<Value = Answer> {
+        prop_oneof![
+            Just(Answer::Tagged),
+            Just(Answer::Untagged),
+            Just(Answer::Collides),
+            Just(Answer::Retryable),
+            Just(Answer::Fatal),
+            Just(Answer::Silent),
+            Just(Answer::StaleThenTagged),
+        ]
+    }
+
+    proptest! {
+        /// Whatever upstream does with each create (start it, start it untagged, collide, fail
+        /// transiently or for good, or never answer), every requested create ends exactly once —
+        /// started or reported failed — in bounded time, and the scheduler ends idle.
+        #[test]
+        fn every_create_resolves(requests in 1usize..6, answers in proptest::collection::vec(answer(), 1..40)) {
+            let mut s = ResponseScheduler::new();
+            let mut now = Instant::now();
+            for i in 0..requests {
+                s.request(PendingCreate::new(CreateReason::UserText, Some(serde_json::json!({"n": i}))));
+            }
+            // After the scripted answers, upstream behaves (a collision loop ends when VAD stops).
+            let mut answers = answers.into_iter().chain(std::iter::repeat(Answer::Tagged));
+            let (mut started, mut failed, mut sent) = (0usize, 0usize, 0u64);
+            let mut steps = 0;
+            while started + failed < requests {
+                steps += 1;
+                prop_assert!(steps < 1000, "scheduler wedged: started {started}, failed {failed}, queued {}", s.queued());
+                if let Some(p) = s.next_to_send(now) {
+                    sent += 1;
+                    let eid = format!("e{sent}");
+                    s.sent(eid.clone(), p, now);
+                    let rid = format!("r{sent}");
+                    match answers.next().unwrap() {
+                        Answer::Tagged => { s.on_created(&rid, Some(&eid), now); s.on_done(&rid); started += 1; }
+                        Answer::StaleThenTagged => {
+                            s.on_created("stale", None, now); s.on_done("stale");
+                            s.on_created(&rid, Some(&eid), now); s.on_done(&rid); started += 1;
+                        }
+                        Answer::Untagged => { s.on_created(&rid, None, now); s.on_done(&rid); started += 1; }
+                        Answer::Collides => {
+                            s.on_created("vad", None, now);
+                            prop_assert_eq!(s.on_error(Some(&eid), "conversation_already_has_active_response", false, now), Resolution::Requeued);
+                            s.on_done("vad");
+                        }
+                        Answer::Retryable => match s.on_error(Some(&eid), "rate_limit_exceeded", true, now) {
+                            Resolution::Failed { .. } => failed += 1,
+                            Resolution::Retrying { .. } => {}
+                            other => prop_assert!(false, "{other:?}"),
+                        },
+                        Answer::Fatal => match s.on_error(Some(&eid), "invalid_value", false, now) {
+                            Resolution::Failed { .. } => failed += 1,
+                            other => prop_assert!(false, "{other:?}"),
+                        },
+                        Answer::Silent => {}
+                    }
+                    continue;
+                }
+                // Nothing to send: time must move us on.
+                let d = s.deadline();
+                prop_assert!(d.is_some(), "nothing to send and nothing due: wedged (queued {})", s.queued());
+                now = d.unwrap().max(now);
+                if let Some(Resolution::Failed { .. }) = s.on_timer(now) { failed += 1 }
+            }
+            prop_assert_eq!(s.queued(), 0);
+            // An adopted untagged create leaves nothing pending either.
+            if let Some(d) = s.deadline() { now = d; let _ = s.on_timer(now); }
+            prop_assert!(!s.is_active());
+        }
     }
 }

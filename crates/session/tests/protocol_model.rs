@@ -9,8 +9,9 @@
 
 use proptest::prelude::*;
 use std::collections::{HashMap, HashSet, VecDeque};
+use tokio::time::Instant;
 use voice_session::rounds::ToolRounds;
-use voice_session::scheduler::{CreateReason, PendingCreate, ResponseScheduler};
+use voice_session::scheduler::{CreateReason, PendingCreate, Resolution, ResponseScheduler};
 
 #[derive(Debug, Clone)]
 enum ToClient {
@@ -80,20 +81,28 @@ struct Client {
 
 impl Client {
     fn pump(&mut self) {
-        if let Some(c) = self.sched.next_to_send() {
+        if let Some(c) = self.sched.next_to_send(Instant::now()) {
             self.next_event += 1;
             let eid = format!("e{}", self.next_event);
             self.to_server
                 .push_back(ToServer::Create(eid.clone(), c.reason.clone()));
-            self.sched.sent(eid, c);
+            self.sched.sent(eid, c, Instant::now());
         }
     }
 
     fn receive(&mut self, m: ToClient) {
         match m {
-            ToClient::Created(id, tag) => self.sched.on_created(&id, tag.as_deref()),
-            ToClient::Rejected(eid) => assert!(
-                self.sched.on_rejected(&eid),
+            ToClient::Created(id, tag) => {
+                self.sched.on_created(&id, tag.as_deref(), Instant::now())
+            }
+            ToClient::Rejected(eid) => assert_eq!(
+                self.sched.on_error(
+                    Some(&eid),
+                    "conversation_already_has_active_response",
+                    false,
+                    Instant::now()
+                ),
+                Resolution::Requeued,
                 "a rejection for a create we did not send"
             ),
             ToClient::Done(id, calls) => {
@@ -105,10 +114,8 @@ impl Client {
                 self.sched.on_done(&id);
                 if let Some(r) = self.rounds.on_response_done(&id) {
                     self.rounds_seen.insert(r.clone());
-                    self.sched.request(PendingCreate {
-                        reason: CreateReason::ToolRound(r),
-                        response: None,
-                    });
+                    self.sched
+                        .request(PendingCreate::new(CreateReason::ToolRound(r), None));
                 }
             }
         }
@@ -123,10 +130,8 @@ impl Client {
         self.to_server.push_back(ToServer::Output(c.clone()));
         if let Some(r) = self.rounds.on_output(&c) {
             self.rounds_seen.insert(r.clone());
-            self.sched.request(PendingCreate {
-                reason: CreateReason::ToolRound(r),
-                response: None,
-            });
+            self.sched
+                .request(PendingCreate::new(CreateReason::ToolRound(r), None));
         }
         self.pump();
     }
@@ -169,7 +174,7 @@ proptest! {
                 Step::DeliverToClient => if let Some(m) = s.to_client.pop_front() { c.receive(m) },
                 Step::DeliverToServer => if let Some(m) = c.to_server.pop_front() { s.receive(m) },
                 Step::ToolResult(i) => c.finish_call(i),
-                Step::UserText => { c.sched.request(PendingCreate { reason: CreateReason::UserText, response: None }); c.pump(); }
+                Step::UserText => { c.sched.request(PendingCreate::new(CreateReason::UserText, None)); c.pump(); }
             }
         }
         // Drain: finish every response, deliver everything, finish every call, until quiet.

@@ -27,6 +27,7 @@ pub const AUDIO_ANOMALIES: &str = "voice_output_audio_anomalies_total";
 pub const COST: &str = "voice_cost_microdollars_total";
 pub const BUDGET_EXCEEDED: &str = "voice_budget_exceeded_total";
 pub const HOST_STALL: &str = "voice_host_stall_seconds";
+pub const AUDIO_DROPPED: &str = "voice_audio_dropped_total";
 
 /// Voice-to-voice and dead air: tens of milliseconds to tens of seconds.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -154,6 +155,11 @@ pub fn describe_all() {
         BUDGET_EXCEEDED,
         Unit::Count,
         "Sessions that went over their cost budget."
+    );
+    describe_counter!(
+        AUDIO_DROPPED,
+        Unit::Count,
+        "Host audio frames dropped, by reason (upstream_down: while the upstream reconnects)."
     );
     describe_histogram!(
         HOST_STALL,

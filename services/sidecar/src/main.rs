@@ -58,17 +58,17 @@ async fn main() -> Result<()> {
     };
 
     let shutdown = CancellationToken::new();
-    let ctx = Arc::new(SessionContext {
-        upstream: UpstreamSettings {
+    let ctx = Arc::new(SessionContext::new(
+        UpstreamSettings {
             base_url,
             api_key,
             connect_timeout: Duration::from_secs(10),
             max_message_bytes: 16 * 1024 * 1024,
         },
-        channels: ToolChannels::default(),
-        shutdown: shutdown.clone(),
-        setup_timeout: Duration::from_secs(15),
-    });
+        ToolChannels::default(),
+        shutdown.clone(),
+        Duration::from_secs(15),
+    ));
     let defaults = Defaults {
         model: cfg.model.clone(),
         dialect: cfg.dialect,

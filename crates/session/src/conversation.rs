@@ -1,0 +1,1112 @@
+//! The logic of one conversation: every event the session loop receives is routed here, to the state
+//! machine that owns it, and what must happen next is appended to the [`Outbox`]. Nothing here does
+//! I/O or sleeps; time comes in as `now` (`tokio::time::Instant`, so tests run on paused time).
+//!
+//! Who owns what: the response `scheduler`, `tool_calls` (and through it the tool `rounds`), the
+//! `playout` of assistant audio, `barge_in` decisions, `dead_air` spans and the silence guard, the
+//! `budget` and the `summary`. Audio conversion (`voice_audio` pipelines) is CPU work, not I/O, so it
+//! lives here too; the loop only moves bytes.
+
+use crate::audio_check::AudioCheck;
+use crate::barge_in::{self, Situation, EARCON_ITEM};
+use crate::budget::Budget;
+use crate::dead_air::{Closed, DeadAir, Phase};
+use crate::error::{Code, HostError};
+use crate::outbox::{Action, Outbox};
+use crate::plan::{self, GuardAction, SessionPlan};
+use crate::playout::{Playout, QueuedFrame};
+use crate::scheduler::{CreateReason, PendingCreate, Resolution, ResponseScheduler, TAG_KEY};
+use crate::summary::{millis, usage_pb, Summary};
+use crate::tool_calls::{context_item, Ctx, ToolCalls};
+use crate::tools::ToolOutcome;
+use metrics::{counter, histogram};
+use serde_json::json;
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+use voice_audio::{InputPipeline, OutFrame, OutputPipeline};
+use voice_proto::v1 as pb;
+use voice_proto::v1::server_message::Message as Out;
+use voice_realtime::{ClientEvent, Item, RealtimeError, ServerEvent, TurnDetection};
+use voice_telemetry as names;
+
+/// What tool calls need from the conversation, borrowed field by field (so `self.tools` and
+/// `self.out` stay free to borrow mutably beside it).
+macro_rules! cx {
+    ($s:ident) => {
+        Ctx {
+            session_id: &$s.id,
+            plan: &$s.plan,
+            link_up: $s.link_up,
+        }
+    };
+}
+
+const HOLDING_LINE_INSTRUCTIONS: &str =
+    "The caller has been waiting in silence while a tool runs. \
+Say one short, warm sentence telling them you are still working on it. Do not guess any result and \
+do not ask a question.";
+
+/// Final transcripts kept to carry the conversation into a new upstream session.
+pub const MAX_CONTEXT_ITEMS: usize = 20;
+/// Cancelled response ids remembered (their late events are dropped).
+const MAX_CANCELLED: usize = 16;
+/// Open response spans at most (a misbehaving upstream cannot grow the map).
+const MAX_RESPONSE_SPANS: usize = 64;
+
+/// Why a session stopped.
+#[derive(Debug)]
+pub enum End {
+    HostClosed,
+    HostRequested,
+    HostGone,
+    Shutdown,
+    Budget,
+    Upstream(RealtimeError),
+}
+
+impl End {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            End::HostClosed => "client_closed",
+            End::HostRequested => "client_end",
+            End::HostGone => "host_gone",
+            End::Shutdown => "shutdown",
+            End::Budget => "budget_exceeded",
+            End::Upstream(RealtimeError::Closed { .. }) => "upstream_closed",
+            End::Upstream(_) => "upstream_error",
+        }
+    }
+}
+
+pub struct Conversation {
+    pub id: String,
+    pub plan: SessionPlan,
+    pub out: Outbox,
+    input: InputPipeline,
+    output: OutputPipeline,
+    wire_buf: Vec<u8>,
+    out_frames: Vec<OutFrame>,
+    released: Vec<QueuedFrame>,
+    /// Sequence number of the next audio frame released to the host (from 0, contiguous).
+    out_seq: u64,
+    scheduler: ResponseScheduler,
+    /// A `response.create` is in the outbox and not yet sent.
+    create_queued: bool,
+    tools: ToolCalls,
+    playout: Playout,
+    dead_air: DeadAir,
+    audio_check: AudioCheck,
+    budget: Budget,
+    summary: Summary,
+    link_up: bool,
+    /// A response was running when the link dropped: ask again after the reconnect.
+    cut_off: bool,
+    cancelled: VecDeque<String>,
+    audio_response: Option<String>,
+    /// The assistant item whose audio is arriving, and how much of it upstream has sent.
+    upstream_item_audio: Option<(String, Duration)>,
+    /// End of the user's last turn, until the first assistant audio after it.
+    user_turn_end: Option<Instant>,
+    latency_by_response: HashMap<String, u32>,
+    response_spans: HashMap<String, tracing::Span>,
+    /// Recent final transcripts, carried into a new upstream session after a reconnect.
+    context: VecDeque<(pb::Role, String)>,
+    labels: Vec<metrics::Label>,
+    started: Instant,
+}
+
+impl Conversation {
+    pub fn new(
+        id: String,
+        plan: SessionPlan,
+        input: InputPipeline,
+        output: OutputPipeline,
+        now: Instant,
+    ) -> Self {
+        let labels = plan
+            .labels
+            .iter()
+            .map(|(k, v)| metrics::Label::new(k.clone(), v.clone()))
+            .collect();
+        Conversation {
+            id,
+            playout: Playout::new(plan.pacing_lead),
+            budget: Budget::new(plan.prices, plan.budget),
+            plan,
+            out: Outbox::default(),
+            input,
+            output,
+            wire_buf: Vec::with_capacity(8192),
+            out_frames: Vec::new(),
+            released: Vec::new(),
+            out_seq: 0,
+            scheduler: ResponseScheduler::new(),
+            create_queued: false,
+            tools: ToolCalls::new(),
+            dead_air: DeadAir::new(),
+            audio_check: AudioCheck::new(Duration::from_secs(2), Duration::from_millis(500)),
+            summary: Summary::default(),
+            link_up: true,
+            cut_off: false,
+            cancelled: VecDeque::new(),
+            audio_response: None,
+            upstream_item_audio: None,
+            user_turn_end: None,
+            latency_by_response: HashMap::new(),
+            response_spans: HashMap::new(),
+            context: VecDeque::new(),
+            labels,
+            started: now,
+        }
+    }
+
+    /// `SessionStarted` for the host.
+    pub fn started_message(&self) -> pb::SessionStarted {
+        pb::SessionStarted {
+            session_id: self.id.clone(),
+            model: self.plan.model.clone(),
+            dialect: match self.plan.dialect {
+                voice_realtime::Dialect::Ga => pb::Dialect::Ga as i32,
+                voice_realtime::Dialect::Beta => pb::Dialect::Beta as i32,
+            },
+            upstream_audio_format: self.plan.wire_in_name().to_string(),
+            input_passthrough: self.input.is_passthrough(),
+            output_passthrough: self.output.is_passthrough(),
+        }
+    }
+
+    pub fn is_passthrough(&self) -> (bool, bool) {
+        (self.input.is_passthrough(), self.output.is_passthrough())
+    }
+
+    /// An event for upstream, if the link is up (while it is down the reconnect restores what
+    /// matters: configuration, context, pending responses).
+    fn up(&mut self, ev: ClientEvent) {
+        if self.link_up {
+            self.out.upstream(ev);
+        } else {
+            debug!(event = ev.kind(), "upstream is down: event not sent");
+        }
+    }
+
+    // ----------------------------------------------------------------------------------------------
+    // Host → sidecar
+    // ----------------------------------------------------------------------------------------------
+
+    /// Converts one host audio frame; returns the wire bytes for upstream (empty when the codec
+    /// holds them back). Bad audio becomes a typed error for the host.
+    pub fn input_audio(&mut self, f: &pb::AudioFrame) -> Option<&[u8]> {
+        names::count_frame(names::Direction::In, f.data.len());
+        self.wire_buf.clear();
+        let seq = (f.seq != 0).then_some(f.seq);
+        if let Err(e) = self.input.push(&f.data, seq, &mut self.wire_buf) {
+            self.out.host_error(HostError::audio(&e));
+            return None;
+        }
+        Some(&self.wire_buf)
+    }
+
+    /// Every host message but audio (which the loop sends on its hot path through `input_audio`).
+    pub fn on_host(&mut self, m: pb::ClientMessage, now: Instant) -> Result<(), End> {
+        use pb::client_message::Message as In;
+        match m.message {
+            None => self
+                .out
+                .host_error(HostError::invalid_message("empty ClientMessage")),
+            Some(In::Start(_)) => self.out.host_error(HostError::invalid_message(
+                "SessionStart may only be sent once, first",
+            )),
+            Some(In::Audio(f)) => {
+                // The loop sends audio itself; here only for completeness (tests).
+                if let Some(w) = self.input_audio(&f) {
+                    if !w.is_empty() {
+                        let audio = w.to_vec();
+                        self.up(ClientEvent::InputAudioAppend { audio });
+                    }
+                }
+            }
+            Some(In::ToolResult(r)) => {
+                let create = self.tools.host_result(cx!(self), r, now, &mut self.out);
+                self.request_opt(create, now);
+            }
+            Some(In::Control(c)) => return self.on_control(c, now),
+            Some(In::PlaybackMark(m)) => {
+                self.playout.mark(
+                    &m.item_id,
+                    Duration::from_millis(u64::from(m.played_ms)),
+                    now,
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn on_control(&mut self, c: pb::Control, now: Instant) -> Result<(), End> {
+        use pb::control::Action as A;
+        match c.action {
+            None => self
+                .out
+                .host_error(HostError::invalid_control("Control without an action")),
+            Some(A::End(_)) => return Err(End::HostRequested),
+            Some(A::Commit(_)) => {
+                self.up(ClientEvent::InputAudioCommit);
+                if self.plan.config.turn_detection == TurnDetection::Disabled
+                    && !self.plan.config.listen_only
+                {
+                    self.user_turn_end = Some(now);
+                    self.dead_air.user_turn_ended(now);
+                    self.request(CreateReason::Commit, None, now);
+                }
+            }
+            Some(A::ClearInput(_)) => self.up(ClientEvent::InputAudioClear),
+            Some(A::CancelResponse(_)) => self.interrupt(false, now),
+            Some(A::ListenOnly(on)) => {
+                self.plan.config.listen_only = on;
+                self.push_session_update();
+            }
+            Some(A::SendText(text)) => {
+                if text.trim().is_empty() {
+                    self.out
+                        .host_error(HostError::invalid_control("send_text is empty"));
+                    return Ok(());
+                }
+                self.up(ClientEvent::user_text(&text));
+                self.remember(pb::Role::User, &text);
+                if !self.plan.config.listen_only {
+                    self.request(CreateReason::UserText, None, now);
+                }
+            }
+            Some(A::UpdateSession(u)) => {
+                if let Some(td) = &u.turn_detection {
+                    match plan::turn_detection(Some(td)) {
+                        Ok(t) => self.plan.config.turn_detection = t,
+                        Err(e) => {
+                            self.out
+                                .host_error(HostError::invalid_control(e.to_string()));
+                            return Ok(());
+                        }
+                    }
+                }
+                if let Some(i) = u.instructions {
+                    self.plan.base_instructions = i;
+                    self.plan.config.instructions =
+                        self.plan.preamble.apply(&self.plan.base_instructions);
+                }
+                if let Some(v) = u.voice {
+                    self.plan.config.voice = (!v.is_empty()).then_some(v);
+                }
+                self.push_session_update();
+            }
+        }
+        Ok(())
+    }
+
+    fn push_session_update(&mut self) {
+        let session = self.plan.config.to_json(self.plan.dialect);
+        self.up(ClientEvent::SessionUpdate { session });
+    }
+
+    // ----------------------------------------------------------------------------------------------
+    // Upstream → sidecar
+    // ----------------------------------------------------------------------------------------------
+
+    pub fn on_upstream(&mut self, ev: ServerEvent, now: Instant) -> Result<(), End> {
+        match ev {
+            ServerEvent::AudioDelta {
+                response_id,
+                item_id,
+                audio,
+            } => self.on_audio_delta(response_id, item_id, &audio, now),
+            ServerEvent::AudioDone { .. } => {
+                self.output.flush(&mut self.out_frames);
+                self.forward_frames(String::new(), now);
+            }
+            ServerEvent::TranscriptDelta {
+                response_id,
+                item_id,
+                delta,
+            } => {
+                if !self.is_cancelled(&response_id) {
+                    self.out
+                        .host(transcript(pb::Role::Assistant, item_id, delta, false));
+                }
+            }
+            ServerEvent::TranscriptDone {
+                response_id,
+                item_id,
+                transcript: t,
+            } => {
+                if !self.is_cancelled(&response_id) {
+                    self.remember(pb::Role::Assistant, &t);
+                    self.out
+                        .host(transcript(pb::Role::Assistant, item_id, t, true));
+                }
+            }
+            ServerEvent::InputTranscriptionDelta { item_id, delta } => {
+                self.out
+                    .host(transcript(pb::Role::User, item_id, delta, false));
+            }
+            ServerEvent::InputTranscriptionCompleted {
+                item_id,
+                transcript: t,
+            } => {
+                self.remember(pb::Role::User, &t);
+                self.out.host(transcript(pb::Role::User, item_id, t, true));
+            }
+            ServerEvent::InputTranscriptionFailed { item_id, message } => {
+                self.out.host_error(HostError::new(
+                    Code::TranscriptionFailed,
+                    format!("item {item_id}: {message}"),
+                    true,
+                ));
+            }
+            ServerEvent::SpeechStarted {
+                item_id,
+                audio_start_ms,
+            } => {
+                if let Some(c) = self.dead_air.audio_released(now) {
+                    self.observe_dead_air(c);
+                }
+                self.user_turn_end = None;
+                if barge_in::speech_interrupts(
+                    self.playout.is_audible(now),
+                    self.scheduler.running_id(),
+                    self.audio_response.as_deref(),
+                ) {
+                    self.interrupt(true, now);
+                }
+                self.out.host(Out::SpeechStarted(pb::SpeechStarted {
+                    item_id,
+                    audio_start_ms: clamp_u32(audio_start_ms),
+                }));
+            }
+            ServerEvent::SpeechStopped {
+                item_id,
+                audio_end_ms,
+            } => {
+                self.summary.turns += 1;
+                if !self.plan.config.listen_only {
+                    self.user_turn_end = Some(now);
+                    self.dead_air.user_turn_ended(now);
+                }
+                self.out.host(Out::SpeechStopped(pb::SpeechStopped {
+                    item_id,
+                    audio_end_ms: clamp_u32(audio_end_ms),
+                }));
+            }
+            ServerEvent::ResponseCreated { response } => {
+                let tag = response
+                    .metadata
+                    .as_ref()
+                    .and_then(|m| m.get(TAG_KEY))
+                    .and_then(|t| t.as_str());
+                self.scheduler.on_created(&response.id, tag, now);
+                let span = tracing::info_span!(
+                    "response",
+                    response_id = %response.id,
+                    status = tracing::field::Empty,
+                    voice_to_voice_ms = tracing::field::Empty,
+                    output_tokens = tracing::field::Empty,
+                );
+                if self.response_spans.len() < MAX_RESPONSE_SPANS {
+                    self.response_spans.insert(response.id.clone(), span);
+                }
+            }
+            ServerEvent::OutputItemAdded {
+                item: Item::FunctionCall { call_id, name, .. },
+                ..
+            } => self.tools.name_seen(call_id, name),
+            ServerEvent::FunctionCallArgumentsDone {
+                response_id,
+                call_id,
+                name,
+                arguments,
+                ..
+            } => {
+                let name = name
+                    .or_else(|| self.tools.name_of(&call_id))
+                    .unwrap_or_default();
+                self.start_call(&response_id, call_id, name, arguments, now);
+            }
+            ServerEvent::OutputItemDone {
+                response_id,
+                item:
+                    Item::FunctionCall {
+                        call_id,
+                        name,
+                        arguments,
+                        ..
+                    },
+            } => self.start_call(&response_id, call_id, name, arguments, now),
+            ServerEvent::ResponseDone { response } => return self.on_response_done(response, now),
+            ServerEvent::Error { error } => self.on_upstream_error(error, now),
+            ServerEvent::Unknown { kind } => {
+                counter!(names::UPSTREAM_EVENTS_UNKNOWN).increment(1);
+                debug!(%kind, "unknown upstream event");
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn on_upstream_error(&mut self, error: voice_realtime::ApiError, now: Instant) {
+        let code = error.code.clone().unwrap_or_default();
+        let retryable = error.kind == "server_error" || code.contains("rate_limit");
+        match self
+            .scheduler
+            .on_error(error.event_id.as_deref(), &code, retryable, now)
+        {
+            Resolution::Requeued => {
+                debug!("response.create collided with a server-started response; queued again");
+                return;
+            }
+            Resolution::Retrying { attempt, after } => {
+                counter!(names::UPSTREAM_ERRORS, "code" => bounded_code(&code)).increment(1);
+                warn!(session_id = %self.id, code = %code, message = %error.message, attempt,
+                    after_ms = after.as_millis() as u64, "response.create failed; retrying");
+                return;
+            }
+            Resolution::Failed { create, reason } => {
+                counter!(names::UPSTREAM_ERRORS, "code" => bounded_code(&code)).increment(1);
+                warn!(session_id = %self.id, code = %code, message = %error.message,
+                    reason = ?create.reason, "response.create failed; giving up");
+                self.create_failed(&create, &format!("{reason}: {}", error.message));
+                self.pump(now);
+                return;
+            }
+            Resolution::NotOurs | Resolution::Adopted => {}
+        }
+        if code == "response_cancel_not_active" {
+            // The server had already finished or cancelled it: nothing to tell anyone.
+            return;
+        }
+        counter!(names::UPSTREAM_ERRORS, "code" => bounded_code(&code)).increment(1);
+        warn!(session_id = %self.id, code = %code, message = %error.message, "upstream error");
+        let message = if code.is_empty() {
+            error.message
+        } else {
+            format!("{code}: {}", error.message)
+        };
+        self.out
+            .host_error(HostError::new(Code::UpstreamError, message, retryable));
+    }
+
+    fn create_failed(&mut self, create: &PendingCreate, why: &str) {
+        self.out.host_error(HostError::new(
+            Code::ResponseFailed,
+            format!(
+                "the model could not be asked to respond ({}) after {} attempt(s): {why}",
+                reason_name(&create.reason),
+                create.attempts()
+            ),
+            false,
+        ));
+    }
+
+    fn is_cancelled(&self, response_id: &str) -> bool {
+        self.cancelled.iter().any(|r| r == response_id)
+    }
+
+    fn mark_cancelled(&mut self, rid: String) {
+        if !self.is_cancelled(&rid) {
+            self.cancelled.push_back(rid);
+            if self.cancelled.len() > MAX_CANCELLED {
+                self.cancelled.pop_front();
+            }
+        }
+    }
+
+    fn on_audio_delta(&mut self, response_id: String, item_id: String, audio: &[u8], now: Instant) {
+        if self.is_cancelled(&response_id) {
+            return;
+        }
+        let t0 = std::time::Instant::now();
+        if self.audio_response.as_deref() != Some(&response_id) {
+            self.audio_response = Some(response_id.clone());
+            self.audio_check.reset();
+            if let Some(end) = self.user_turn_end.take() {
+                let latency = now.saturating_duration_since(end);
+                histogram!(names::RESPONSE_LATENCY, self.labels.clone())
+                    .record(latency.as_secs_f64());
+                let ms = self.summary.voice_to_voice(latency);
+                if self.latency_by_response.len() < MAX_RESPONSE_SPANS {
+                    self.latency_by_response.insert(response_id, ms);
+                }
+            }
+        }
+        let wire_audio = self.plan.wire_out.duration_of(audio.len());
+        self.check_audio(audio, wire_audio);
+        self.note_upstream_audio(&item_id, wire_audio);
+        if let Err(e) = self.output.push(audio, &mut self.out_frames) {
+            self.out.host_error(HostError::new(
+                Code::of_audio(&e),
+                format!("model audio could not be converted: {e}"),
+                true,
+            ));
+            return;
+        }
+        self.forward_frames(item_id, now);
+        names::record_frame_processing(names::Direction::Out, t0.elapsed().as_secs_f64());
+    }
+
+    /// Moves converted frames into the playout (paced) or straight to the host.
+    fn forward_frames(&mut self, item_id: String, now: Instant) {
+        let item_id = if item_id.is_empty() {
+            self.playout.played(now).map(|(i, _)| i).unwrap_or_default()
+        } else {
+            item_id
+        };
+        // Both buffers are taken and put back so their capacity is reused from delta to delta.
+        let mut frames = std::mem::take(&mut self.out_frames);
+        let mut immediate = std::mem::take(&mut self.released);
+        let n = frames.len();
+        let mut item_id = Some(item_id);
+        for (i, f) in frames.drain(..).enumerate() {
+            // Every frame needs its own copy of the item id; the last one takes the original.
+            let frame_item = if i + 1 == n {
+                item_id.take().unwrap_or_default()
+            } else {
+                item_id.clone().unwrap_or_default()
+            };
+            let q = QueuedFrame {
+                duration: Duration::from_micros(u64::from(f.duration_us)),
+                frame: pb::AudioFrame {
+                    data: f.data,
+                    seq: 0,
+                    item_id: frame_item,
+                    duration_us: f.duration_us,
+                },
+            };
+            if let Some(q) = self.playout.push(q, now) {
+                immediate.push(q);
+            }
+        }
+        self.out_frames = frames;
+        self.playout.due(now, &mut immediate);
+        self.release(&mut immediate, now);
+        self.released = immediate;
+    }
+
+    /// Frames leave for the host here, and only here: numbered as they are released, so frames
+    /// dropped before release (barge-in) never consume sequence numbers.
+    fn release(&mut self, frames: &mut Vec<QueuedFrame>, now: Instant) {
+        if frames.is_empty() {
+            return;
+        }
+        if let Some(c) = self.dead_air.audio_released(now) {
+            self.observe_dead_air(c);
+        }
+        let underrun = self.playout.take_underrun();
+        if !underrun.is_zero() {
+            histogram!(names::DEAD_AIR, "cause" => "underrun", "tool" => "")
+                .record(underrun.as_secs_f64());
+            self.summary.dead_air += underrun;
+        }
+        for mut q in frames.drain(..) {
+            names::count_frame(names::Direction::Out, q.frame.data.len());
+            q.frame.seq = self.out_seq;
+            self.out_seq += 1;
+            self.out.host(Out::Audio(q.frame));
+        }
+    }
+
+    fn observe_dead_air(&mut self, c: Closed) {
+        let secs = c.duration.as_secs_f64();
+        histogram!(names::SILENCE, "phase" => c.phase.as_str()).record(secs);
+        match c.phase {
+            Phase::AfterUser => {
+                histogram!(names::DEAD_AIR, "cause" => "model", "tool" => "").record(secs);
+            }
+            Phase::ToolCall => {
+                let tool = self
+                    .tools
+                    .waiting_on()
+                    .map_or("_unknown", |t| self.plan.tools.label(t));
+                histogram!(names::DEAD_AIR, "cause" => "tool", "tool" => tool.to_string())
+                    .record(secs);
+            }
+        }
+        self.summary.dead_air += c.duration;
+    }
+
+    fn note_upstream_audio(&mut self, item_id: &str, d: Duration) {
+        match self.upstream_item_audio.as_mut() {
+            Some((id, total)) if id == item_id => *total += d,
+            _ => self.upstream_item_audio = Some((item_id.to_string(), d)),
+        }
+    }
+
+    /// Counts assistant audio that stays near-silent or clipped (wire samples, before conversion).
+    fn check_audio(&mut self, wire: &[u8], duration: Duration) {
+        use voice_audio::g711;
+        use voice_audio::WireFormat;
+        // Per-format calls keep `feed` monomorphic: this runs on every upstream audio delta.
+        let found = match self.plan.wire_out {
+            WireFormat::Pcm16_24k => self.audio_check.feed(
+                wire.chunks_exact(2)
+                    .map(|b| i16::from_le_bytes([b[0], b[1]])),
+                duration,
+            ),
+            WireFormat::Ulaw8k => self
+                .audio_check
+                .feed(wire.iter().map(|&b| g711::ulaw_to_linear(b)), duration),
+            WireFormat::Alaw8k => self
+                .audio_check
+                .feed(wire.iter().map(|&b| g711::alaw_to_linear(b)), duration),
+        };
+        if let Some(a) = found {
+            warn!(session_id = %self.id, kind = a.as_str(), "assistant audio anomaly");
+            counter!(names::AUDIO_ANOMALIES, "kind" => a.as_str()).increment(1);
+        }
+    }
+
+    /// Whether upstream cancels a running response by itself when the caller speaks.
+    fn upstream_cancels_on_speech(&self) -> bool {
+        match &self.plan.config.turn_detection {
+            TurnDetection::ServerVadDefault => true,
+            TurnDetection::ServerVad {
+                interrupt_response, ..
+            }
+            | TurnDetection::SemanticVad {
+                interrupt_response, ..
+            } => interrupt_response.unwrap_or(true),
+            TurnDetection::Disabled => false,
+        }
+    }
+
+    /// Barge-in (`by_user`) or a host's cancel: performs the `barge_in` plan.
+    fn interrupt(&mut self, by_user: bool, now: Instant) {
+        let played = self.playout.played(now);
+        let item_audio_sent = played.as_ref().and_then(|(item, _)| {
+            self.upstream_item_audio
+                .as_ref()
+                .filter(|(id, _)| id == item)
+                .map(|(_, d)| *d)
+        });
+        let running = self.scheduler.running_id().map(str::to_string);
+        let p = barge_in::plan(&Situation {
+            by_user,
+            running: running.as_deref(),
+            upstream_cancels_on_speech: self.upstream_cancels_on_speech(),
+            audible: self.playout.is_audible(now),
+            played: played.as_ref().map(|(i, d)| (i.as_str(), *d)),
+            item_audio_sent,
+        });
+        if p.cancel {
+            self.up(ClientEvent::ResponseCancel);
+        }
+        if let Some(rid) = running {
+            self.mark_cancelled(rid);
+        }
+        if let Some(rid) = self.audio_response.clone() {
+            self.mark_cancelled(rid);
+        }
+        self.playout.flush();
+        self.output.reset();
+        if let Some((item_id, ms)) = p.truncate {
+            self.up(ClientEvent::ItemTruncate {
+                item_id,
+                content_index: 0,
+                audio_end_ms: ms,
+            });
+        }
+        if p.counts {
+            counter!(names::INTERRUPTIONS).increment(1);
+            self.summary.interruptions += 1;
+        }
+        if let Some((item_id, ms)) = p.interrupted {
+            self.out.host(Out::Interrupted(pb::Interrupted {
+                item_id,
+                played_ms: clamp_u32(ms),
+            }));
+        }
+    }
+
+    fn on_response_done(
+        &mut self,
+        response: voice_realtime::ResponseInfo,
+        now: Instant,
+    ) -> Result<(), End> {
+        for item in &response.output {
+            if let Item::FunctionCall {
+                call_id,
+                name,
+                arguments,
+                ..
+            } = item
+            {
+                self.start_call(
+                    &response.id,
+                    call_id.clone(),
+                    name.clone(),
+                    arguments.clone(),
+                    now,
+                );
+            }
+        }
+        self.scheduler.on_done(&response.id);
+        self.summary.responses += 1;
+        counter!(names::RESPONSES_TOTAL, "status" => bounded_status(&response.status)).increment(1);
+        let usage = response.usage.clone().unwrap_or_default();
+        for (kind, n) in [
+            ("input_text", usage.input_text_tokens),
+            ("input_audio", usage.input_audio_tokens),
+            ("input_cached", usage.input_cached_tokens),
+            ("output_text", usage.output_text_tokens),
+            ("output_audio", usage.output_audio_tokens),
+        ] {
+            if n > 0 {
+                counter!(names::TOKENS, "kind" => kind).increment(n);
+            }
+        }
+        self.summary.usage.add(&usage);
+        let v2v = self.latency_by_response.remove(&response.id).unwrap_or(0);
+        if let Some(span) = self.response_spans.remove(&response.id) {
+            span.record("status", response.status.as_str());
+            span.record("voice_to_voice_ms", v2v);
+            span.record("output_tokens", usage.output_tokens);
+            span.in_scope(
+                || info!(status = %response.status, voice_to_voice_ms = v2v, "response done"),
+            );
+        }
+        let (cost, exceeded) = self.budget.add(&usage);
+        if let Some(cost) = cost {
+            counter!(names::COST).increment((cost * 1_000_000.0).round() as u64);
+        }
+        self.out.host(Out::ResponseDone(pb::ResponseDone {
+            response_id: response.id.clone(),
+            status: response.status.clone(),
+            usage: Some(usage_pb(&usage)),
+            voice_to_voice_ms: v2v,
+        }));
+        let round = self.tools.response_done(&response.id);
+        self.request_opt(round, now);
+        self.pump(now);
+        if let Some(e) = exceeded {
+            counter!(names::BUDGET_EXCEEDED).increment(1);
+            warn!(session_id = %self.id, cost_usd = e.cost_usd, budget_usd = e.budget_usd,
+                "session over budget");
+            self.out
+                .host_error(HostError::new(Code::BudgetExceeded, e.message(), false));
+            if e.end {
+                return Err(End::Budget);
+            }
+        }
+        Ok(())
+    }
+
+    // ----------------------------------------------------------------------------------------------
+    // Responses and tools
+    // ----------------------------------------------------------------------------------------------
+
+    fn request(&mut self, reason: CreateReason, response: Option<serde_json::Value>, now: Instant) {
+        self.scheduler.request(PendingCreate::new(reason, response));
+        self.pump(now);
+    }
+
+    fn request_opt(&mut self, reason: Option<CreateReason>, now: Instant) {
+        if let Some(r) = reason {
+            self.request(r, None, now);
+        }
+    }
+
+    /// Hands the next queued `response.create` to the loop, if nothing is active and the link is up.
+    fn pump(&mut self, now: Instant) {
+        if !self.link_up || self.create_queued {
+            return;
+        }
+        if let Some(c) = self.scheduler.next_to_send(now) {
+            debug!(reason = ?c.reason, "response.create");
+            self.create_queued = true;
+            self.out.push(Action::CreateResponse(c));
+        }
+    }
+
+    /// The loop sent a create with this event id.
+    pub fn create_sent(&mut self, event_id: String, c: PendingCreate, now: Instant) {
+        self.create_queued = false;
+        self.scheduler.sent(event_id, c, now);
+    }
+
+    /// The loop could not send a create (the link went down): it waits for the next session.
+    pub fn create_unsent(&mut self, c: PendingCreate) {
+        self.create_queued = false;
+        self.scheduler.put_back(c);
+    }
+
+    fn start_call(
+        &mut self,
+        response_id: &str,
+        call_id: String,
+        name: String,
+        arguments: String,
+        now: Instant,
+    ) {
+        if !self.tools.seen(response_id, &call_id) {
+            return;
+        }
+        self.summary.tool_calls += 1;
+        let silent_from = self.playout.audible_until().unwrap_or(now);
+        if let Some(c) = self.dead_air.tool_started(now, silent_from) {
+            self.observe_dead_air(c);
+        }
+        let create = self
+            .tools
+            .launch(cx!(self), call_id, name, arguments, now, &mut self.out);
+        self.request_opt(create, now);
+    }
+
+    /// A callback call's future finished.
+    pub fn on_tool_outcome(&mut self, o: ToolOutcome, now: Instant) {
+        let create = self.tools.end(cx!(self), o, now, &mut self.out);
+        self.request_opt(create, now);
+    }
+
+    // ----------------------------------------------------------------------------------------------
+    // Timers
+    // ----------------------------------------------------------------------------------------------
+
+    /// The earliest moment `on_timer` has something to do.
+    pub fn next_deadline(&self, now: Instant) -> Option<Instant> {
+        let guard = (self.plan.guard.action != GuardAction::Off && self.tools.pending_count() > 0)
+            .then(|| self.dead_air.guard_deadline(self.plan.guard.threshold))
+            .flatten();
+        [
+            self.playout.next_due(now),
+            guard,
+            self.tools.next_deadline(),
+            self.scheduler.deadline(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    pub fn on_timer(&mut self, now: Instant) {
+        let mut due = std::mem::take(&mut self.released);
+        self.playout.due(now, &mut due);
+        self.release(&mut due, now);
+        self.released = due;
+
+        for create in self.tools.expire(cx!(self), now, &mut self.out) {
+            self.request(create, None, now);
+        }
+
+        if self.plan.guard.action != GuardAction::Off && self.tools.pending_count() > 0 {
+            if let Some(at) = self.dead_air.guard_deadline(self.plan.guard.threshold) {
+                if at <= now {
+                    self.dead_air.guard_fired();
+                    self.fire_guard(now);
+                }
+            }
+        }
+
+        match self.scheduler.on_timer(now) {
+            Some(Resolution::Failed { create, reason }) => {
+                warn!(session_id = %self.id, reason = ?create.reason, "response.create unanswered; giving up");
+                self.create_failed(&create, &reason);
+            }
+            Some(Resolution::Adopted) => {
+                debug!("an untagged response.created was taken for our create");
+            }
+            Some(Resolution::Retrying { attempt, .. }) => {
+                warn!(session_id = %self.id, attempt, "response.create unanswered; retrying");
+            }
+            _ => {}
+        }
+        self.pump(now);
+    }
+
+    fn fire_guard(&mut self, now: Instant) {
+        info!(action = ?self.plan.guard.action, "silence guard: caller has waited past the threshold");
+        match self.plan.guard.action {
+            GuardAction::Off => {}
+            GuardAction::HoldingLine => {
+                let response = json!({
+                    "conversation": "none",
+                    "instructions": HOLDING_LINE_INSTRUCTIONS,
+                    "metadata": {"purpose": "holding_line"},
+                });
+                self.request(CreateReason::HoldingLine, Some(response), now);
+            }
+            GuardAction::Earcon => {
+                let bytes_per_ms = self.plan.output.bytes_per_ms().unwrap_or(0).max(1);
+                let duration_us = (self.plan.guard.earcon.len() / bytes_per_ms * 1000) as u32;
+                let mut frames = vec![QueuedFrame {
+                    duration: Duration::from_micros(u64::from(duration_us)),
+                    frame: pb::AudioFrame {
+                        data: self.plan.guard.earcon.clone(),
+                        seq: 0,
+                        item_id: EARCON_ITEM.into(),
+                        duration_us,
+                    },
+                }];
+                self.release(&mut frames, now);
+            }
+        }
+    }
+
+    fn remember(&mut self, role: pb::Role, text: &str) {
+        if text.trim().is_empty() {
+            return;
+        }
+        self.context.push_back((role, text.to_string()));
+        while self.context.len() > MAX_CONTEXT_ITEMS {
+            self.context.pop_front();
+        }
+    }
+
+    // ----------------------------------------------------------------------------------------------
+    // The upstream link
+    // ----------------------------------------------------------------------------------------------
+
+    /// The link dropped and a reconnect is under way: nothing of the old upstream session is active
+    /// any more. Running calls keep running (orphaned); their results go in as context later.
+    pub fn on_link_lost(&mut self, error: &RealtimeError) {
+        self.link_up = false;
+        self.cut_off |= self.scheduler.reset();
+        if let Some(rid) = self.audio_response.take() {
+            self.mark_cancelled(rid);
+        }
+        self.output.reset();
+        self.upstream_item_audio = None;
+        self.tools.orphan_all();
+        self.out.host_error(HostError::new(
+            Code::UpstreamDisconnected,
+            format!("{error}; reconnecting"),
+            true,
+        ));
+    }
+
+    /// A new upstream session is configured: carry the conversation forward, deliver results that
+    /// came in meanwhile, ask again for a response that was cut off.
+    pub fn on_link_resumed(&mut self, gap: Duration, now: Instant) {
+        self.link_up = true;
+        let items: Vec<ClientEvent> = self
+            .context
+            .iter()
+            .map(|(r, t)| context_item(self.plan.dialect, *r, t))
+            .collect();
+        for item in items {
+            self.up(item);
+        }
+        let notes = self.tools.take_notes();
+        for note in &notes {
+            self.up(context_item(self.plan.dialect, pb::Role::User, note));
+        }
+        if !notes.is_empty() {
+            self.scheduler
+                .request(PendingCreate::new(CreateReason::OrphanedResult, None));
+        }
+        if std::mem::take(&mut self.cut_off) {
+            self.scheduler
+                .request(PendingCreate::new(CreateReason::Resume, None));
+        }
+        histogram!(names::DEAD_AIR, "cause" => "reconnect", "tool" => "").record(gap.as_secs_f64());
+        info!(
+            after_ms = gap.as_millis() as u64,
+            context_items = self.context.len(),
+            "upstream session resumed"
+        );
+        self.out.host_error(HostError::new(
+            Code::UpstreamResumed,
+            format!(
+                "reconnected after {} ms; conversation carried forward",
+                gap.as_millis()
+            ),
+            true,
+        ));
+        self.pump(now);
+    }
+
+    pub fn link_up(&self) -> bool {
+        self.link_up
+    }
+
+    // ----------------------------------------------------------------------------------------------
+    // The end
+    // ----------------------------------------------------------------------------------------------
+
+    /// The session is over: running calls end as cancelled, the host gets `SessionEnded` with the
+    /// summary.
+    pub fn finish(&mut self, reason: &'static str, now: Instant) {
+        self.link_up = false;
+        self.tools.cancel_all(cx!(self), now, &mut self.out);
+        let summary = self.summary.to_pb(
+            now.saturating_duration_since(self.started),
+            self.budget.cost_usd(),
+        );
+        self.out.host(Out::Ended(pb::SessionEnded {
+            reason: reason.into(),
+            summary: Some(summary),
+        }));
+    }
+
+    /// Dead air so far, in ms (tests).
+    pub fn dead_air_ms(&self) -> u32 {
+        millis(self.summary.dead_air)
+    }
+}
+
+fn reason_name(r: &CreateReason) -> &'static str {
+    match r {
+        CreateReason::ToolRound(_) => "tool results",
+        CreateReason::UserText => "text from the host",
+        CreateReason::HoldingLine => "holding line",
+        CreateReason::Commit => "committed input",
+        CreateReason::Resume => "resume after reconnect",
+        CreateReason::OrphanedResult => "tool results after reconnect",
+    }
+}
+
+fn transcript(role: pb::Role, item_id: String, text: String, final_: bool) -> Out {
+    Out::Transcript(pb::Transcript {
+        role: role as i32,
+        item_id,
+        text,
+        r#final: final_,
+    })
+}
+
+fn clamp_u32(x: u64) -> u32 {
+    u32::try_from(x).unwrap_or(u32::MAX)
+}
+
+/// Upstream error codes as metric label values: known codes pass, anything else is "other".
+pub fn bounded_code(code: &str) -> &'static str {
+    const KNOWN: &[&str] = &[
+        "invalid_value",
+        "invalid_event",
+        "missing_required_parameter",
+        "unknown_parameter",
+        "session_expired",
+        "rate_limit_exceeded",
+        "server_error",
+        "conversation_already_has_active_response",
+        "input_audio_buffer_commit_empty",
+        "invalid_tool_call_id",
+    ];
+    KNOWN
+        .iter()
+        .find(|k| **k == code)
+        .copied()
+        .unwrap_or("other")
+}
+
+fn bounded_status(s: &str) -> &'static str {
+    match s {
+        "completed" => "completed",
+        "cancelled" => "cancelled",
+        "failed" => "failed",
+        "incomplete" => "incomplete",
+        _ => "other",
+    }
+}
+
+impl SessionPlan {
+    pub(crate) fn wire_in_name(&self) -> &'static str {
+        plan::wire_audio(self.wire_in).beta_name()
+    }
+}

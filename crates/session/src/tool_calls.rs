@@ -1,0 +1,389 @@
+//! Tool calls, from the moment the model asks for one to its single ending.
+//!
+//! A call is seen (from `function_call_arguments.done`, `output_item.done` or `response.done`,
+//! whichever comes first, never started twice), then refused (unknown tool, arguments against the
+//! schema, no tool host) or started (callback RPC, or `ToolCall` on the host's stream). It ends exactly
+//! once, through [`ToolCalls::end`]: finished (ok, error, invalid output, unreachable), timed out,
+//! refused, or cancelled at session end. That one path owns the metrics, the span, the
+//! `ToolCallFinished` for the host and the output for the model. A call still running when the
+//! upstream is replaced is *orphaned*: the new upstream session does not know its call id, so its
+//! result goes in as context (held until the link is back) and the model is asked to continue.
+//!
+//! Round bookkeeping (one `response.create` per response whose calls all have their outputs) is
+//! `rounds`; this module reports when a round completes.
+
+use crate::error::{Code, HostError};
+use crate::outbox::{Action, Invocation, Outbox};
+use crate::plan::{SessionPlan, ToolRoute};
+use crate::rounds::ToolRounds;
+use crate::scheduler::CreateReason;
+use crate::tools::{self, ToolOutcome, ToolStatus};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::Duration;
+use tokio::time::Instant;
+use tracing::info;
+use voice_proto::v1 as pb;
+use voice_proto::v1::server_message::Message as Out;
+use voice_realtime::ClientEvent;
+use voice_telemetry as names;
+
+/// Where a running call stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallState {
+    /// On a host: a callback RPC, or an in-stream `ToolCall` awaiting its `ToolResult`.
+    Running,
+    /// Started on an upstream session that has since been replaced.
+    Orphaned,
+}
+
+#[derive(Debug)]
+struct Call {
+    name: String,
+    started: Instant,
+    /// In-stream calls only: when to stop waiting (a callback's timeout lives in its future).
+    deadline: Option<Instant>,
+    state: CallState,
+    span: tracing::Span,
+}
+
+/// What a call's handler needs from the session.
+#[derive(Debug, Clone, Copy)]
+pub struct Ctx<'a> {
+    pub session_id: &'a str,
+    pub plan: &'a SessionPlan,
+    /// Whether upstream can take a call's output now.
+    pub link_up: bool,
+}
+
+/// Timed-out call ids kept to recognise late results; bounded so a long session cannot grow it.
+const MAX_REMEMBERED_TIMEOUTS: usize = 1024;
+
+#[derive(Debug, Default)]
+pub struct ToolCalls {
+    calls: HashMap<String, Call>,
+    rounds: ToolRounds,
+    /// call_id → name from `output_item.added` (beta's `arguments.done` carries no name).
+    names: HashMap<String, String>,
+    timed_out: HashSet<String>,
+    timed_out_order: VecDeque<String>,
+    /// Results of orphaned calls that ended while the link was down, for the next upstream session.
+    notes: Vec<String>,
+    /// The tool the caller is waiting on (dead-air attribution).
+    waiting_on: Option<String>,
+}
+
+impl ToolCalls {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn name_seen(&mut self, call_id: String, name: String) {
+        if self.names.len() < 1024 {
+            self.names.insert(call_id, name);
+        }
+    }
+
+    pub fn name_of(&mut self, call_id: &str) -> Option<String> {
+        self.names.remove(call_id)
+    }
+
+    /// Calls whose outputs the model still waits for.
+    pub fn pending_count(&self) -> usize {
+        self.rounds.pending_count()
+    }
+
+    pub fn running(&self) -> usize {
+        self.calls.len()
+    }
+
+    pub fn state(&self, call_id: &str) -> Option<CallState> {
+        self.calls.get(call_id).map(|c| c.state)
+    }
+
+    pub fn waiting_on(&self) -> Option<&str> {
+        self.waiting_on.as_deref()
+    }
+
+    /// A call was seen. True if it is new (then [`ToolCalls::launch`] it); false for a duplicate
+    /// sighting or a call without an id.
+    pub fn seen(&mut self, response_id: &str, call_id: &str) -> bool {
+        !call_id.is_empty() && self.rounds.on_call(response_id, call_id)
+    }
+
+    /// Starts a new call: `ToolCallStarted` to the host, then a refusal (ended at once) or a run on
+    /// the host. Returns the round's response id if a refusal completed a round.
+    #[allow(clippy::too_many_arguments)]
+    pub fn launch(
+        &mut self,
+        cx: Ctx<'_>,
+        call_id: String,
+        name: String,
+        arguments: String,
+        now: Instant,
+        out: &mut Outbox,
+    ) -> Option<CreateReason> {
+        gauge_in_flight(1.0);
+        out.host(Out::ToolCallStarted(pb::ToolCallStarted {
+            call_id: call_id.clone(),
+            name: name.clone(),
+            arguments_json: arguments.clone(),
+        }));
+        let span = tracing::info_span!(
+            "tool_call",
+            %call_id,
+            tool = %name,
+            status = tracing::field::Empty,
+            duration_ms = tracing::field::Empty,
+        );
+        span.in_scope(|| info!("tool call started"));
+        self.waiting_on = Some(name.clone());
+        let mut call = Call {
+            name: name.clone(),
+            started: now,
+            deadline: None,
+            state: CallState::Running,
+            span,
+        };
+        let refusal = match cx.plan.tools.check(&name, &arguments) {
+            Err(refusal) => Some(refusal.to_string()),
+            Ok(def) => match &cx.plan.route {
+                ToolRoute::Callback(addr) => {
+                    out.push(Action::Invoke(Invocation {
+                        addr: addr.clone(),
+                        invocation: pb::ToolInvocation {
+                            session_id: cx.session_id.to_string(),
+                            call_id: call_id.clone(),
+                            name: name.clone(),
+                            arguments_json: arguments,
+                            deadline_ms: u32::try_from(def.timeout.as_millis()).unwrap_or(u32::MAX),
+                        },
+                        timeout: def.timeout,
+                        max_output_bytes: cx.plan.max_tool_output_bytes,
+                        span: call.span.clone(),
+                    }));
+                    None
+                }
+                ToolRoute::InStream => {
+                    out.host(Out::ToolCall(pb::ToolCall {
+                        call_id: call_id.clone(),
+                        name: name.clone(),
+                        arguments_json: arguments,
+                        timeout_ms: u32::try_from(def.timeout.as_millis()).unwrap_or(u32::MAX),
+                    }));
+                    call.deadline = Some(now + def.timeout);
+                    None
+                }
+                ToolRoute::Unroutable => Some("no tool host is configured".to_string()),
+            },
+        };
+        self.calls.insert(call_id.clone(), call);
+        let why = refusal?;
+        let o = ToolOutcome::failed(&call_id, &name, ToolStatus::Refused, why, Duration::ZERO);
+        self.end(cx, o, now, out)
+    }
+
+    /// Every call ends here exactly once: metrics, span, `ToolCallFinished` to the host, and the
+    /// output to the model (a `function_call_output`, or context for an orphaned call). Returns the
+    /// response to request if this ending completed a round (or delivered an orphaned result).
+    /// Outcomes for calls that already ended change nothing.
+    pub fn end(
+        &mut self,
+        cx: Ctx<'_>,
+        o: ToolOutcome,
+        now: Instant,
+        out: &mut Outbox,
+    ) -> Option<CreateReason> {
+        let call = self.calls.remove(&o.call_id)?;
+        gauge_in_flight(-1.0);
+        let label = cx.plan.tools.label(&o.name).to_string();
+        let status = o.status.as_str();
+        metrics::histogram!(names::TOOL_CALL_DURATION, "tool" => label.clone(), "outcome" => status)
+            .record(o.duration.as_secs_f64());
+        metrics::counter!(names::TOOL_CALLS_TOTAL, "tool" => label, "outcome" => status)
+            .increment(1);
+        let duration_ms = o.duration.as_millis() as u64;
+        call.span.record("status", status);
+        call.span.record("duration_ms", duration_ms);
+        call.span
+            .in_scope(|| info!(status, duration_ms, "tool call finished"));
+        if o.status == ToolStatus::Timeout {
+            self.remember_timeout(&o.call_id);
+        }
+        self.waiting_on = Some(o.name.clone());
+        let mut create = None;
+        match (o.status, call.state) {
+            // The session is ending: the model gets nothing more.
+            (ToolStatus::Cancelled, _) => {}
+            (_, CallState::Orphaned) => {
+                let note = format!("Result of the earlier {} tool call: {}", o.name, o.output);
+                if cx.link_up {
+                    out.upstream(context_item(cx.plan.dialect, pb::Role::User, &note));
+                    create = Some(CreateReason::OrphanedResult);
+                } else {
+                    self.notes.push(note);
+                }
+            }
+            (_, CallState::Running) => {
+                out.upstream(ClientEvent::function_output(&o.call_id, &o.output));
+            }
+        }
+        out.host(Out::ToolCallFinished(pb::ToolCallFinished {
+            call_id: o.call_id.clone(),
+            name: o.name.clone(),
+            status: o.status.to_pb() as i32,
+            duration_ms: u32::try_from(o.duration.as_millis()).unwrap_or(u32::MAX),
+            error: o.error.clone().unwrap_or_default(),
+        }));
+        let _ = now;
+        if call.state == CallState::Running && o.status != ToolStatus::Cancelled {
+            if let Some(rid) = self.rounds.on_output(&o.call_id) {
+                create = Some(CreateReason::ToolRound(rid));
+            }
+        }
+        create
+    }
+
+    /// The response a call belongs to is done: its call set is final. Returns the round to request
+    /// a response for, if all its outputs are already in.
+    pub fn response_done(&mut self, response_id: &str) -> Option<CreateReason> {
+        self.rounds
+            .on_response_done(response_id)
+            .map(CreateReason::ToolRound)
+    }
+
+    /// A `ToolResult` from the host (in-stream calls). Late and unknown results are typed errors for
+    /// the host; nothing reaches the model twice.
+    pub fn host_result(
+        &mut self,
+        cx: Ctx<'_>,
+        r: pb::ToolResult,
+        now: Instant,
+        out: &mut Outbox,
+    ) -> Option<CreateReason> {
+        let Some(call) = self.calls.get(&r.call_id).filter(|c| c.deadline.is_some()) else {
+            let e = if self.timed_out.contains(&r.call_id) {
+                info!(call_id = %r.call_id, "late tool result dropped (the call already timed out)");
+                HostError::new(
+                    Code::ToolResultLate,
+                    format!("call {} already timed out; result dropped", r.call_id),
+                    false,
+                )
+            } else {
+                HostError::new(
+                    Code::ToolUnknownCall,
+                    format!("no pending in-stream tool call {:?}", r.call_id),
+                    false,
+                )
+            };
+            out.host_error(e);
+            return None;
+        };
+        let answer = match r.result {
+            Some(pb::tool_result::Result::OutputJson(o)) => Ok(o),
+            Some(pb::tool_result::Result::Error(e)) => Err(e),
+            None => Err("the host sent a ToolResult with neither output nor error".into()),
+        };
+        let o = tools::outcome_from_answer(
+            &r.call_id,
+            &call.name,
+            answer,
+            cx.plan.max_tool_output_bytes,
+            now.saturating_duration_since(call.started),
+        );
+        self.end(cx, o, now, out)
+    }
+
+    /// When the next in-stream call times out.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.calls.values().filter_map(|c| c.deadline).min()
+    }
+
+    /// Ends the in-stream calls whose deadline has passed. Returns the responses to request.
+    pub fn expire(&mut self, cx: Ctx<'_>, now: Instant, out: &mut Outbox) -> Vec<CreateReason> {
+        let mut expired: Vec<(String, String, Duration, Duration)> = self
+            .calls
+            .iter()
+            .filter_map(|(id, c)| {
+                let d = c.deadline.filter(|d| *d <= now)?;
+                Some((
+                    id.clone(),
+                    c.name.clone(),
+                    d.saturating_duration_since(c.started),
+                    now.saturating_duration_since(c.started),
+                ))
+            })
+            .collect();
+        expired.sort();
+        expired
+            .into_iter()
+            .filter_map(|(id, name, timeout, elapsed)| {
+                let o = tools::timeout_outcome(&id, &name, timeout, elapsed);
+                self.end(cx, o, now, out)
+            })
+            .collect()
+    }
+
+    /// The upstream session was replaced: every running call is orphaned, and the rounds of the old
+    /// session are forgotten (their responses will never be done).
+    pub fn orphan_all(&mut self) {
+        for c in self.calls.values_mut() {
+            c.state = CallState::Orphaned;
+        }
+        self.rounds = ToolRounds::new();
+        self.names.clear();
+    }
+
+    /// Results of orphaned calls that ended while the link was down.
+    pub fn take_notes(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.notes)
+    }
+
+    /// The session is ending: every running call ends as cancelled (the loop drops their futures,
+    /// so hosts see their RPCs cancelled).
+    pub fn cancel_all(&mut self, cx: Ctx<'_>, now: Instant, out: &mut Outbox) {
+        let mut ids: Vec<(String, String, Instant)> = self
+            .calls
+            .iter()
+            .map(|(id, c)| (id.clone(), c.name.clone(), c.started))
+            .collect();
+        ids.sort();
+        for (id, name, started) in ids {
+            let o = ToolOutcome::failed(
+                &id,
+                &name,
+                ToolStatus::Cancelled,
+                "the session ended".into(),
+                now.saturating_duration_since(started),
+            );
+            self.end(cx, o, now, out);
+        }
+    }
+
+    fn remember_timeout(&mut self, call_id: &str) {
+        if self.timed_out.insert(call_id.to_string()) {
+            self.timed_out_order.push_back(call_id.to_string());
+            if self.timed_out_order.len() > MAX_REMEMBERED_TIMEOUTS {
+                if let Some(old) = self.timed_out_order.pop_front() {
+                    self.timed_out.remove(&old);
+                }
+            }
+        }
+    }
+}
+
+fn gauge_in_flight(delta: f64) {
+    metrics::gauge!(names::TOOL_CALLS_IN_FLIGHT).increment(delta);
+}
+
+/// A conversation message carrying earlier context into a new upstream session. Assistant text uses
+/// the dialect's output content type (`output_text` GA, `text` beta).
+pub fn context_item(dialect: voice_realtime::Dialect, role: pb::Role, text: &str) -> ClientEvent {
+    let (role, kind) = match (role, dialect) {
+        (pb::Role::Assistant, voice_realtime::Dialect::Ga) => ("assistant", "output_text"),
+        (pb::Role::Assistant, voice_realtime::Dialect::Beta) => ("assistant", "text"),
+        _ => ("user", "input_text"),
+    };
+    ClientEvent::ItemCreate {
+        item: serde_json::json!({"type": "message", "role": role, "content": [{"type": kind, "text": text}]}),
+    }
+}

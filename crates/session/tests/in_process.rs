@@ -1,0 +1,395 @@
+//! The session in-process: a scripted host and a scripted upstream over channels, on paused time.
+//! Barge-in, tool timeouts, the silence guard, reconnect backoff and the response scheduler are
+//! checked in milliseconds of real time, with no wall-clock sleeps.
+
+mod support;
+
+use serde_json::json;
+use std::time::Duration;
+use support::{start_with_tool, Harness};
+use tokio::time::Instant;
+use voice_proto::v1 as pb;
+use voice_proto::v1::client_message::Message as In;
+use voice_proto::v1::server_message::Message as Out;
+
+fn ms(x: u64) -> Duration {
+    Duration::from_millis(x)
+}
+
+fn paced(mut s: pb::SessionStart) -> pb::SessionStart {
+    s.pacing = Some(pb::Pacing {
+        enabled: true,
+        lead_ms: 100,
+    });
+    s
+}
+
+#[tokio::test(start_paused = true)]
+async fn barge_in_truncates_at_the_heard_position_without_a_cancel_server_vad_already_sent() {
+    let (mut h, mut up) = Harness::start(paced(start_with_tool(5000))).await;
+    h.host
+        .control(pb::control::Action::SendText("tell me a story".into()))
+        .await;
+    let (create, _) = up.until("response.create").await;
+    let rid = up.created_for(&create).await;
+    up.audio(&rid, "item_a", 3000).await;
+    // Paced: the first frame goes out at once; 1 s of playback later the caller speaks.
+    h.host
+        .until(|m| matches!(m, Out::Audio(_)).then_some(()))
+        .await;
+    let t0 = Instant::now();
+    tokio::time::sleep(ms(1000)).await;
+    up.speech_started().await;
+    let interrupted = h
+        .host
+        .until(|m| match m {
+            Out::Interrupted(i) => Some(i.clone()),
+            _ => None,
+        })
+        .await;
+    let heard = Instant::now() - t0;
+    assert_eq!(interrupted.item_id, "item_a");
+    // What was heard: the time since the first frame (paced releases are exact).
+    assert_eq!(u64::from(interrupted.played_ms), heard.as_millis() as u64);
+    let (truncate, before) = up.until("conversation.item.truncate").await;
+    assert_eq!(truncate["item_id"], "item_a");
+    assert_eq!(truncate["audio_end_ms"], u64::from(interrupted.played_ms));
+    assert!(
+        before.iter().all(|e| e["type"] != "response.cancel"),
+        "server VAD cancels by itself (interrupt_response): no response.cancel, got {before:?}"
+    );
+    // Upstream's own cancel arrives; the next response's audio is numbered on from the last frame
+    // released: the frames dropped by the barge-in did not consume numbers.
+    up.done(&rid, "cancelled", json!([])).await;
+    h.host
+        .control(pb::control::Action::SendText("again".into()))
+        .await;
+    let (create, _) = up.until("response.create").await;
+    let rid2 = up.created_for(&create).await;
+    up.audio(&rid2, "item_b", 200).await;
+    up.done(&rid2, "completed", json!([])).await;
+    h.host
+        .until(|m| matches!(m, Out::ResponseDone(d) if d.response_id == rid2).then_some(()))
+        .await;
+    tokio::time::sleep(ms(400)).await;
+    h.host.control(pb::control::Action::End(pb::Empty {})).await;
+    h.host.ended().await;
+    let seqs = h.host.audio_seqs();
+    assert_eq!(seqs[0], 0, "output seq starts at 0");
+    assert_eq!(
+        seqs,
+        (0..seqs.len() as u64).collect::<Vec<_>>(),
+        "contiguous across the barge-in"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_host_cancel_does_send_response_cancel() {
+    let (mut h, mut up) = Harness::start(paced(start_with_tool(5000))).await;
+    h.host
+        .control(pb::control::Action::SendText("hello".into()))
+        .await;
+    let (create, _) = up.until("response.create").await;
+    let rid = up.created_for(&create).await;
+    up.audio(&rid, "item_a", 1000).await;
+    h.host
+        .until(|m| matches!(m, Out::Audio(_)).then_some(()))
+        .await;
+    h.host
+        .control(pb::control::Action::CancelResponse(pb::Empty {}))
+        .await;
+    let (_, _) = up.until("response.cancel").await;
+    let i = h
+        .host
+        .until(|m| match m {
+            Out::Interrupted(i) => Some(i.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(i.item_id, "item_a");
+}
+
+#[tokio::test(start_paused = true)]
+async fn unpaced_played_position_advances_from_the_last_mark() {
+    let (mut h, mut up) = Harness::start(start_with_tool(5000)).await;
+    h.host
+        .control(pb::control::Action::SendText("hello".into()))
+        .await;
+    let (create, _) = up.until("response.create").await;
+    let rid = up.created_for(&create).await;
+    up.audio(&rid, "item_a", 3000).await;
+    // All 3 s arrive at once (no pacing); the host says it has played 500 ms, 700 ms later it is at
+    // 1200 ms.
+    h.host
+        .until(|m| matches!(m, Out::Audio(_)).then_some(()))
+        .await;
+    h.host
+        .send(In::PlaybackMark(pb::PlaybackMark {
+            item_id: "item_a".into(),
+            played_ms: 500,
+        }))
+        .await;
+    tokio::time::sleep(ms(700)).await;
+    up.speech_started().await;
+    let i = h
+        .host
+        .until(|m| match m {
+            Out::Interrupted(i) => Some(i.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(i.played_ms, 1200);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_in_stream_tool_times_out_once_and_a_late_result_is_refused() {
+    let (mut h, mut up) = Harness::start(start_with_tool(2000)).await;
+    h.host
+        .control(pb::control::Action::SendText("look it up".into()))
+        .await;
+    let (create, _) = up.until("response.create").await;
+    let rid = up.created_for(&create).await;
+    up.call(&rid, "call_1", "lookup", r#"{"q":"x"}"#).await;
+    up.done(&rid, "completed", json!([])).await;
+    let call = h
+        .host
+        .until(|m| match m {
+            Out::ToolCall(c) => Some(c.clone()),
+            _ => None,
+        })
+        .await;
+    let t0 = Instant::now();
+    assert_eq!(call.timeout_ms, 2000);
+    // Nobody answers: 2 s later the model gets the timeout as the call's output, then one create.
+    let (output, _) = up.until("conversation.item.create").await;
+    assert_eq!(Instant::now() - t0, ms(2000));
+    assert_eq!(output["item"]["type"], "function_call_output");
+    assert_eq!(output["item"]["call_id"], "call_1");
+    assert!(output["item"]["output"]
+        .as_str()
+        .unwrap()
+        .contains("did not answer"));
+    let finished = h
+        .host
+        .until(|m| match m {
+            Out::ToolCallFinished(f) => Some(f.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(finished.status, pb::ToolStatus::Timeout as i32);
+    let (create2, _) = up.until("response.create").await;
+    assert!(create2["response"]["metadata"]["voice_sidecar_create"].is_string());
+    h.host
+        .send(In::ToolResult(pb::ToolResult {
+            call_id: "call_1".into(),
+            result: Some(pb::tool_result::Result::OutputJson("{}".into())),
+        }))
+        .await;
+    let e = h.host.error("tool_result_late").await;
+    assert!(!e.retryable);
+    h.host
+        .send(In::ToolResult(pb::ToolResult {
+            call_id: "nope".into(),
+            result: Some(pb::tool_result::Result::OutputJson("{}".into())),
+        }))
+        .await;
+    h.host.error("tool_unknown_call").await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_silence_guard_asks_for_one_holding_line_past_the_threshold() {
+    let mut start = start_with_tool(10_000);
+    start.silence_guard = Some(pb::SilenceGuard {
+        action: pb::silence_guard::Action::HoldingLine as i32,
+        threshold_ms: 1500,
+        earcon: vec![],
+    });
+    let (mut h, mut up) = Harness::start(start).await;
+    h.host
+        .control(pb::control::Action::SendText("look it up".into()))
+        .await;
+    let (create, _) = up.until("response.create").await;
+    let rid = up.created_for(&create).await;
+    up.call(&rid, "call_1", "lookup", "{}").await;
+    up.done(&rid, "completed", json!([])).await;
+    h.host
+        .until(|m| matches!(m, Out::ToolCall(_)).then_some(()))
+        .await;
+    let t0 = Instant::now();
+    let (hold, _) = up.until("response.create").await;
+    assert_eq!(Instant::now() - t0, ms(1500));
+    assert_eq!(hold["response"]["metadata"]["purpose"], "holding_line");
+    assert_eq!(hold["response"]["conversation"], "none");
+    let hid = up.created_for(&hold).await;
+    up.done(&hid, "completed", json!([])).await;
+    // Once per wait: nothing more until the tool answers.
+    tokio::time::sleep(ms(5000)).await;
+    assert!(up
+        .drain_now()
+        .iter()
+        .all(|e| e["type"] != "response.create"));
+    h.host
+        .send(In::ToolResult(pb::ToolResult {
+            call_id: "call_1".into(),
+            result: Some(pb::tool_result::Result::OutputJson(r#"{"ok":true}"#.into())),
+        }))
+        .await;
+    let (out, _) = up.until("conversation.item.create").await;
+    assert_eq!(out["item"]["output"], r#"{"ok":true}"#);
+    let (round, _) = up.until("response.create").await;
+    assert!(round["response"]["metadata"].get("purpose").is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn reconnect_backs_off_with_jitter_and_the_session_is_never_blind() {
+    let (mut h, mut up) = Harness::start(start_with_tool(60_000)).await;
+    h.host
+        .control(pb::control::Action::SendText(
+            "remember the number seven".into(),
+        ))
+        .await;
+    let (create, _) = up.until("response.create").await;
+    let rid = up.created_for(&create).await;
+    up.call(&rid, "call_1", "lookup", "{}").await;
+    up.done(&rid, "completed", json!([])).await;
+    h.host
+        .until(|m| matches!(m, Out::ToolCall(_)).then_some(()))
+        .await;
+    up.close().await;
+    let lost_at = Instant::now();
+    let e = h.host.error("upstream_disconnected").await;
+    assert!(e.retryable);
+    // While the link is down: the tool result is taken, a control is answered, audio is dropped.
+    h.host
+        .send(In::ToolResult(pb::ToolResult {
+            call_id: "call_1".into(),
+            result: Some(pb::tool_result::Result::OutputJson(r#"{"n":7}"#.into())),
+        }))
+        .await;
+    let f = h
+        .host
+        .until(|m| match m {
+            Out::ToolCallFinished(f) => Some(f.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(f.status, pb::ToolStatus::Ok as i32);
+    h.host
+        .send(In::Audio(pb::AudioFrame {
+            data: vec![0; 960],
+            seq: 0,
+            ..Default::default()
+        }))
+        .await;
+    h.host
+        .control(pb::control::Action::Commit(pb::Empty {}))
+        .await;
+    h.host
+        .control(pb::control::Action::SendText(String::new()))
+        .await;
+    h.host.error("invalid_control").await;
+    assert!(
+        Instant::now() - lost_at < ms(100),
+        "host messages were served during the backoff"
+    );
+    // First attempt within the jittered [100, 200] ms; it accepts the socket but never confirms
+    // the session: given up after the 3 s setup timeout, then a second attempt.
+    let mut a1 = h.connection().await;
+    let d1 = Instant::now() - lost_at;
+    assert!(d1 >= ms(100) && d1 <= ms(200), "first retry after {d1:?}");
+    a1.send(json!({"type": "session.created", "event_id": "x", "session": {}}))
+        .await;
+    let _ = a1.until("session.update").await;
+    let t1 = Instant::now();
+    let mut a2 = h.connection().await;
+    let d2 = Instant::now() - t1;
+    assert!(
+        d2 >= ms(3000 + 200) && d2 <= ms(3000 + 400),
+        "setup timeout, then the second backoff in [200, 400] ms: {d2:?}"
+    );
+    a2.accept().await;
+    // The new session gets the conversation as context, the tool result as context, and one create.
+    let (create, before) = a2.until("response.create").await;
+    let texts: Vec<String> = before
+        .iter()
+        .filter(|e| e["type"] == "conversation.item.create")
+        .map(|e| {
+            e["item"]["content"][0]["text"]
+                .as_str()
+                .unwrap_or("")
+                .to_string()
+        })
+        .collect();
+    assert!(
+        texts
+            .iter()
+            .any(|t| t.contains("remember the number seven")),
+        "{texts:?}"
+    );
+    assert!(texts.iter().any(|t| t.contains(r#"{"n":7}"#)), "{texts:?}");
+    assert!(create["response"]["metadata"]["voice_sidecar_create"].is_string());
+    h.host.error("upstream_resumed").await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_during_a_backoff_ends_the_session_at_once() {
+    let (mut h, mut up) = Harness::start(start_with_tool(1000)).await;
+    up.close().await;
+    h.host.error("upstream_disconnected").await;
+    let t0 = Instant::now();
+    h.shutdown.cancel();
+    let ended = h.host.ended().await;
+    assert_eq!(ended.reason, "shutdown");
+    assert!(Instant::now() - t0 < ms(10));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_create_is_retried_or_reported_and_never_wedges_the_scheduler() {
+    let (mut h, mut up) = Harness::start(start_with_tool(1000)).await;
+    h.host
+        .control(pb::control::Action::SendText("one".into()))
+        .await;
+    // A transient failure: retried after the backoff, with a new event id.
+    let (c1, _) = up.until("response.create").await;
+    up.error_for(&c1["event_id"], "server_error", "server_error")
+        .await;
+    let t0 = Instant::now();
+    let (c2, _) = up.until("response.create").await;
+    assert_eq!(Instant::now() - t0, ms(250));
+    assert_ne!(c1["event_id"], c2["event_id"]);
+    // A permanent failure: the host is told, and the next create goes out.
+    up.error_for(&c2["event_id"], "invalid_request_error", "invalid_value")
+        .await;
+    let e = h.host.error("response_failed").await;
+    assert!(!e.retryable);
+    assert!(e.message.contains("invalid_value"), "{}", e.message);
+    h.host
+        .control(pb::control::Action::SendText("two".into()))
+        .await;
+    let (c3, _) = up.until("response.create").await;
+    // Upstream starts it but drops the metadata (a proxy): taken for ours after the fallback.
+    let r3 = up.created_untagged().await;
+    up.done(&r3, "completed", json!([])).await;
+    h.host
+        .control(pb::control::Action::SendText("three".into()))
+        .await;
+    let t0 = Instant::now();
+    let (c4, _) = up.until("response.create").await;
+    assert_eq!(
+        Instant::now() - t0,
+        voice_session::scheduler::UNTAGGED_FALLBACK
+    );
+    assert_ne!(c3["event_id"], c4["event_id"]);
+    // And a create upstream never answers is retried after the acknowledgement timeout and the
+    // first backoff.
+    let t0 = Instant::now();
+    let (c5, _) = up.until("response.create").await;
+    assert_eq!(
+        Instant::now() - t0,
+        voice_session::scheduler::CREATE_ACK_TIMEOUT + voice_session::scheduler::RETRY_BASE
+    );
+    assert_eq!(
+        c5["response"]["metadata"]["voice_sidecar_create"],
+        c5["event_id"]
+    );
+}
