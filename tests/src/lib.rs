@@ -128,29 +128,10 @@ pub async fn start_sidecar_with_metrics(realtime_url: &str, extra: &[&str]) -> (
     (start_sidecar(realtime_url, &args).await, metrics)
 }
 
-/// Speech-like audio: a voiced harmonic signal (pitch ~140 Hz with vibrato, formant-ish weights)
-/// under a syllable envelope, `secs` long at `rate`, about -14 dBFS peak.
+/// Speech-like audio, `secs` long at `rate`, about -14 dBFS peak: the signal the load generator sends
+/// ([`voice_audio::signal::speech_like`]).
 pub fn speech_like(rate: u32, secs: f32) -> Vec<i16> {
-    let n = (rate as f32 * secs) as usize;
-    let mut phase = 0f32;
-    (0..n)
-        .map(|i| {
-            let t = i as f32 / rate as f32;
-            let f0 = 140.0 + 20.0 * (2.0 * std::f32::consts::PI * 3.0 * t).sin();
-            phase += 2.0 * std::f32::consts::PI * f0 / rate as f32;
-            let mut v = 0.0;
-            for (k, w) in [(1.0, 1.0), (2.0, 0.6), (3.0, 0.5), (5.0, 0.3), (7.0, 0.15)] {
-                if f0 * k < rate as f32 / 2.0 {
-                    v += w * (phase * k).sin();
-                }
-            }
-            let syllable = (std::f32::consts::PI * (t * 4.0).fract())
-                .sin()
-                .max(0.0)
-                .powf(0.5);
-            (v / 2.55 * syllable * 0.2 * 32767.0) as i16
-        })
-        .collect()
+    voice_audio::signal::speech_like(rate, (rate as f32 * secs) as usize)
 }
 
 pub fn pcm_bytes(samples: &[i16]) -> Vec<u8> {
