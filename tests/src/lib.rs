@@ -1,6 +1,9 @@
-//! Support for the end-to-end tests: building and starting the real binaries on loopback ports,
-//! speech-like test audio, and a small host client that records what a session returns.
+//! Support for the end-to-end tests: building and starting the real binaries (and the simulator) on
+//! loopback ports, speech-like test audio, and a small host client that records what a session
+//! returns, with typed waits for the messages a test expects.
 
+use serde_json::Value;
+use std::fmt::Display;
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -10,7 +13,8 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use voice_proto::v1 as pb;
 use voice_proto::v1::client_message::Message as In;
-use voice_proto::v1::server_message::Message as Out;
+pub use voice_proto::v1::server_message::Message as Out;
+use voice_realtime_sim::{SimConfig, SimHandle, SimServer};
 
 /// Path of a workspace binary, built once per test process so tests never run a stale one.
 pub fn binary(name: &str) -> PathBuf {
@@ -88,6 +92,35 @@ pub async fn wait_for_port(addr: SocketAddr, timeout: Duration) {
     }
 }
 
+/// Starts the Realtime simulator in this process on a free loopback port.
+pub async fn start_sim(cfg: SimConfig) -> SimHandle {
+    SimServer::bind("127.0.0.1:0".parse().unwrap(), cfg)
+        .await
+        .expect("starting the simulator")
+}
+
+/// Client events the simulator received of type `kind`, in order.
+pub fn sent(sim: &SimHandle, kind: &str) -> Vec<Value> {
+    sim.events_log()
+        .into_iter()
+        .map(|e| e.event)
+        .filter(|e| e["type"] == kind)
+        .collect()
+}
+
+/// Polls `cond` every 20 ms until it holds; panics with `what` if it still does not after `timeout`.
+pub async fn eventually<D: Display>(
+    timeout: Duration,
+    mut cond: impl FnMut() -> bool,
+    what: impl Fn() -> D,
+) {
+    let t0 = Instant::now();
+    while !cond() {
+        assert!(t0.elapsed() < timeout, "{}", what());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Starts `voice-sidecar` against an upstream URL (the simulator), with extra flags.
 pub async fn start_sidecar(realtime_url: &str, extra: &[&str]) -> Proc {
     let port = free_port();
@@ -128,29 +161,15 @@ pub async fn start_sidecar_with_metrics(realtime_url: &str, extra: &[&str]) -> (
     (start_sidecar(realtime_url, &args).await, metrics)
 }
 
-/// Speech-like audio: a voiced harmonic signal (pitch ~140 Hz with vibrato, formant-ish weights)
-/// under a syllable envelope, `secs` long at `rate`, about -14 dBFS peak.
+/// Speech-like audio, `secs` long at `rate`, about -14 dBFS peak: the signal the load generator sends
+/// ([`voice_audio::signal::speech_like`]).
 pub fn speech_like(rate: u32, secs: f32) -> Vec<i16> {
-    let n = (rate as f32 * secs) as usize;
-    let mut phase = 0f32;
-    (0..n)
-        .map(|i| {
-            let t = i as f32 / rate as f32;
-            let f0 = 140.0 + 20.0 * (2.0 * std::f32::consts::PI * 3.0 * t).sin();
-            phase += 2.0 * std::f32::consts::PI * f0 / rate as f32;
-            let mut v = 0.0;
-            for (k, w) in [(1.0, 1.0), (2.0, 0.6), (3.0, 0.5), (5.0, 0.3), (7.0, 0.15)] {
-                if f0 * k < rate as f32 / 2.0 {
-                    v += w * (phase * k).sin();
-                }
-            }
-            let syllable = (std::f32::consts::PI * (t * 4.0).fract())
-                .sin()
-                .max(0.0)
-                .powf(0.5);
-            (v / 2.55 * syllable * 0.2 * 32767.0) as i16
-        })
-        .collect()
+    voice_audio::signal::speech_like(rate, (rate as f32 * secs) as usize)
+}
+
+/// `secs` of digital silence at `rate`.
+pub fn silence(rate: u32, secs: f32) -> Vec<i16> {
+    vec![0; (rate as f32 * secs) as usize]
 }
 
 pub fn pcm_bytes(samples: &[i16]) -> Vec<u8> {
@@ -185,20 +204,31 @@ pub async fn stream_pcm(
     first_seq: u64,
 ) -> u64 {
     let frame = (rate / 50) as usize;
+    let frames: Vec<_> = samples.chunks(frame).map(|c| Some(pcm_bytes(c))).collect();
+    stream_frames(tx, frames, first_seq).await
+}
+
+/// Sends one audio frame every 20 ms, numbered from `first_seq`; a `None` is a frame lost in the
+/// network (its slot and seq pass, nothing is sent). Stops early if the stream closes. Returns the
+/// next seq, so `first_seq + frames` means every frame was taken.
+pub async fn stream_frames(
+    tx: &mpsc::Sender<pb::ClientMessage>,
+    frames: impl IntoIterator<Item = Option<Vec<u8>>>,
+    first_seq: u64,
+) -> u64 {
     let mut tick = tokio::time::interval(Duration::from_millis(20));
     let mut seq = first_seq;
-    for chunk in samples.chunks(frame) {
+    for data in frames {
         tick.tick().await;
-        if tx
-            .send(msg(In::Audio(pb::AudioFrame {
-                data: pcm_bytes(chunk),
+        if let Some(data) = data {
+            let frame = pb::AudioFrame {
+                data,
                 seq,
                 ..Default::default()
-            })))
-            .await
-            .is_err()
-        {
-            break;
+            };
+            if tx.send(msg(In::Audio(frame))).await.is_err() {
+                break;
+            }
         }
         seq += 1;
     }
@@ -228,7 +258,32 @@ impl HostSession {
         addr: SocketAddr,
         start: pb::SessionStart,
     ) -> Result<HostSession, tonic::Status> {
-        let mut c = client(addr).await;
+        Self::open_with(client(addr).await, start).await
+    }
+
+    /// [`HostSession::open`], admitted, once `SessionStarted` has arrived (within 10 s).
+    pub async fn open_started(addr: SocketAddr, start: pb::SessionStart) -> HostSession {
+        let mut host = Self::open(addr, start).await.expect("session admitted");
+        host.until_started(Duration::from_secs(10)).await;
+        host
+    }
+
+    /// [`HostSession::open`], admitted, requiring the first message to be `SessionStarted` (within
+    /// 10 s), which is returned with the session.
+    pub async fn open_first_started(
+        addr: SocketAddr,
+        start: pb::SessionStart,
+    ) -> (HostSession, pb::SessionStarted) {
+        let mut host = Self::open(addr, start).await.expect("session admitted");
+        let started = expect_msg!(host.next(Duration::from_secs(10)).await, Started);
+        (host, started)
+    }
+
+    /// [`HostSession::open`] over a client the caller set up.
+    pub async fn open_with(
+        mut c: pb::voice_sidecar_client::VoiceSidecarClient<tonic::transport::Channel>,
+        start: pb::SessionStart,
+    ) -> Result<HostSession, tonic::Status> {
         let (tx, rx) = mpsc::channel(256);
         tx.send(msg(In::Start(start))).await.unwrap();
         let rx = c.converse(ReceiverStream::new(rx)).await?.into_inner();
@@ -244,6 +299,22 @@ impl HostSession {
         self.tx.send(msg(m)).await.expect("sidecar stream closed");
     }
 
+    pub async fn control(&self, a: pb::control::Action) {
+        self.send(In::Control(pb::Control { action: Some(a) }))
+            .await;
+    }
+
+    /// A typed user turn (`Control.send_text`).
+    pub async fn send_text(&self, text: &str) {
+        self.control(pb::control::Action::SendText(text.into()))
+            .await;
+    }
+
+    /// `Control.end`.
+    pub async fn end(&self) {
+        self.control(pb::control::Action::End(pb::Empty {})).await;
+    }
+
     /// Streams PCM16 in real time from a background task (so the caller can keep receiving).
     pub fn stream_in_background(
         &self,
@@ -253,6 +324,17 @@ impl HostSession {
     ) -> tokio::task::JoinHandle<u64> {
         let tx = self.tx.clone();
         tokio::spawn(async move { stream_pcm(&tx, &samples, rate, first_seq).await })
+    }
+
+    /// Sends encoded 20 ms frames (`None`: lost, see [`stream_frames`]) in real time from a
+    /// background task; the task returns the next seq.
+    pub fn stream_frames_in_background(
+        &self,
+        frames: Vec<Option<Vec<u8>>>,
+        first_seq: u64,
+    ) -> tokio::task::JoinHandle<u64> {
+        let tx = self.tx.clone();
+        tokio::spawn(async move { stream_frames(&tx, frames, first_seq).await })
     }
 
     /// Receives until `pred` matches an event (returned) or the timeout passes (panics with the log).
@@ -275,6 +357,11 @@ impl HostSession {
         }
     }
 
+    /// The next message, whatever it is (within `timeout`).
+    pub async fn next(&mut self, timeout: Duration) -> Out {
+        self.until(timeout, |_| true).await
+    }
+
     /// Short names of received events, audio frames collapsed.
     pub fn kinds(&self) -> Vec<String> {
         let mut v: Vec<String> = Vec::new();
@@ -294,6 +381,51 @@ impl HostSession {
             .filter_map(|(_, e)| if let Out::Audio(a) = e { Some(a) } else { None })
             .collect()
     }
+}
+
+/// The payload of a server message that must be `Out::$variant`; panics naming what it was instead.
+/// `expect_msg!(host.next(t).await, Started)` checks that the first message is `SessionStarted`.
+#[macro_export]
+macro_rules! expect_msg {
+    ($m:expr, $variant:ident) => {
+        match $m {
+            $crate::Out::$variant(x) => x,
+            other => panic!(
+                "expected {}, got {}: {:?}",
+                stringify!($variant),
+                $crate::kind(&other),
+                other
+            ),
+        }
+    };
+}
+
+/// `HostSession::until_<variant>(timeout)`: receives until a message of that variant arrives (all
+/// messages are kept in `events`) and returns its payload.
+macro_rules! typed_waits {
+    ($($name:ident => $variant:ident($ty:ty)),* $(,)?) => {
+        impl HostSession {
+            $(
+                #[doc = concat!("Receives until `", stringify!($variant), "` arrives and returns it.")]
+                pub async fn $name(&mut self, timeout: Duration) -> $ty {
+                    let m = self.until(timeout, |e| matches!(e, Out::$variant(_))).await;
+                    expect_msg!(m, $variant)
+                }
+            )*
+        }
+    };
+}
+
+typed_waits! {
+    until_started => Started(pb::SessionStarted),
+    until_audio => Audio(pb::AudioFrame),
+    until_tool_call => ToolCall(pb::ToolCall),
+    until_tool_call_started => ToolCallStarted(pb::ToolCallStarted),
+    until_tool_call_finished => ToolCallFinished(pb::ToolCallFinished),
+    until_interrupted => Interrupted(pb::Interrupted),
+    until_response_done => ResponseDone(pb::ResponseDone),
+    until_error => Error(pb::Error),
+    until_ended => Ended(pb::SessionEnded),
 }
 
 pub fn kind(e: &Out) -> String {
@@ -321,13 +453,18 @@ pub fn kind(e: &Out) -> String {
     }
 }
 
-pub fn pcm16(rate: u32) -> pb::AudioFormat {
+/// Mono, 20 ms frames.
+pub fn audio_format(codec: pb::Codec, rate: u32) -> pb::AudioFormat {
     pb::AudioFormat {
-        codec: pb::Codec::Pcm16 as i32,
+        codec: codec as i32,
         sample_rate_hz: rate,
         channels: 1,
         frame_ms: 20,
     }
+}
+
+pub fn pcm16(rate: u32) -> pb::AudioFormat {
+    audio_format(pb::Codec::Pcm16, rate)
 }
 
 /// GET `http://addr/path` over a plain TCP socket (enough for `/metrics`).

@@ -2,13 +2,13 @@
 //! policy, the silence guard during a slow tool, listen-only mode, and the stream controls — each
 //! checked in what the host receives and in what the simulator (upstream) was sent.
 
-use serde_json::{json, Value};
+use serde_json::json;
 use std::time::{Duration, Instant};
 use voice_e2e_tests::*;
 use voice_proto::v1 as pb;
 use voice_proto::v1::client_message::Message as In;
 use voice_proto::v1::server_message::Message as Out;
-use voice_realtime_sim::{ScriptStep, SimConfig, SimHandle, SimServer};
+use voice_realtime_sim::{ScriptStep, SimConfig, SimHandle};
 
 const LONG: &str = "This is a deliberately long answer so that the caller has plenty of time to interrupt it while it is still playing back.";
 
@@ -19,25 +19,7 @@ async fn sim(script: Vec<ScriptStep>) -> SimHandle {
         ms_per_char: 50,
         ..Default::default()
     };
-    SimServer::bind("127.0.0.1:0".parse().unwrap(), cfg)
-        .await
-        .unwrap()
-}
-
-fn sent(sim: &SimHandle, kind: &str) -> Vec<Value> {
-    sim.events_log()
-        .into_iter()
-        .map(|e| e.event)
-        .filter(|e| e["type"] == kind)
-        .collect()
-}
-
-fn ctl(a: pb::control::Action) -> In {
-    In::Control(pb::Control { action: Some(a) })
-}
-
-fn silence(rate: u32, secs: f32) -> Vec<i16> {
-    vec![0; (rate as f32 * secs) as usize]
+    start_sim(cfg).await
 }
 
 /// speech, then `gap` s of silence, then speech again (the barge-in), then silence.
@@ -66,21 +48,10 @@ async fn barge_in_with_paced_output_truncates_at_what_was_released() {
     let sim = sim(vec![ScriptStep::say(LONG), ScriptStep::say("Yes?")]).await;
     let (sidecar, metrics_addr) = start_sidecar_with_metrics(&sim.base_url(), &[]).await;
     let lead_ms = 20u32;
-    let mut host = HostSession::open(sidecar.addr, start(Some(lead_ms)))
-        .await
-        .unwrap();
-    host.until(Duration::from_secs(10), |e| matches!(e, Out::Started(_)))
-        .await;
+    let mut host = HostSession::open_started(sidecar.addr, start(Some(lead_ms))).await;
     let streamer = host.stream_in_background(talk_then_interrupt(3.5), 16000, 1);
 
-    let Out::Interrupted(int) = host
-        .until(Duration::from_secs(20), |e| {
-            matches!(e, Out::Interrupted(_))
-        })
-        .await
-    else {
-        unreachable!()
-    };
+    let int = host.until_interrupted(Duration::from_secs(20)).await;
     let int_at = host.events.len();
     // Paced: frames arrived in real time, so the first reply frame is ~played_ms in the past.
     let item_frames: Vec<(Duration, u32)> = host.events[..int_at]
@@ -134,40 +105,24 @@ async fn barge_in_with_paced_output_truncates_at_what_was_released() {
 async fn barge_in_without_pacing_uses_playback_marks() {
     let sim = sim(vec![ScriptStep::say(LONG), ScriptStep::say("Yes?")]).await;
     let sidecar = start_sidecar(&sim.base_url(), &[]).await;
-    let mut host = HostSession::open(sidecar.addr, start(None)).await.unwrap();
-    host.until(Duration::from_secs(10), |e| matches!(e, Out::Started(_)))
-        .await;
+    let mut host = HostSession::open_started(sidecar.addr, start(None)).await;
     let streamer = host.stream_in_background(talk_then_interrupt(3.5), 16000, 1);
-    let Out::Audio(first) = host
-        .until(Duration::from_secs(20), |e| matches!(e, Out::Audio(_)))
-        .await
-    else {
-        unreachable!()
-    };
+    let first = host.until_audio(Duration::from_secs(20)).await;
     // The host reports its own playback position.
     host.send(In::PlaybackMark(pb::PlaybackMark {
         item_id: first.item_id.clone(),
         played_ms: 777,
     }))
     .await;
-    let Out::Interrupted(int) = host
-        .until(Duration::from_secs(20), |e| {
-            matches!(e, Out::Interrupted(_))
-        })
-        .await
-    else {
-        unreachable!()
-    };
+    let int = host.until_interrupted(Duration::from_secs(20)).await;
     assert_eq!(int.item_id, first.item_id);
     assert_eq!(int.played_ms, 777);
-    let t0 = Instant::now();
-    while sim.truncations().is_empty() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(3),
-            "no truncate reached upstream"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(
+        Duration::from_secs(3),
+        || !sim.truncations().is_empty(),
+        || "no truncate reached upstream",
+    )
+    .await;
     assert_eq!(sim.truncations()[0].audio_end_ms, 777);
     streamer.abort();
 }
@@ -198,7 +153,8 @@ async fn preamble_policy_default_custom_and_off() {
         ),
     ] {
         let before = sent(&sim, "session.update").len();
-        let mut host = HostSession::open(
+        // The session stays open while its session.update is checked.
+        let _host = HostSession::open_started(
             sidecar.addr,
             pb::SessionStart {
                 instructions: "Base.".into(),
@@ -206,10 +162,7 @@ async fn preamble_policy_default_custom_and_off() {
                 ..Default::default()
             },
         )
-        .await
-        .unwrap();
-        host.until(Duration::from_secs(10), |e| matches!(e, Out::Started(_)))
-            .await;
+        .await;
         let updates = sent(&sim, "session.update");
         assert_eq!(updates.len(), before + 1);
         let instr = updates.last().unwrap()["session"]["instructions"]
@@ -234,7 +187,7 @@ async fn silence_guard_fills_a_slow_tool_and_the_result_is_still_read_back() {
         .await;
         let sidecar = start_sidecar(&sim.base_url(), &[]).await;
         let earcon = pcm_bytes(&speech_like(16000, 0.3));
-        let mut host = HostSession::open(
+        let mut host = HostSession::open_started(
             sidecar.addr,
             pb::SessionStart {
                 input_format: Some(pcm16(16000)),
@@ -254,26 +207,12 @@ async fn silence_guard_fills_a_slow_tool_and_the_result_is_still_read_back() {
                 ..Default::default()
             },
         )
-        .await
-        .unwrap();
-        host.until(Duration::from_secs(10), |e| matches!(e, Out::Started(_)))
-            .await;
-        host.send(ctl(pb::control::Action::SendText("look it up".into())))
-            .await;
-        let Out::ToolCall(call) = host
-            .until(Duration::from_secs(10), |e| matches!(e, Out::ToolCall(_)))
-            .await
-        else {
-            unreachable!()
-        };
+        .await;
+        host.send_text("look it up").await;
+        let call = host.until_tool_call(Duration::from_secs(10)).await;
         let called_at = host.t0.elapsed();
         // The host hears something before the threshold plus a small margin.
-        let Out::Audio(a) = host
-            .until(Duration::from_secs(3), |e| matches!(e, Out::Audio(_)))
-            .await
-        else {
-            unreachable!()
-        };
+        let a = host.until_audio(Duration::from_secs(3)).await;
         let waited = host.t0.elapsed() - called_at;
         assert!(
             waited >= Duration::from_millis(950) && waited < Duration::from_millis(1600),
@@ -325,7 +264,7 @@ async fn silence_guard_fills_a_slow_tool_and_the_result_is_still_read_back() {
 async fn listen_only_mode_keeps_transcripts_and_silences_the_assistant() {
     let sim = sim(vec![ScriptStep::say("Now I may speak.")]).await;
     let sidecar = start_sidecar(&sim.base_url(), &[]).await;
-    let mut host = HostSession::open(
+    let mut host = HostSession::open_started(
         sidecar.addr,
         pb::SessionStart {
             input_format: Some(pcm16(16000)),
@@ -333,10 +272,7 @@ async fn listen_only_mode_keeps_transcripts_and_silences_the_assistant() {
             ..Default::default()
         },
     )
-    .await
-    .unwrap();
-    host.until(Duration::from_secs(10), |e| matches!(e, Out::Started(_)))
-        .await;
+    .await;
     assert_eq!(
         sent(&sim, "session.update")[0]["session"]["audio"]["input"]["turn_detection"]
             ["create_response"],
@@ -354,12 +290,9 @@ async fn listen_only_mode_keeps_transcripts_and_silences_the_assistant() {
     )
     .await;
     tokio::time::sleep(Duration::from_millis(800)).await;
-    host.send(ctl(pb::control::Action::ListenOnly(false))).await;
+    host.control(pb::control::Action::ListenOnly(false)).await;
     let seq = host.stream_in_background(turn, 16000, 1000);
-    host.until(Duration::from_secs(10), |e| {
-        matches!(e, Out::ResponseDone(_))
-    })
-    .await;
+    host.until_response_done(Duration::from_secs(10)).await;
     seq.await.unwrap();
     let kinds = host.kinds();
     let first_audio = kinds.iter().position(|k| k == "audio").unwrap();
@@ -386,54 +319,46 @@ async fn listen_only_mode_keeps_transcripts_and_silences_the_assistant() {
 async fn controls_map_to_upstream_events() {
     let sim = sim(vec![ScriptStep::say(LONG)]).await;
     let sidecar = start_sidecar(&sim.base_url(), &[]).await;
-    let mut host = HostSession::open(
+    let mut host = HostSession::open_started(
         sidecar.addr,
         pb::SessionStart {
             input_format: Some(pcm16(16000)),
             ..Default::default()
         },
     )
-    .await
-    .unwrap();
-    host.until(Duration::from_secs(10), |e| matches!(e, Out::Started(_)))
-        .await;
+    .await;
 
     // Manual turn control.
-    host.send(ctl(pb::control::Action::UpdateSession(pb::SessionUpdate {
+    host.control(pb::control::Action::UpdateSession(pb::SessionUpdate {
         instructions: Some("New rules.".into()),
         voice: Some("marin".into()),
         turn_detection: Some(pb::TurnDetection {
             mode: Some(pb::turn_detection::Mode::Disabled(pb::Disabled {})),
         }),
-    })))
+    }))
     .await;
-    host.send(ctl(pb::control::Action::ClearInput(pb::Empty {})))
+    host.control(pb::control::Action::ClearInput(pb::Empty {}))
         .await;
     host.stream_in_background(speech_like(16000, 0.5), 16000, 1)
         .await
         .unwrap();
-    host.send(ctl(pb::control::Action::Commit(pb::Empty {})))
+    host.control(pb::control::Action::Commit(pb::Empty {}))
         .await;
     // A manual commit gets a response (turn detection is off); cancel it mid-way.
-    host.until(Duration::from_secs(10), |e| matches!(e, Out::Audio(_)))
-        .await;
-    host.send(ctl(pb::control::Action::CancelResponse(pb::Empty {})))
+    host.until_audio(Duration::from_secs(10)).await;
+    host.control(pb::control::Action::CancelResponse(pb::Empty {}))
         .await;
     host.until(
         Duration::from_secs(10),
         |e| matches!(e, Out::ResponseDone(r) if r.status == "cancelled"),
     )
     .await;
-    host.send(ctl(pb::control::Action::SendText("hello by text".into())))
-        .await;
-    host.until(Duration::from_secs(10), |e| {
-        matches!(e, Out::ResponseDone(_))
-    })
-    .await;
+    host.send_text("hello by text").await;
+    host.until_response_done(Duration::from_secs(10)).await;
 
     // An invalid update is refused on the stream, not sent upstream.
     let updates_before = sent(&sim, "session.update").len();
-    host.send(ctl(pb::control::Action::UpdateSession(pb::SessionUpdate {
+    host.control(pb::control::Action::UpdateSession(pb::SessionUpdate {
         turn_detection: Some(pb::TurnDetection {
             mode: Some(pb::turn_detection::Mode::ServerVad(pb::ServerVad {
                 silence_duration_ms: Some(99_999),
@@ -441,14 +366,9 @@ async fn controls_map_to_upstream_events() {
             })),
         }),
         ..Default::default()
-    })))
+    }))
     .await;
-    let Out::Error(e) = host
-        .until(Duration::from_secs(5), |e| matches!(e, Out::Error(_)))
-        .await
-    else {
-        unreachable!()
-    };
+    let e = host.until_error(Duration::from_secs(5)).await;
     assert_eq!(e.code, "invalid_control");
     assert!(e.message.contains("silence_duration_ms"), "{}", e.message);
     assert_eq!(sent(&sim, "session.update").len(), updates_before);

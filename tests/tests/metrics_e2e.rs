@@ -8,10 +8,17 @@ use voice_e2e_tests::*;
 use voice_proto::v1 as pb;
 use voice_proto::v1::client_message::Message as In;
 use voice_proto::v1::server_message::Message as Out;
-use voice_realtime_sim::{ScriptStep, SimConfig, SimServer};
+use voice_realtime_sim::{ScriptStep, SimConfig};
 
 /// Scheduling on a shared 2-core machine adds jitter; every timing assertion allows this much.
 const TOL: f64 = 0.15;
+
+/// Writes the price table the cost assertions use (USD per million tokens) and returns its path.
+fn price_table() -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!("voice-e2e-prices-{}.toml", free_port()));
+    std::fs::write(&path, "[prices]\ninput_text = 4.0\ninput_audio = 32.0\ninput_cached = 0.4\noutput_text = 16.0\noutput_audio = 64.0\n").unwrap();
+    path
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scraped_metrics_match_scripted_timing() {
@@ -24,24 +31,11 @@ async fn scraped_metrics_match_scripted_timing() {
         ms_per_char: 30,
         ..Default::default()
     };
-    let sim = SimServer::bind("127.0.0.1:0".parse().unwrap(), cfg)
-        .await
-        .unwrap();
-    let metrics_addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let prices =
-        std::env::temp_dir().join(format!("voice-e2e-prices-{}.toml", metrics_addr.port()));
-    std::fs::write(&prices, "[prices]\ninput_text = 4.0\ninput_audio = 32.0\ninput_cached = 0.4\noutput_text = 16.0\noutput_audio = 64.0\n").unwrap();
-    let sidecar = start_sidecar(
-        &sim.base_url(),
-        &[
-            "--metrics-listen",
-            &metrics_addr.to_string(),
-            "--config",
-            prices.to_str().unwrap(),
-        ],
-    )
-    .await;
-    let mut host = HostSession::open(
+    let sim = start_sim(cfg).await;
+    let prices = price_table();
+    let (sidecar, metrics_addr) =
+        start_sidecar_with_metrics(&sim.base_url(), &["--config", prices.to_str().unwrap()]).await;
+    let mut host = HostSession::open_started(
         sidecar.addr,
         pb::SessionStart {
             input_format: Some(pcm16(16000)),
@@ -60,36 +54,22 @@ async fn scraped_metrics_match_scripted_timing() {
             ..Default::default()
         },
     )
-    .await
-    .unwrap();
-    host.until(Duration::from_secs(10), |e| matches!(e, Out::Started(_)))
-        .await;
+    .await;
 
     // Turn 1, spoken: voice-to-voice = the simulator's 400 ms delay to first audio.
-    let mut turn = vec![0i16; 3200];
+    let mut turn = silence(16000, 0.2);
     turn.extend(speech_like(16000, 1.0));
-    turn.extend(vec![0i16; 16000]);
+    turn.extend(silence(16000, 1.0));
     let streamer = host.stream_in_background(turn, 16000, 1);
-    host.until(Duration::from_secs(15), |e| {
-        matches!(e, Out::ResponseDone(_))
-    })
-    .await;
+    host.until_response_done(Duration::from_secs(15)).await;
     streamer.await.unwrap();
 
     // Turn 2, typed, once the first reply has finished playing (it arrives 4x faster than real time;
     // until it has played out the caller is not waiting in silence): a tool answered after 500 ms,
     // then the follow-up's first audio 400 ms later.
     tokio::time::sleep(Duration::from_millis(600)).await;
-    host.send(In::Control(pb::Control {
-        action: Some(pb::control::Action::SendText("look it up".into())),
-    }))
-    .await;
-    let Out::ToolCall(call) = host
-        .until(Duration::from_secs(10), |e| matches!(e, Out::ToolCall(_)))
-        .await
-    else {
-        unreachable!()
-    };
+    host.send_text("look it up").await;
+    let call = host.until_tool_call(Duration::from_secs(10)).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     host.send(In::ToolResult(pb::ToolResult {
         call_id: call.call_id,
@@ -97,16 +77,8 @@ async fn scraped_metrics_match_scripted_timing() {
     }))
     .await;
     host.until(Duration::from_secs(10), |e| matches!(e, Out::ResponseDone(r) if r.usage.as_ref().is_some_and(|u| u.output_audio_tokens > 0) && r.voice_to_voice_ms == 0)).await;
-    host.send(In::Control(pb::Control {
-        action: Some(pb::control::Action::End(pb::Empty {})),
-    }))
-    .await;
-    let Out::Ended(end) = host
-        .until(Duration::from_secs(5), |e| matches!(e, Out::Ended(_)))
-        .await
-    else {
-        unreachable!()
-    };
+    host.end().await;
+    let end = host.until_ended(Duration::from_secs(5)).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
 
     let text = http_get(metrics_addr, "/metrics").await;
@@ -219,19 +191,14 @@ async fn scraped_metrics_match_scripted_timing() {
 
 #[tokio::test]
 async fn a_budget_warns_and_can_end_the_session() {
-    let sim = SimServer::bind(
-        "127.0.0.1:0".parse().unwrap(),
-        SimConfig {
-            ms_per_char: 20,
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
-    let prices = std::env::temp_dir().join(format!("voice-e2e-prices-b{}.toml", free_port()));
-    std::fs::write(&prices, "[prices]\ninput_text = 4.0\ninput_audio = 32.0\ninput_cached = 0.4\noutput_text = 16.0\noutput_audio = 64.0\n").unwrap();
+    let sim = start_sim(SimConfig {
+        ms_per_char: 20,
+        ..Default::default()
+    })
+    .await;
+    let prices = price_table();
     let sidecar = start_sidecar(&sim.base_url(), &["--config", prices.to_str().unwrap()]).await;
-    let mut host = HostSession::open(
+    let mut host = HostSession::open_started(
         sidecar.addr,
         pb::SessionStart {
             budget_usd: 0.000001,
@@ -239,27 +206,11 @@ async fn a_budget_warns_and_can_end_the_session() {
             ..Default::default()
         },
     )
-    .await
-    .unwrap();
-    host.until(Duration::from_secs(10), |e| matches!(e, Out::Started(_)))
-        .await;
-    host.send(In::Control(pb::Control {
-        action: Some(pb::control::Action::SendText("hi".into())),
-    }))
     .await;
-    let Out::Error(e) = host
-        .until(Duration::from_secs(10), |e| matches!(e, Out::Error(_)))
-        .await
-    else {
-        unreachable!()
-    };
+    host.send_text("hi").await;
+    let e = host.until_error(Duration::from_secs(10)).await;
     assert_eq!(e.code, "budget_exceeded");
-    let Out::Ended(end) = host
-        .until(Duration::from_secs(5), |e| matches!(e, Out::Ended(_)))
-        .await
-    else {
-        unreachable!()
-    };
+    let end = host.until_ended(Duration::from_secs(5)).await;
     assert_eq!(end.reason, "budget_exceeded");
     assert!(end.summary.unwrap().cost_usd > 0.000001);
 

@@ -6,42 +6,23 @@ use std::time::Duration;
 use voice_audio::opus::{OpusDecoder, OpusEncoder};
 use voice_e2e_tests::*;
 use voice_proto::v1 as pb;
-use voice_proto::v1::client_message::Message as In;
-use voice_proto::v1::server_message::Message as Out;
-use voice_realtime_sim::{ScriptStep, SimConfig, SimServer};
+use voice_realtime_sim::{ScriptStep, SimConfig};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn opus_in_opus_out_with_loss_and_a_corrupt_packet() {
-    let sim = SimServer::bind(
-        "127.0.0.1:0".parse().unwrap(),
-        SimConfig {
-            script: vec![ScriptStep::say("Opus works fine.")],
-            ms_per_char: 60,
-            record_client_events: true,
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let sim = start_sim(SimConfig {
+        script: vec![ScriptStep::say("Opus works fine.")],
+        ms_per_char: 60,
+        record_client_events: true,
+        ..Default::default()
+    })
+    .await;
     let sidecar = start_sidecar(&sim.base_url(), &[]).await;
-    let opus = pb::AudioFormat {
-        codec: pb::Codec::Opus as i32,
-        sample_rate_hz: 48000,
-        channels: 1,
-        frame_ms: 20,
+    let start = pb::SessionStart {
+        input_format: Some(audio_format(pb::Codec::Opus, 48000)),
+        ..Default::default()
     };
-    let mut host = HostSession::open(
-        sidecar.addr,
-        pb::SessionStart {
-            input_format: Some(opus),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
-    let Out::Started(st) = host.until(Duration::from_secs(10), |_| true).await else {
-        panic!()
-    };
+    let (mut host, st) = HostSession::open_first_started(sidecar.addr, start).await;
     assert_eq!(st.upstream_audio_format, "pcm16");
 
     let mut signal = vec![0i16; 48000 / 5];
@@ -53,41 +34,19 @@ async fn opus_in_opus_out_with_loss_and_a_corrupt_packet() {
         .map(|c| enc.encode(c).unwrap())
         .collect();
     let sent_packets = packets.len();
-    let tx = host.tx.clone();
-    let streamer = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_millis(20));
-        for (i, p) in packets.into_iter().enumerate() {
-            tick.tick().await;
-            let seq = i as u64 + 1;
-            if seq == 30 {
-                continue; // lost in the network: the sidecar conceals it
-            }
-            let data = if seq == 40 { vec![0xff; 7] } else { p };
-            if tx
-                .send(msg(In::Audio(pb::AudioFrame {
-                    data,
-                    seq,
-                    ..Default::default()
-                })))
-                .await
-                .is_err()
-            {
-                break;
-            }
-        }
-    });
-    let Out::Error(e) = host
-        .until(Duration::from_secs(10), |e| matches!(e, Out::Error(_)))
-        .await
-    else {
-        unreachable!()
-    };
+    let frames = packets
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| match i as u64 + 1 {
+            30 => None,                // lost in the network: the sidecar conceals it
+            40 => Some(vec![0xff; 7]), // corrupt
+            _ => Some(p),
+        });
+    let streamer = host.stream_frames_in_background(frames.collect(), 1);
+    let e = host.until_error(Duration::from_secs(10)).await;
     assert_eq!(e.code, "opus_decode", "{}", e.message);
     assert!(e.retryable, "a corrupt packet does not end the session");
-    host.until(Duration::from_secs(20), |e| {
-        matches!(e, Out::ResponseDone(_))
-    })
-    .await;
+    host.until_response_done(Duration::from_secs(20)).await;
     streamer.await.unwrap();
 
     // Upstream got 20 ms (960 bytes at 24 kHz) for every packet but the corrupt one: the lost packet

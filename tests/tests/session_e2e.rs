@@ -7,7 +7,7 @@ use voice_e2e_tests::*;
 use voice_proto::v1 as pb;
 use voice_proto::v1::client_message::Message as In;
 use voice_proto::v1::server_message::Message as Out;
-use voice_realtime_sim::{ScriptStep, SimConfig, SimServer};
+use voice_realtime_sim::{ScriptStep, SimConfig};
 
 const REPLY: &str = "Hello there, how can I help you today?";
 
@@ -32,50 +32,32 @@ fn start_16k() -> pb::SessionStart {
 
 /// 0.3 s silence, 1.5 s speech-like signal, 1.2 s silence at `rate`.
 fn one_utterance(rate: u32) -> Vec<i16> {
-    let mut s = vec![0i16; (rate as f32 * 0.3) as usize];
+    let mut s = silence(rate, 0.3);
     s.extend(speech_like(rate, 1.5));
-    s.extend(vec![0i16; (rate as f32 * 1.2) as usize]);
+    s.extend(silence(rate, 1.2));
     s
 }
 
 async fn sessions_drain(sim: &voice_realtime_sim::SimHandle) {
-    let t0 = std::time::Instant::now();
-    while sim.stats().sessions_active > 0 {
-        assert!(
-            t0.elapsed() < Duration::from_secs(5),
-            "upstream session still open: {:?}",
-            sim.stats()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(
+        Duration::from_secs(5),
+        || sim.stats().sessions_active == 0,
+        || format!("upstream session still open: {:?}", sim.stats()),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spoken_turn_16k_end_to_end() {
-    let sim = SimServer::bind("127.0.0.1:0".parse().unwrap(), sim_config())
-        .await
-        .unwrap();
+    let sim = start_sim(sim_config()).await;
     let sidecar = start_sidecar(&sim.base_url(), &[]).await;
-    let mut host = HostSession::open(sidecar.addr, start_16k())
-        .await
-        .expect("session admitted");
-
-    let Out::Started(st) = host.until(Duration::from_secs(10), |_| true).await else {
-        panic!("first message must be SessionStarted")
-    };
+    let (mut host, st) = HostSession::open_first_started(sidecar.addr, start_16k()).await;
     assert!(st.session_id.starts_with("vs_"));
     assert_eq!(st.upstream_audio_format, "pcm16");
     assert!(!st.input_passthrough, "16 kHz must be resampled");
 
     let streamer = host.stream_in_background(one_utterance(16000), 16000, 1);
-    let Out::ResponseDone(done) = host
-        .until(Duration::from_secs(20), |e| {
-            matches!(e, Out::ResponseDone(_))
-        })
-        .await
-    else {
-        unreachable!()
-    };
+    let done = host.until_response_done(Duration::from_secs(20)).await;
     streamer.await.unwrap();
 
     // Event order as a host sees it.
@@ -185,16 +167,8 @@ async fn spoken_turn_16k_end_to_end() {
     );
 
     // Ending from the host side ends the session and closes the upstream socket.
-    host.send(In::Control(pb::Control {
-        action: Some(pb::control::Action::End(pb::Empty {})),
-    }))
-    .await;
-    let Out::Ended(end) = host
-        .until(Duration::from_secs(5), |e| matches!(e, Out::Ended(_)))
-        .await
-    else {
-        unreachable!()
-    };
+    host.end().await;
+    let end = host.until_ended(Duration::from_secs(5)).await;
     assert_eq!(end.reason, "client_end");
     let summary = end.summary.unwrap();
     assert_eq!(summary.turns, 1);
@@ -208,9 +182,7 @@ async fn spoken_turn_16k_end_to_end() {
 
 #[tokio::test]
 async fn streams_must_start_with_a_valid_session_start() {
-    let sim = SimServer::bind("127.0.0.1:0".parse().unwrap(), sim_config())
-        .await
-        .unwrap();
+    let sim = start_sim(sim_config()).await;
     let sidecar = start_sidecar(&sim.base_url(), &[]).await;
 
     // Audio before SessionStart.
@@ -290,9 +262,7 @@ async fn streams_must_start_with_a_valid_session_start() {
 
 #[tokio::test]
 async fn health_and_reflection_are_served() {
-    let sim = SimServer::bind("127.0.0.1:0".parse().unwrap(), sim_config())
-        .await
-        .unwrap();
+    let sim = start_sim(sim_config()).await;
     let sidecar = start_sidecar(&sim.base_url(), &[]).await;
     let ch = tonic::transport::Channel::from_shared(format!("http://{}", sidecar.addr))
         .unwrap()
@@ -347,50 +317,26 @@ async fn health_and_reflection_are_served() {
 
 #[tokio::test]
 async fn half_close_from_the_host_ends_the_session_and_the_upstream_socket() {
-    let sim = SimServer::bind("127.0.0.1:0".parse().unwrap(), sim_config())
-        .await
-        .unwrap();
+    let sim = start_sim(sim_config()).await;
     let sidecar = start_sidecar(&sim.base_url(), &[]).await;
-    let mut host = HostSession::open(sidecar.addr, start_16k()).await.unwrap();
-    host.until(Duration::from_secs(10), |e| matches!(e, Out::Started(_)))
-        .await;
+    let mut host = HostSession::open_started(sidecar.addr, start_16k()).await;
     assert_eq!(sim.stats().sessions_active, 1);
     let (dead_tx, _) = tokio::sync::mpsc::channel(1);
     drop(std::mem::replace(&mut host.tx, dead_tx));
-    let Out::Ended(e) = host
-        .until(Duration::from_secs(5), |e| matches!(e, Out::Ended(_)))
-        .await
-    else {
-        unreachable!()
-    };
+    let e = host.until_ended(Duration::from_secs(5)).await;
     assert_eq!(e.reason, "client_closed");
     sessions_drain(&sim).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn beta_dialect_and_telephony_passthrough() {
-    let sim = SimServer::bind("127.0.0.1:0".parse().unwrap(), sim_config())
-        .await
-        .unwrap();
+    let sim = start_sim(sim_config()).await;
     let sidecar = start_sidecar(&sim.base_url(), &["--dialect", "beta"]).await;
-    let ulaw = pb::AudioFormat {
-        codec: pb::Codec::Mulaw as i32,
-        sample_rate_hz: 8000,
-        channels: 1,
-        frame_ms: 20,
+    let start = pb::SessionStart {
+        input_format: Some(audio_format(pb::Codec::Mulaw, 8000)),
+        ..Default::default()
     };
-    let mut host = HostSession::open(
-        sidecar.addr,
-        pb::SessionStart {
-            input_format: Some(ulaw),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
-    let Out::Started(st) = host.until(Duration::from_secs(10), |_| true).await else {
-        panic!()
-    };
+    let (mut host, st) = HostSession::open_first_started(sidecar.addr, start).await;
     assert_eq!(st.dialect, pb::Dialect::Beta as i32);
     assert_eq!(st.upstream_audio_format, "g711_ulaw");
     assert!(st.input_passthrough && st.output_passthrough);
@@ -400,27 +346,15 @@ async fn beta_dialect_and_telephony_passthrough() {
         .iter()
         .map(|&s| ulaw_encode(s))
         .collect();
-    let tx = host.tx.clone();
     let frames: Vec<Vec<u8>> = codes.chunks(160).map(|c| c.to_vec()).collect();
     let sent = frames.clone();
-    let streamer = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_millis(20));
-        for (i, f) in frames.into_iter().enumerate() {
-            tick.tick().await;
-            tx.send(msg(In::Audio(pb::AudioFrame {
-                data: f,
-                seq: i as u64 + 1,
-                ..Default::default()
-            })))
-            .await
-            .unwrap();
-        }
-    });
-    host.until(Duration::from_secs(20), |e| {
-        matches!(e, Out::ResponseDone(_))
-    })
-    .await;
-    streamer.await.unwrap();
+    let streamer = host.stream_frames_in_background(frames.into_iter().map(Some).collect(), 1);
+    host.until_response_done(Duration::from_secs(20)).await;
+    assert_eq!(
+        streamer.await.unwrap(),
+        sent.len() as u64 + 1,
+        "the sidecar took every frame"
+    );
 
     // Pass-through: the appended bytes upstream are exactly the host's bytes.
     let appended: Vec<u8> = sim
@@ -447,25 +381,16 @@ async fn beta_dialect_and_telephony_passthrough() {
 
 #[tokio::test]
 async fn bad_audio_gets_a_typed_error_and_the_session_survives() {
-    let sim = SimServer::bind("127.0.0.1:0".parse().unwrap(), sim_config())
-        .await
-        .unwrap();
+    let sim = start_sim(sim_config()).await;
     let sidecar = start_sidecar(&sim.base_url(), &["--max-frame-bytes", "4000"]).await;
-    let mut host = HostSession::open(sidecar.addr, start_16k()).await.unwrap();
-    host.until(Duration::from_secs(10), |e| matches!(e, Out::Started(_)))
-        .await;
+    let mut host = HostSession::open_started(sidecar.addr, start_16k()).await;
     host.send(In::Audio(pb::AudioFrame {
         data: vec![1, 2, 3],
         seq: 1,
         ..Default::default()
     }))
     .await;
-    let Out::Error(e) = host
-        .until(Duration::from_secs(5), |e| matches!(e, Out::Error(_)))
-        .await
-    else {
-        unreachable!()
-    };
+    let e = host.until_error(Duration::from_secs(5)).await;
     assert_eq!(e.code, "odd_byte_count");
     host.send(In::Audio(pb::AudioFrame {
         data: vec![0; 6000],
@@ -473,27 +398,14 @@ async fn bad_audio_gets_a_typed_error_and_the_session_survives() {
         ..Default::default()
     }))
     .await;
-    let Out::Error(e) = host
-        .until(Duration::from_secs(5), |e| matches!(e, Out::Error(_)))
-        .await
-    else {
-        unreachable!()
-    };
+    let e = host.until_error(Duration::from_secs(5)).await;
     assert_eq!(e.code, "frame_too_large");
     host.send(In::Control(pb::Control { action: None })).await;
-    let Out::Error(e) = host
-        .until(Duration::from_secs(5), |e| matches!(e, Out::Error(_)))
-        .await
-    else {
-        unreachable!()
-    };
+    let e = host.until_error(Duration::from_secs(5)).await;
     assert_eq!(e.code, "invalid_control");
     // Still alive: a normal turn gets answered.
     let streamer = host.stream_in_background(one_utterance(16000), 16000, 3);
-    host.until(Duration::from_secs(20), |e| {
-        matches!(e, Out::ResponseDone(_))
-    })
-    .await;
+    host.until_response_done(Duration::from_secs(20)).await;
     streamer.await.unwrap();
 }
 
@@ -503,34 +415,20 @@ async fn an_upstream_that_drops_ends_the_session_with_a_clear_error() {
         drop_after_events: Some(3),
         ..sim_config()
     };
-    let sim = SimServer::bind("127.0.0.1:0".parse().unwrap(), cfg)
-        .await
-        .unwrap();
+    let sim = start_sim(cfg).await;
     let sidecar = start_sidecar(&sim.base_url(), &[]).await;
     let mut host = HostSession::open(sidecar.addr, start_16k()).await.unwrap();
     let streamer = host.stream_in_background(one_utterance(16000), 16000, 1);
-    let Out::Error(e) = host
-        .until(Duration::from_secs(10), |e| matches!(e, Out::Error(_)))
-        .await
-    else {
-        unreachable!()
-    };
+    let e = host.until_error(Duration::from_secs(10)).await;
     assert_eq!(e.code, "upstream_disconnected");
-    let Out::Ended(end) = host
-        .until(Duration::from_secs(5), |e| matches!(e, Out::Ended(_)))
-        .await
-    else {
-        unreachable!()
-    };
+    let end = host.until_ended(Duration::from_secs(5)).await;
     assert!(end.reason.starts_with("upstream"), "{}", end.reason);
     streamer.abort();
 }
 
 #[tokio::test]
 async fn the_api_key_never_reaches_logs() {
-    let sim = SimServer::bind("127.0.0.1:0".parse().unwrap(), sim_config())
-        .await
-        .unwrap();
+    let sim = start_sim(sim_config()).await;
     let port = free_port();
     let key_file = std::env::temp_dir().join(format!("voice-e2e-key-log-{port}"));
     std::fs::write(&key_file, "sk-test-must-not-leak-42\n").unwrap();
@@ -562,26 +460,19 @@ async fn the_api_key_never_reaches_logs() {
     wait_for_port(addr, Duration::from_secs(20)).await;
     // A session whose upstream is unreachable: the failure is logged and reported, the key is not.
     let mut host = HostSession::open(addr, start_16k()).await.unwrap();
-    let Out::Error(e) = host
-        .until(Duration::from_secs(15), |e| matches!(e, Out::Error(_)))
-        .await
-    else {
-        unreachable!()
-    };
+    let e = host.until_error(Duration::from_secs(15)).await;
     assert_eq!(e.code, "upstream_connect");
     assert!(e.retryable);
     drop(host);
     let _ = std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
-    let t0 = std::time::Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "sidecar did not exit after SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        Duration::from_secs(10),
+        || child.try_wait().unwrap().is_some(),
+        || "sidecar did not exit after SIGTERM",
+    )
+    .await;
     let logs = std::fs::read_to_string(&log_path).unwrap();
     assert!(
         logs.contains("upstream"),
@@ -605,13 +496,9 @@ fn b64decode(s: &str) -> Vec<u8> {
 
 #[tokio::test]
 async fn sigterm_ends_live_sessions_after_the_grace_period() {
-    let sim = SimServer::bind("127.0.0.1:0".parse().unwrap(), sim_config())
-        .await
-        .unwrap();
+    let sim = start_sim(sim_config()).await;
     let mut sidecar = start_sidecar(&sim.base_url(), &["--shutdown-grace-secs", "1"]).await;
-    let mut host = HostSession::open(sidecar.addr, start_16k()).await.unwrap();
-    host.until(Duration::from_secs(10), |e| matches!(e, Out::Started(_)))
-        .await;
+    let mut host = HostSession::open_started(sidecar.addr, start_16k()).await;
     let t0 = std::time::Instant::now();
     sidecar.terminate();
     // New sessions are refused while draining.
@@ -624,62 +511,41 @@ async fn sigterm_ends_live_sessions_after_the_grace_period() {
     .await
     {
         Err(_) => true,
-        Ok(mut c) => {
-            let (tx, rx) = tokio::sync::mpsc::channel(1);
-            tx.send(msg(In::Start(start_16k()))).await.unwrap();
-            c.converse(tokio_stream::wrappers::ReceiverStream::new(rx))
-                .await
-                .is_err()
-        }
+        Ok(c) => HostSession::open_with(c, start_16k()).await.is_err(),
     };
     assert!(refused, "a draining sidecar must refuse new sessions");
-    let Out::Ended(e) = host
-        .until(Duration::from_secs(10), |e| matches!(e, Out::Ended(_)))
-        .await
-    else {
-        unreachable!()
-    };
+    let e = host.until_ended(Duration::from_secs(10)).await;
     assert_eq!(e.reason, "shutdown");
     assert!(
         t0.elapsed() >= Duration::from_millis(900),
         "the grace period was not honoured"
     );
     // The process exits by itself even though this host keeps its request stream open.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(status) = sidecar.child.try_wait().unwrap() {
-            assert!(status.success(), "sidecar exited with {status}");
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "sidecar did not exit after SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let mut status = None;
+    eventually(
+        Duration::from_secs(10),
+        || {
+            status = sidecar.child.try_wait().unwrap();
+            status.is_some()
+        },
+        || "sidecar did not exit after SIGTERM",
+    )
+    .await;
+    let status = status.unwrap();
+    assert!(status.success(), "sidecar exited with {status}");
     sessions_drain(&sim).await;
 }
 
 /// Runs "first question" and "second question" as typed turns; returns the simulator's server-event
 /// count after each turn.
 async fn two_typed_turns(cfg: SimConfig) -> (u64, u64) {
-    let sim = SimServer::bind("127.0.0.1:0".parse().unwrap(), cfg)
-        .await
-        .unwrap();
+    let sim = start_sim(cfg).await;
     let sidecar = start_sidecar(&sim.base_url(), &[]).await;
-    let mut host = HostSession::open(sidecar.addr, start_16k()).await.unwrap();
-    host.until(Duration::from_secs(10), |e| matches!(e, Out::Started(_)))
-        .await;
+    let mut host = HostSession::open_started(sidecar.addr, start_16k()).await;
     let mut counts = Vec::new();
     for q in ["first question", "second question"] {
-        host.send(In::Control(pb::Control {
-            action: Some(pb::control::Action::SendText(q.into())),
-        }))
-        .await;
-        host.until(Duration::from_secs(10), |e| {
-            matches!(e, Out::ResponseDone(_))
-        })
-        .await;
+        host.send_text(q).await;
+        host.until_response_done(Duration::from_secs(10)).await;
         tokio::time::sleep(Duration::from_millis(100)).await;
         counts.push(sim.stats().events_out);
     }
@@ -705,39 +571,16 @@ async fn a_dropped_upstream_is_reconnected_with_the_conversation_carried_forward
         drop_after_events: Some(drop_at),
         ..base
     };
-    let sim = SimServer::bind("127.0.0.1:0".parse().unwrap(), cfg)
-        .await
-        .unwrap();
+    let sim = start_sim(cfg).await;
     let (sidecar, metrics_addr) = start_sidecar_with_metrics(&sim.base_url(), &[]).await;
-    let mut host = HostSession::open(sidecar.addr, start_16k()).await.unwrap();
-    host.until(Duration::from_secs(10), |e| matches!(e, Out::Started(_)))
-        .await;
-    host.send(In::Control(pb::Control {
-        action: Some(pb::control::Action::SendText("first question".into())),
-    }))
-    .await;
-    host.until(Duration::from_secs(10), |e| {
-        matches!(e, Out::ResponseDone(_))
-    })
-    .await;
-    host.send(In::Control(pb::Control {
-        action: Some(pb::control::Action::SendText("second question".into())),
-    }))
-    .await;
-    let Out::Error(e) = host
-        .until(Duration::from_secs(10), |e| matches!(e, Out::Error(_)))
-        .await
-    else {
-        unreachable!()
-    };
+    let mut host = HostSession::open_started(sidecar.addr, start_16k()).await;
+    host.send_text("first question").await;
+    host.until_response_done(Duration::from_secs(10)).await;
+    host.send_text("second question").await;
+    let e = host.until_error(Duration::from_secs(10)).await;
     assert_eq!(e.code, "upstream_disconnected");
     assert!(e.retryable);
-    let Out::Error(e) = host
-        .until(Duration::from_secs(10), |e| matches!(e, Out::Error(_)))
-        .await
-    else {
-        unreachable!()
-    };
+    let e = host.until_error(Duration::from_secs(10)).await;
     assert_eq!(e.code, "upstream_resumed", "{}", e.message);
     // The cut-off answer is asked for again in the new session, and arrives.
     host.until(
@@ -801,16 +644,12 @@ async fn a_dropped_upstream_is_reconnected_with_the_conversation_carried_forward
 async fn a_host_that_stops_reading_loses_nothing_and_the_stall_is_measured() {
     // ~16 s of 48 kHz PCM16 (~1.5 MB), sent by the simulator at 4x real time.
     let long = "This answer is long on purpose, so that a host that stops reading fills every buffer between the model and itself. ".repeat(2);
-    let sim = SimServer::bind(
-        "127.0.0.1:0".parse().unwrap(),
-        SimConfig {
-            script: vec![ScriptStep::say(&long)],
-            ms_per_char: 70,
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let sim = start_sim(SimConfig {
+        script: vec![ScriptStep::say(&long)],
+        ms_per_char: 70,
+        ..Default::default()
+    })
+    .await;
     let (sidecar, metrics_addr) = start_sidecar_with_metrics(&sim.base_url(), &[]).await;
     // A small HTTP/2 window, so the host's own buffering cannot absorb the whole reply.
     let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", sidecar.addr))
@@ -820,50 +659,21 @@ async fn a_host_that_stops_reading_loses_nothing_and_the_stall_is_measured() {
         .connect()
         .await
         .unwrap();
-    let mut c = pb::voice_sidecar_client::VoiceSidecarClient::new(ch);
-    let (tx, rx) = tokio::sync::mpsc::channel(16);
-    tx.send(msg(In::Start(pb::SessionStart {
+    let c = pb::voice_sidecar_client::VoiceSidecarClient::new(ch);
+    let start = pb::SessionStart {
         input_format: Some(pcm16(16000)),
         output_format: Some(pcm16(48000)),
         ..Default::default()
-    })))
-    .await
-    .unwrap();
-    let mut inbound = c
-        .converse(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
-    let mut audio: Vec<pb::AudioFrame> = Vec::new();
-    let next = |m: Option<pb::ServerMessage>| m.and_then(|m| m.message);
-    loop {
-        let m = tokio::time::timeout(Duration::from_secs(10), inbound.message())
-            .await
-            .expect("Started in time")
-            .unwrap();
-        if matches!(next(m), Some(Out::Started(_))) {
-            break;
-        }
-    }
-    tx.send(msg(In::Control(pb::Control {
-        action: Some(pb::control::Action::SendText("talk for a while".into())),
-    })))
-    .await
-    .unwrap();
+    };
+    let mut host = HostSession::open_with(c, start).await.unwrap();
+    host.until_started(Duration::from_secs(10)).await;
+    host.send_text("talk for a while").await;
     // Read until the reply starts, then stop reading while it streams.
-    loop {
-        let m = tokio::time::timeout(Duration::from_secs(10), inbound.message())
-            .await
-            .expect("reply audio in time")
-            .unwrap();
-        if let Some(Out::Audio(a)) = next(m) {
-            audio.push(a);
-            break;
-        }
-    }
+    let mut audio: Vec<pb::AudioFrame> = vec![host.until_audio(Duration::from_secs(10)).await];
     tokio::time::sleep(Duration::from_secs(3)).await;
+    let next = |m: Option<pb::ServerMessage>| m.and_then(|m| m.message);
     let done = loop {
-        let m = tokio::time::timeout(Duration::from_secs(20), inbound.message())
+        let m = tokio::time::timeout(Duration::from_secs(20), host.rx.message())
             .await
             .expect("the rest of the reply after the host resumes reading")
             .unwrap();
@@ -893,7 +703,7 @@ async fn a_host_that_stops_reading_loses_nothing_and_the_stall_is_measured() {
         stalled > 0.5,
         "the host stopped reading for 3 s, recorded stall {stalled} s"
     );
-    drop(tx);
+    drop(host);
 }
 
 /// How much audio the simulator speaks for `text` at `ms_per_char`.

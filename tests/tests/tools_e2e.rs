@@ -12,7 +12,7 @@ use voice_e2e_tests::*;
 use voice_proto::v1 as pb;
 use voice_proto::v1::client_message::Message as In;
 use voice_proto::v1::server_message::Message as Out;
-use voice_realtime_sim::{ScriptStep, SimConfig, SimHandle, SimServer};
+use voice_realtime_sim::{ScriptStep, SimConfig, SimHandle};
 
 /// What the test host saw of one invocation.
 #[derive(Debug, Clone)]
@@ -116,18 +116,28 @@ fn obj() -> Value {
 }
 
 async fn sim_with(script: Vec<ScriptStep>) -> SimHandle {
-    SimServer::bind(
-        "127.0.0.1:0".parse().unwrap(),
-        SimConfig {
-            script,
-            record_client_events: true,
-            ms_per_char: 20,
-            first_audio_delay_ms: 50,
-            ..Default::default()
-        },
-    )
+    start_sim(SimConfig {
+        script,
+        record_client_events: true,
+        ms_per_char: 20,
+        first_audio_delay_ms: 50,
+        ..Default::default()
+    })
     .await
-    .unwrap()
+}
+
+/// The simulator running `step`, a sidecar (with `flags`) in front of it, and a started session that
+/// offers `tools`, routed by `route`. Keep the sidecar alive as long as the session.
+async fn tool_session(
+    step: ScriptStep,
+    flags: &[&str],
+    tools: Vec<pb::ToolDefinition>,
+    route: pb::tool_routing::Route,
+) -> (SimHandle, Proc, HostSession) {
+    let sim = sim_with(vec![step]).await;
+    let sidecar = start_sidecar(&sim.base_url(), flags).await;
+    let host = HostSession::open_started(sidecar.addr, start(tools, route)).await;
+    (sim, sidecar, host)
 }
 
 fn start(tools: Vec<pb::ToolDefinition>, route: pb::tool_routing::Route) -> pb::SessionStart {
@@ -141,23 +151,6 @@ fn start(tools: Vec<pb::ToolDefinition>, route: pb::tool_routing::Route) -> pb::
         }),
         ..Default::default()
     }
-}
-
-/// Asks the model by text (no audio needed), which triggers the scripted tool step.
-async fn ask(host: &HostSession, text: &str) {
-    host.send(In::Control(pb::Control {
-        action: Some(pb::control::Action::SendText(text.into())),
-    }))
-    .await;
-}
-
-/// Client events the sim received, by type.
-fn sent(sim: &SimHandle, kind: &str) -> Vec<Value> {
-    sim.events_log()
-        .into_iter()
-        .map(|e| e.event)
-        .filter(|e| e["type"] == kind)
-        .collect()
 }
 
 fn outputs(sim: &SimHandle) -> HashMap<String, Value> {
@@ -206,10 +199,7 @@ async fn responses(host: &mut HostSession, n: usize) {
         .filter(|(_, e)| matches!(e, Out::ResponseDone(_)))
         .count();
     while seen < n {
-        host.until(Duration::from_secs(20), |e| {
-            matches!(e, Out::ResponseDone(_))
-        })
-        .await;
+        host.until_response_done(Duration::from_secs(20)).await;
         seen += 1;
     }
 }
@@ -233,28 +223,21 @@ async fn callback_mode_runs_parallel_calls_and_continues_exactly_once() {
         ..Default::default()
     };
     let tools_addr = serve_tools(host_impl.clone()).await;
-    let sim = sim_with(vec![ScriptStep::tools(
-        Some("One moment."),
-        vec![
-            ("calendar", json!({"q": "tomorrow"})),
-            ("crm", json!({"q": "called"})),
-        ],
-        "Here you go: {outputs}",
-    )])
-    .await;
-    let sidecar = start_sidecar(&sim.base_url(), &[]).await;
-    let mut host = HostSession::open(
-        sidecar.addr,
-        start(
-            vec![tool("calendar", obj(), 5000), tool("crm", obj(), 5000)],
-            pb::tool_routing::Route::CallbackAddress(tools_addr),
+    let (sim, _sidecar, mut host) = tool_session(
+        ScriptStep::tools(
+            Some("One moment."),
+            vec![
+                ("calendar", json!({"q": "tomorrow"})),
+                ("crm", json!({"q": "called"})),
+            ],
+            "Here you go: {outputs}",
         ),
+        &[],
+        vec![tool("calendar", obj(), 5000), tool("crm", obj(), 5000)],
+        pb::tool_routing::Route::CallbackAddress(tools_addr),
     )
-    .await
-    .unwrap();
-    host.until(Duration::from_secs(10), |e| matches!(e, Out::Started(_)))
-        .await;
-    ask(&host, "check my calendar and update the CRM").await;
+    .await;
+    host.send_text("check my calendar and update the CRM").await;
     responses(&mut host, 2).await;
 
     let seen = host_impl.seen.lock().unwrap().clone();
@@ -340,34 +323,23 @@ async fn callback_mode_runs_parallel_calls_and_continues_exactly_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_stream_mode_matches_results_by_call_id_in_any_order() {
-    let sim = sim_with(vec![ScriptStep::tools(
-        None,
-        vec![("first", json!({"q": "1"})), ("second", json!({"q": "2"}))],
-        "Got {outputs}",
-    )])
-    .await;
-    let sidecar = start_sidecar(&sim.base_url(), &[]).await;
-    let mut host = HostSession::open(
-        sidecar.addr,
-        start(
-            vec![tool("first", obj(), 5000), tool("second", obj(), 5000)],
-            pb::tool_routing::Route::InStream(true),
+    let (sim, _sidecar, mut host) = tool_session(
+        ScriptStep::tools(
+            None,
+            vec![("first", json!({"q": "1"})), ("second", json!({"q": "2"}))],
+            "Got {outputs}",
         ),
+        &[],
+        vec![tool("first", obj(), 5000), tool("second", obj(), 5000)],
+        pb::tool_routing::Route::InStream(true),
     )
-    .await
-    .unwrap();
-    host.until(Duration::from_secs(10), |e| matches!(e, Out::Started(_)))
-        .await;
-    ask(&host, "go").await;
+    .await;
+    host.send_text("go").await;
     let mut calls = Vec::new();
     while calls.len() < 2 {
-        if let Out::ToolCall(c) = host
-            .until(Duration::from_secs(10), |e| matches!(e, Out::ToolCall(_)))
-            .await
-        {
-            assert_eq!(c.timeout_ms, 5000);
-            calls.push(c);
-        }
+        let c = host.until_tool_call(Duration::from_secs(10)).await;
+        assert_eq!(c.timeout_ms, 5000);
+        calls.push(c);
     }
     // Answer in reverse order.
     for c in calls.iter().rev() {
@@ -392,12 +364,7 @@ async fn in_stream_mode_matches_results_by_call_id_in_any_order() {
         result: Some(pb::tool_result::Result::OutputJson("{}".into())),
     }))
     .await;
-    let Out::Error(e) = host
-        .until(Duration::from_secs(5), |e| matches!(e, Out::Error(_)))
-        .await
-    else {
-        unreachable!()
-    };
+    let e = host.until_error(Duration::from_secs(5)).await;
     assert_eq!(e.code, "tool_unknown_call");
     assert_eq!(outputs(&sim).len(), 2);
 }
@@ -436,19 +403,6 @@ async fn every_failure_becomes_an_output_the_model_can_speak_about() {
         ..Default::default()
     };
     let tools_addr = serve_tools(host_impl.clone()).await;
-    let sim = sim_with(vec![ScriptStep::tools(
-        None,
-        vec![
-            ("fails", json!({"q": "a"})),
-            ("slow", json!({"q": "b"})),
-            ("garbage", json!({"q": "c"})),
-            ("huge", json!({"q": "d"})),
-            ("strict", json!({"wrong": 1})),
-        ],
-        "After failures: {outputs}",
-    )])
-    .await;
-    let sidecar = start_sidecar(&sim.base_url(), &["--max-tool-output-bytes", "1024"]).await;
     let tools = vec![
         tool("fails", obj(), 2000),
         tool("slow", obj(), 400),
@@ -456,15 +410,24 @@ async fn every_failure_becomes_an_output_the_model_can_speak_about() {
         tool("huge", obj(), 2000),
         tool("strict", obj(), 2000),
     ];
-    let mut host = HostSession::open(
-        sidecar.addr,
-        start(tools, pb::tool_routing::Route::CallbackAddress(tools_addr)),
+    let (sim, _sidecar, mut host) = tool_session(
+        ScriptStep::tools(
+            None,
+            vec![
+                ("fails", json!({"q": "a"})),
+                ("slow", json!({"q": "b"})),
+                ("garbage", json!({"q": "c"})),
+                ("huge", json!({"q": "d"})),
+                ("strict", json!({"wrong": 1})),
+            ],
+            "After failures: {outputs}",
+        ),
+        &["--max-tool-output-bytes", "1024"],
+        tools,
+        pb::tool_routing::Route::CallbackAddress(tools_addr),
     )
-    .await
-    .unwrap();
-    host.until(Duration::from_secs(10), |e| matches!(e, Out::Started(_)))
-        .await;
-    ask(&host, "do everything").await;
+    .await;
+    host.send_text("do everything").await;
     responses(&mut host, 2).await;
 
     let fin: HashMap<String, pb::ToolCallFinished> = finished(&host)
@@ -521,26 +484,19 @@ async fn every_failure_becomes_an_output_the_model_can_speak_about() {
 #[tokio::test]
 async fn an_unreachable_host_and_a_late_in_stream_result() {
     // Callback to a port nobody listens on.
-    let sim = sim_with(vec![ScriptStep::tools(
-        None,
-        vec![("lookup", json!({"q": "x"}))],
-        "Sorry: {outputs}",
-    )])
-    .await;
-    let sidecar = start_sidecar(&sim.base_url(), &[]).await;
     let dead = format!("http://127.0.0.1:{}", free_port());
-    let mut host = HostSession::open(
-        sidecar.addr,
-        start(
-            vec![tool("lookup", obj(), 2000)],
-            pb::tool_routing::Route::CallbackAddress(dead),
+    let (_sim, _sidecar, mut host) = tool_session(
+        ScriptStep::tools(
+            None,
+            vec![("lookup", json!({"q": "x"}))],
+            "Sorry: {outputs}",
         ),
+        &[],
+        vec![tool("lookup", obj(), 2000)],
+        pb::tool_routing::Route::CallbackAddress(dead),
     )
-    .await
-    .unwrap();
-    host.until(Duration::from_secs(10), |e| matches!(e, Out::Started(_)))
-        .await;
-    ask(&host, "look it up").await;
+    .await;
+    host.send_text("look it up").await;
     responses(&mut host, 2).await;
     assert_eq!(
         finished(&host)[0].status,
@@ -552,51 +508,27 @@ async fn an_unreachable_host_and_a_late_in_stream_result() {
         .contains("unreachable"));
 
     // In-stream with a short timeout, answered late.
-    let sim = sim_with(vec![ScriptStep::tools(
-        None,
-        vec![("lookup", json!({"q": "x"}))],
-        "Result: {outputs}",
-    )])
-    .await;
-    let sidecar = start_sidecar(&sim.base_url(), &[]).await;
-    let mut host = HostSession::open(
-        sidecar.addr,
-        start(
-            vec![tool("lookup", obj(), 300)],
-            pb::tool_routing::Route::InStream(true),
+    let (sim, _sidecar, mut host) = tool_session(
+        ScriptStep::tools(
+            None,
+            vec![("lookup", json!({"q": "x"}))],
+            "Result: {outputs}",
         ),
+        &[],
+        vec![tool("lookup", obj(), 300)],
+        pb::tool_routing::Route::InStream(true),
     )
-    .await
-    .unwrap();
-    host.until(Duration::from_secs(10), |e| matches!(e, Out::Started(_)))
-        .await;
-    ask(&host, "look it up").await;
-    let Out::ToolCall(call) = host
-        .until(Duration::from_secs(10), |e| matches!(e, Out::ToolCall(_)))
-        .await
-    else {
-        unreachable!()
-    };
-    let Out::ToolCallFinished(f) = host
-        .until(Duration::from_secs(5), |e| {
-            matches!(e, Out::ToolCallFinished(_))
-        })
-        .await
-    else {
-        unreachable!()
-    };
+    .await;
+    host.send_text("look it up").await;
+    let call = host.until_tool_call(Duration::from_secs(10)).await;
+    let f = host.until_tool_call_finished(Duration::from_secs(5)).await;
     assert_eq!(f.status, pb::ToolStatus::Timeout as i32);
     host.send(In::ToolResult(pb::ToolResult {
         call_id: call.call_id.clone(),
         result: Some(pb::tool_result::Result::OutputJson("{\"late\":1}".into())),
     }))
     .await;
-    let Out::Error(e) = host
-        .until(Duration::from_secs(5), |e| matches!(e, Out::Error(_)))
-        .await
-    else {
-        unreachable!()
-    };
+    let e = host.until_error(Duration::from_secs(5)).await;
     assert_eq!(e.code, "tool_result_late");
     responses(&mut host, 2).await;
     let outs = outputs(&sim);
@@ -621,51 +553,24 @@ async fn ending_the_session_cancels_running_calls_on_the_host() {
         ..Default::default()
     };
     let tools_addr = serve_tools(host_impl.clone()).await;
-    let sim = sim_with(vec![ScriptStep::tools(
-        None,
-        vec![("forever", json!({"q": "x"}))],
-        "done",
-    )])
-    .await;
-    let sidecar = start_sidecar(&sim.base_url(), &[]).await;
-    let mut host = HostSession::open(
-        sidecar.addr,
-        start(
-            vec![tool("forever", obj(), 60_000)],
-            pb::tool_routing::Route::CallbackAddress(tools_addr),
-        ),
+    let (_sim, _sidecar, mut host) = tool_session(
+        ScriptStep::tools(None, vec![("forever", json!({"q": "x"}))], "done"),
+        &[],
+        vec![tool("forever", obj(), 60_000)],
+        pb::tool_routing::Route::CallbackAddress(tools_addr),
     )
-    .await
-    .unwrap();
-    host.until(Duration::from_secs(10), |e| matches!(e, Out::Started(_)))
-        .await;
-    ask(&host, "wait").await;
-    host.until(Duration::from_secs(10), |e| {
-        matches!(e, Out::ToolCallStarted(_))
-    })
     .await;
+    host.send_text("wait").await;
+    host.until_tool_call_started(Duration::from_secs(10)).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    host.send(In::Control(pb::Control {
-        action: Some(pb::control::Action::End(pb::Empty {})),
-    }))
-    .await;
-    let Out::ToolCallFinished(f) = host
-        .until(Duration::from_secs(5), |e| {
-            matches!(e, Out::ToolCallFinished(_))
-        })
-        .await
-    else {
-        unreachable!()
-    };
+    host.end().await;
+    let f = host.until_tool_call_finished(Duration::from_secs(5)).await;
     assert_eq!(f.status, pb::ToolStatus::Cancelled as i32);
-    host.until(Duration::from_secs(5), |e| matches!(e, Out::Ended(_)))
-        .await;
-    let t0 = Instant::now();
-    while !host_impl.seen.lock().unwrap()[0].cancelled {
-        assert!(
-            t0.elapsed() < Duration::from_secs(3),
-            "the host never saw the RPC cancelled"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    host.until_ended(Duration::from_secs(5)).await;
+    eventually(
+        Duration::from_secs(3),
+        || host_impl.seen.lock().unwrap()[0].cancelled,
+        || "the host never saw the RPC cancelled",
+    )
+    .await;
 }

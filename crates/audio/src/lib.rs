@@ -14,6 +14,7 @@ pub mod opus;
 pub mod pcm;
 pub mod pipeline;
 pub mod resample;
+pub mod signal;
 
 pub use error::AudioError;
 pub use format::{wire_format_for, Codec, HostFormat, WireFormat};

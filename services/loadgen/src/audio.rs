@@ -3,6 +3,7 @@
 //! the generator's own cost per frame stays a few hundred nanoseconds.
 
 use anyhow::{bail, Context, Result};
+use voice_audio::signal::speech_like;
 use voice_proto::v1 as pb;
 
 #[derive(
@@ -145,30 +146,6 @@ impl Frames {
             (&self.silence[j % self.silence.len()], false)
         }
     }
-}
-
-/// Speech-like audio (same generator as the end-to-end tests): a voiced harmonic signal, pitch ~140 Hz
-/// with vibrato, under a 4 Hz syllable envelope, about -14 dBFS peak. `n` samples at `rate`.
-pub fn speech_like(rate: u32, n: usize) -> Vec<i16> {
-    let mut phase = 0f32;
-    (0..n)
-        .map(|i| {
-            let t = i as f32 / rate as f32;
-            let f0 = 140.0 + 20.0 * (2.0 * std::f32::consts::PI * 3.0 * t).sin();
-            phase += 2.0 * std::f32::consts::PI * f0 / rate as f32;
-            let mut v = 0.0;
-            for (k, w) in [(1.0, 1.0), (2.0, 0.6), (3.0, 0.5), (5.0, 0.3), (7.0, 0.15)] {
-                if f0 * k < rate as f32 / 2.0 {
-                    v += w * (phase * k).sin();
-                }
-            }
-            let syllable = (std::f32::consts::PI * (t * 4.0).fract())
-                .sin()
-                .max(0.0)
-                .powf(0.5);
-            (v / 2.55 * syllable * 0.2 * 32767.0) as i16
-        })
-        .collect()
 }
 
 /// ITU-T G.711 µ-law encoder.
