@@ -19,14 +19,14 @@ use voice_audio::{
 const SECS: usize = 10;
 
 fn cpu_seconds() -> f64 {
-    std::fs::read_to_string("/proc/thread-self/schedstat")
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let schedstat_ns = std::fs::read_to_string("/proc/thread-self/schedstat")
         .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-        .map(|ns| ns as f64 / 1e9)
-        .unwrap_or_else(|| {
-            static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-            START.get_or_init(Instant::now).elapsed().as_secs_f64()
-        })
+        .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok());
+    match schedstat_ns {
+        Some(ns) => ns as f64 / 1e9,
+        None => START.get_or_init(Instant::now).elapsed().as_secs_f64(),
+    }
 }
 
 /// Runs `f` (which converts `SECS` seconds of audio) repeatedly for ≥ 0.5 CPU-s; returns × real time.

@@ -47,7 +47,7 @@ fn speechy(rate: u32, secs: f64) -> Vec<i16> {
             let t = i as f64 / f64::from(rate);
             let env = 0.6 + 0.4 * (2.0 * std::f64::consts::PI * 3.0 * t).sin();
             let v: f64 = (1..=12)
-                .map(|h| (2.0 * std::f64::consts::PI * F0 * h as f64 * t).sin() / h as f64)
+                .map(|h| (2.0 * std::f64::consts::PI * F0 * f64::from(h) * t).sin() / f64::from(h))
                 .sum();
             (v * env * 6000.0).round() as i16
         })

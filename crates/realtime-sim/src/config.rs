@@ -75,6 +75,7 @@ impl ScriptStep {
     }
 
     /// Makes this step conditional on the user's text containing `needle`.
+    #[must_use]
     pub fn when_text_contains(mut self, needle: impl Into<String>) -> Self {
         let needle = Some(needle.into());
         match &mut self {

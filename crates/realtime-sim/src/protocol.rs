@@ -11,7 +11,7 @@ use crate::session_config::{as_obj, check_keys, validate_tool_choice, Fields};
 type Obj = Map<String, Value>;
 
 /// A validated client event.
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 pub enum ClientEvent<'a> {
     SessionUpdate(&'a Value),
     Append(&'a str),
@@ -218,7 +218,7 @@ fn validate_item(item: &Obj) -> Result<(), ProtocolError> {
                 }
                 pf.string("audio")?;
                 match po.get("transcript") {
-                    None | Some(Value::Null) | Some(Value::String(_)) => {}
+                    None | Some(Value::Null | Value::String(_)) => {}
                     Some(_) => {
                         return Err(ProtocolError::invalid_type(
                             &format!("{pp}.transcript"),
@@ -326,74 +326,77 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn code(v: Value, d: Dialect) -> &'static str {
-        parse(&v, d).err().map(|e| e.code).unwrap_or("ok")
+    fn code(v: &Value, d: Dialect) -> &'static str {
+        parse(v, d).err().map_or("ok", |e| e.code)
     }
 
     #[test]
     fn strictness() {
-        assert_eq!(code(json!([1]), Dialect::Ga), "invalid_type");
+        assert_eq!(code(&json!([1]), Dialect::Ga), "invalid_type");
         assert_eq!(
-            code(json!({"event_id": "x"}), Dialect::Ga),
+            code(&json!({"event_id": "x"}), Dialect::Ga),
             "missing_required_parameter"
         );
-        assert_eq!(code(json!({"type": "bogus"}), Dialect::Ga), "invalid_value");
+        assert_eq!(
+            code(&json!({"type": "bogus"}), Dialect::Ga),
+            "invalid_value"
+        );
         assert_eq!(
             code(
-                json!({"type": "transcription_session.update", "session": {}}),
+                &json!({"type": "transcription_session.update", "session": {}}),
                 Dialect::Ga
             ),
             "invalid_value"
         );
         assert_eq!(
             code(
-                json!({"type": "transcription_session.update", "session": {}}),
+                &json!({"type": "transcription_session.update", "session": {}}),
                 Dialect::Beta
             ),
             "ok"
         );
         assert_eq!(
-            code(json!({"type": "input_audio_buffer.append"}), Dialect::Ga),
+            code(&json!({"type": "input_audio_buffer.append"}), Dialect::Ga),
             "missing_required_parameter"
         );
         assert_eq!(
             code(
-                json!({"type": "input_audio_buffer.append", "audio": 5}),
+                &json!({"type": "input_audio_buffer.append", "audio": 5}),
                 Dialect::Ga
             ),
             "invalid_type"
         );
         assert_eq!(
             code(
-                json!({"type": "input_audio_buffer.commit", "x": 1}),
+                &json!({"type": "input_audio_buffer.commit", "x": 1}),
                 Dialect::Ga
             ),
             "unknown_parameter"
         );
         assert_eq!(
             code(
-                json!({"type": "conversation.item.create", "item": {"type": "function_call_output", "call_id": "c"}}),
+                &json!({"type": "conversation.item.create", "item": {"type": "function_call_output", "call_id": "c"}}),
                 Dialect::Ga
             ),
             "missing_required_parameter"
         );
         assert_eq!(
             code(
-                json!({"type": "response.create", "response": {"conversation": "none", "metadata": {"a": "b"}}}),
+                &json!({"type": "response.create", "response": {"conversation": "none", "metadata": {"a": "b"}}}),
                 Dialect::Ga
             ),
             "ok"
         );
         assert_eq!(
             code(
-                json!({"type": "response.create", "response": {"modalities": ["audio"]}}),
+                &json!({"type": "response.create", "response": {"modalities": ["audio"]}}),
                 Dialect::Ga
             ),
             "unknown_parameter"
         );
         assert_eq!(
             code(
-                json!({"type": "conversation.item.truncate", "item_id": "i", "content_index": 0, "audio_end_ms": -1}),
+                &json!({"type": "conversation.item.truncate", "item_id": "i", "content_index": 0, "audio_end_ms": -1}),
                 Dialect::Beta
             ),
             "invalid_type"

@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -72,7 +72,7 @@ pub(crate) struct Shared {
 
 fn push_bounded<T>(m: &Mutex<VecDeque<T>>, cap: usize, v: T) {
     // A poisoned lock only means another session panicked mid-push; the log is still usable.
-    let mut q = m.lock().unwrap_or_else(|e| e.into_inner());
+    let mut q = m.lock().unwrap_or_else(PoisonError::into_inner);
     if q.len() >= cap.max(1) {
         q.pop_front();
     }
@@ -205,7 +205,7 @@ impl SimHandle {
         self.shared
             .log
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(PoisonError::into_inner)
             .iter()
             .cloned()
             .collect()
@@ -216,7 +216,7 @@ impl SimHandle {
         self.shared
             .truncations
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(PoisonError::into_inner)
             .iter()
             .cloned()
             .collect()

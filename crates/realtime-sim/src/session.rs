@@ -133,12 +133,9 @@ pub(crate) async fn run(stream: TcpStream, shared: Arc<Shared>, shutdown: watch:
     };
     let handshake =
         tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(ws_config));
-    let ws = match tokio::time::timeout(Duration::from_secs(10), handshake).await {
-        Ok(Ok(ws)) => ws,
-        _ => {
-            shared.counters.rejected_handshakes.fetch_add(1, Relaxed);
-            return;
-        }
+    let Ok(Ok(ws)) = tokio::time::timeout(Duration::from_secs(10), handshake).await else {
+        shared.counters.rejected_handshakes.fetch_add(1, Relaxed);
+        return;
     };
     let Some((dialect, model)) = accepted else {
         return;
@@ -252,10 +249,9 @@ impl Session {
         let id = format!("sess_{}", uuid::Uuid::new_v4().simple());
         let now_unix = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+            .map_or(0, |d| d.as_secs());
         let max_ms = shared.config.session_max_duration_ms;
-        let expires_unix = now_unix + max_ms.map(|m| m / 1000).unwrap_or(3600);
+        let expires_unix = now_unix + max_ms.map_or(3600, |m| m / 1000);
         let cfg = SessionConfig::new(dialect, &id, model, expires_unix);
         Session {
             expires_at: max_ms.map(|m| Instant::now() + Duration::from_millis(m)),
@@ -323,7 +319,7 @@ impl Session {
                     Some(Ok(Message::Text(t))) => self.on_text(t.as_str()),
                     Some(Ok(Message::Binary(b))) => {
                         self.shared.counters.events_in.fetch_add(1, Relaxed);
-                        self.send_error(None, ProtocolError::new(
+                        self.send_error(None, &ProtocolError::new(
                             "invalid_request_error",
                             format!("Binary WebSocket frames are not supported ({} bytes received); send JSON text frames.", b.len()),
                             None,
@@ -340,7 +336,7 @@ impl Session {
                         }
                     }
                 },
-                _ = &mut sleep, if deadline.is_some() => self.on_timer(Instant::now()),
+                () = &mut sleep, if deadline.is_some() => self.on_timer(Instant::now()),
             }
         }
     }
@@ -395,7 +391,7 @@ impl Session {
         }
     }
 
-    fn send_error(&mut self, client_event_id: Option<&str>, e: ProtocolError) {
+    fn send_error(&mut self, client_event_id: Option<&str>, e: &ProtocolError) {
         self.shared.counters.errors_sent.fetch_add(1, Relaxed);
         tracing::debug!(session = %self.id, code = e.code, message = %e.message, "client error");
         self.emit(
@@ -414,8 +410,7 @@ impl Session {
     fn last_item_id(&self) -> Value {
         self.conversation
             .last()
-            .map(|i| Value::String(i.id.clone()))
-            .unwrap_or(Value::Null)
+            .map_or(Value::Null, |i| Value::String(i.id.clone()))
     }
 
     /// Adds an item to the conversation and announces it in the dialect's item lifecycle.
@@ -428,7 +423,7 @@ impl Session {
             .to_owned();
         match self.dialect {
             Dialect::Beta => {
-                self.emit(json!({"type": "conversation.item.created", "previous_item_id": previous, "item": item}))
+                self.emit(json!({"type": "conversation.item.created", "previous_item_id": previous, "item": item}));
             }
             Dialect::Ga => {
                 self.emit(json!({"type": "conversation.item.added", "previous_item_id": previous, "item": item}));
@@ -460,7 +455,7 @@ impl Session {
         if text.len() > self.shared.config.max_message_bytes {
             self.send_error(
                 None,
-                ProtocolError::new(
+                &ProtocolError::new(
                     "message_too_large",
                     format!(
                         "Message of {} bytes exceeds the maximum of {} bytes.",
@@ -488,7 +483,7 @@ impl Session {
             Err(e) => {
                 self.send_error(
                     None,
-                    ProtocolError::new(
+                    &ProtocolError::new(
                         "invalid_json",
                         format!("We could not parse the JSON body of your request. ({e})"),
                         None,
@@ -504,7 +499,7 @@ impl Session {
             Err(e) => Err(e),
         };
         if let Err(e) = result {
-            self.send_error(eid, e);
+            self.send_error(eid, &e);
         }
     }
 
@@ -568,7 +563,7 @@ impl Session {
                         None,
                     ));
                 }
-                let opts = self.response_opts(params);
+                let opts = Self::response_opts(params);
                 self.start_response(opts);
             }
             ClientEvent::ResponseCancel(id) => {
@@ -624,7 +619,7 @@ impl Session {
                         .take()
                         .unwrap_or_else(|| (new_id("item"), audio_end_ms));
                     self.emit(json!({"type": "input_audio_buffer.speech_stopped", "audio_end_ms": audio_end_ms, "item_id": item_id}));
-                    self.commit_user_audio(item_id, audio_end_ms.saturating_sub(start));
+                    self.commit_user_audio(&item_id, audio_end_ms.saturating_sub(start));
                     if td.create_response {
                         if self.active.is_none() {
                             self.start_response(ResponseOpts::default());
@@ -649,16 +644,12 @@ impl Session {
             ));
         }
         self.input.reset_buffer();
-        let item_id = self
-            .speech
-            .take()
-            .map(|s| s.0)
-            .unwrap_or_else(|| new_id("item"));
-        self.commit_user_audio(item_id, ms);
+        let item_id = self.speech.take().map_or_else(|| new_id("item"), |s| s.0);
+        self.commit_user_audio(&item_id, ms);
         Ok(())
     }
 
-    fn commit_user_audio(&mut self, item_id: String, duration_ms: u64) {
+    fn commit_user_audio(&mut self, item_id: &str, duration_ms: u64) {
         let previous = self.last_item_id();
         self.emit(json!({"type": "input_audio_buffer.committed", "item_id": item_id, "previous_item_id": previous}));
         let item = json!({"id": item_id, "object": "realtime.item", "type": "message", "status": "completed",
@@ -681,7 +672,7 @@ impl Session {
             };
             self.emit(json!({"type": "conversation.item.input_audio_transcription.completed", "item_id": item_id,
                 "content_index": 0, "transcript": transcript, "usage": usage}));
-            if let Some(i) = self.find_item(&item_id) {
+            if let Some(i) = self.find_item(item_id) {
                 i.value["content"][0]["transcript"] = Value::String(transcript.clone());
             }
         }
@@ -816,7 +807,7 @@ impl Session {
 
     // ---- responses --------------------------------------------------------------------------------
 
-    fn response_opts(&self, params: Option<&Map<String, Value>>) -> ResponseOpts {
+    fn response_opts(params: Option<&Map<String, Value>>) -> ResponseOpts {
         let Some(p) = params else {
             return ResponseOpts::default();
         };
@@ -994,8 +985,8 @@ impl Session {
         &self,
         r: &ActiveResponse,
         status: &str,
-        details: Value,
-        usage: Value,
+        details: &Value,
+        usage: &Value,
     ) -> Value {
         let conversation_id = if r.in_band {
             json!(self.conversation_id)
@@ -1063,7 +1054,7 @@ impl Session {
     fn chunk_interval(&self) -> Duration {
         let c = &self.shared.config;
         if c.realtime_factor > 0.0 && c.realtime_factor.is_finite() {
-            Duration::from_secs_f64(c.chunk_ms.max(1) as f64 / 1000.0 / c.realtime_factor)
+            Duration::from_secs_f64(f64::from(c.chunk_ms.max(1)) / 1000.0 / c.realtime_factor)
         } else {
             Duration::ZERO
         }
@@ -1073,7 +1064,7 @@ impl Session {
     fn step(&mut self, r: &mut ActiveResponse, now: Instant) -> bool {
         if !r.created_sent {
             r.created_sent = true;
-            let created = self.response_json(r, "in_progress", Value::Null, Value::Null);
+            let created = self.response_json(r, "in_progress", &Value::Null, &Value::Null);
             self.emit(json!({"type": "response.created", "response": created}));
             return true;
         }
@@ -1081,7 +1072,7 @@ impl Session {
             let finished = self.stream_chunk(r, &mut run);
             r.next_at += self.chunk_interval();
             if finished {
-                self.finish_message(r, run, "completed");
+                self.finish_message(r, &run, "completed");
             } else {
                 r.current = Some(run);
             }
@@ -1102,12 +1093,12 @@ impl Session {
                     return true;
                 }
                 r.call_delay_done = false;
-                self.emit_call(r, name, arguments);
+                self.emit_call(r, name, &arguments);
                 true
             }
             None => {
                 let usage = self.usage(r);
-                let done = self.response_json(r, "completed", Value::Null, usage);
+                let done = self.response_json(r, "completed", &Value::Null, &usage);
                 self.emit(json!({"type": "response.done", "response": done}));
                 self.emit_rate_limits(r);
                 if r.in_band {
@@ -1194,12 +1185,12 @@ impl Session {
     /// Sends one chunk of audio (plus the transcript it covers) or of text; true when the message is complete.
     fn stream_chunk(&mut self, r: &mut ActiveResponse, run: &mut MessageRun) -> bool {
         let cfg = &self.shared.config;
-        let mpc = cfg.ms_per_char.max(1) as u64;
+        let mpc = u64::from(cfg.ms_per_char.max(1));
         let output_index = r.output.len();
         let chars_due = match run.utterance.as_mut() {
             Some(u) => {
-                let rate = u.sample_rate() as u64;
-                let n = (cfg.chunk_ms.max(1) as u64 * rate / 1000) as usize;
+                let rate = u64::from(u.sample_rate());
+                let n = (u64::from(cfg.chunk_ms.max(1)) * rate / 1000) as usize;
                 self.pcm.clear();
                 u.render(&mut self.pcm, n);
                 let ms = u.rendered_samples() * 1000 / rate;
@@ -1242,17 +1233,13 @@ impl Session {
                     (ms.div_ceil(mpc) as usize).min(run.chars_total)
                 }
             }
-            None => (run.chars_sent + (cfg.chunk_ms.max(1) as u64 / mpc).max(1) as usize)
+            None => (run.chars_sent + (u64::from(cfg.chunk_ms.max(1)) / mpc).max(1) as usize)
                 .min(run.chars_total),
         };
         if chars_due > run.chars_sent {
             let rest = &run.text[run.bytes_sent..];
             let take = chars_due - run.chars_sent;
-            let end = rest
-                .char_indices()
-                .nth(take)
-                .map(|(b, _)| b)
-                .unwrap_or(rest.len());
+            let end = rest.char_indices().nth(take).map_or(rest.len(), |(b, _)| b);
             let delta = &rest[..end];
             let ty = if r.audio {
                 self.name(
@@ -1275,7 +1262,7 @@ impl Session {
         }
     }
 
-    fn finish_message(&mut self, r: &mut ActiveResponse, run: MessageRun, status: &str) {
+    fn finish_message(&mut self, r: &mut ActiveResponse, run: &MessageRun, status: &str) {
         let output_index = r.output.len();
         let text = if status == "completed" {
             run.text.as_str()
@@ -1319,7 +1306,7 @@ impl Session {
         r.output.push(item);
     }
 
-    fn emit_call(&mut self, r: &mut ActiveResponse, name: String, arguments: String) {
+    fn emit_call(&mut self, r: &mut ActiveResponse, name: String, arguments: &str) {
         let item_id = new_id("item");
         let call_id = new_id("call");
         let output_index = r.output.len();
@@ -1331,13 +1318,9 @@ impl Session {
             self.emit(json!({"type": "conversation.item.created", "previous_item_id": previous, "item": added}));
         }
         // Stream the arguments in small pieces, as upstream does token by token.
-        let mut rest = arguments.as_str();
+        let mut rest = arguments;
         while !rest.is_empty() {
-            let end = rest
-                .char_indices()
-                .nth(24)
-                .map(|(b, _)| b)
-                .unwrap_or(rest.len());
+            let end = rest.char_indices().nth(24).map_or(rest.len(), |(b, _)| b);
             self.emit(json!({"type": "response.function_call_arguments.delta", "response_id": r.id, "item_id": item_id,
                 "output_index": output_index, "call_id": call_id, "delta": &rest[..end]}));
             rest = &rest[end..];
@@ -1369,11 +1352,11 @@ impl Session {
             return;
         };
         if !r.created_sent {
-            let created = self.response_json(&r, "in_progress", Value::Null, Value::Null);
+            let created = self.response_json(&r, "in_progress", &Value::Null, &Value::Null);
             self.emit(json!({"type": "response.created", "response": created}));
         }
         if let Some(run) = r.current.take() {
-            self.finish_message(&mut r, run, "incomplete");
+            self.finish_message(&mut r, &run, "incomplete");
         }
         self.shared
             .counters
@@ -1383,8 +1366,8 @@ impl Session {
         let done = self.response_json(
             &r,
             "cancelled",
-            json!({"type": "cancelled", "reason": reason}),
-            usage,
+            &json!({"type": "cancelled", "reason": reason}),
+            &usage,
         );
         self.emit(json!({"type": "response.done", "response": done}));
     }

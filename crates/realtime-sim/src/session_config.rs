@@ -226,8 +226,7 @@ fn derive(dialect: Dialect, j: &Obj) -> Derived {
         .unwrap_or_default();
     let audio_output = modalities
         .and_then(Value::as_array)
-        .map(|m| m.iter().any(|x| x == "audio"))
-        .unwrap_or(true);
+        .is_none_or(|m| m.iter().any(|x| x == "audio"));
     Derived {
         input_format: fmt(input_fmt),
         output_format: fmt(output_fmt),
@@ -466,7 +465,7 @@ fn validate_turn_detection(f: &Fields, k: &str, dialect: Dialect) -> R {
         (Dialect::Beta, _) => {
             let mut all = server_keys.to_vec();
             all.push("eagerness");
-            check_keys(o, &all, &p)?
+            check_keys(o, &all, &p)?;
         }
         (Dialect::Ga, "semantic_vad") => check_keys(o, &semantic_keys, &p)?,
         (Dialect::Ga, _) => check_keys(o, &server_keys, &p)?,
@@ -538,8 +537,7 @@ fn validate_tools(f: &Fields, dialect: Dialect) -> R {
 
 pub(crate) fn validate_tool_choice(f: &Fields, dialect: Dialect) -> R {
     match (dialect, f.o.get("tool_choice")) {
-        (_, None) => Ok(()),
-        (Dialect::Beta, Some(Value::String(_))) => Ok(()),
+        (_, None) | (Dialect::Beta, Some(Value::String(_))) => Ok(()),
         (Dialect::Ga, Some(Value::String(s)))
             if ["none", "auto", "required"].contains(&s.as_str()) =>
         {

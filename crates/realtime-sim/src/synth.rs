@@ -135,7 +135,7 @@ impl Utterance {
     /// `chars × ms_per_char`); non-word characters become pauses.
     pub fn new(text: &str, ms_per_char: u32, rate: u32) -> Self {
         let bank = VoiceBank::get(rate);
-        let per_char = (ms_per_char as u64 * bank.rate as u64 / 1000).max(1) as u32;
+        let per_char = (u64::from(ms_per_char) * u64::from(bank.rate) / 1000).max(1) as u32;
         let chars: Vec<char> = text.chars().collect();
         let is_word = |c: char| c.is_alphanumeric() || c == '\'';
         // Words as char ranges, so the declination contour knows the utterance's syllable count.
@@ -187,7 +187,7 @@ impl Utterance {
                 syl_no += 1;
             }
         }
-        let total = segments.iter().map(|s| s.len as u64).sum();
+        let total = segments.iter().map(|s| u64::from(s.len)).sum();
         Utterance {
             bank,
             segments,
@@ -263,7 +263,7 @@ mod tests {
     use super::*;
 
     fn rms(s: &[i16]) -> f64 {
-        (s.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / s.len().max(1) as f64).sqrt()
+        (s.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>() / s.len().max(1) as f64).sqrt()
     }
 
     #[test]

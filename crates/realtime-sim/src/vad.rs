@@ -123,7 +123,7 @@ impl InputAudio {
         self.clock_ticks += ticks;
         self.buffered_ticks += ticks;
         // Weight by ticks so both rates measure the same mean square per unit time.
-        self.window_sumsq += (s as f64) * (s as f64) * ticks as f64;
+        self.window_sumsq += f64::from(s) * f64::from(s) * ticks as f64;
         self.window_ticks += ticks;
         if self.window_ticks < TICKS_PER_SEC * WINDOW_MS / 1000 {
             return;

@@ -22,7 +22,7 @@ async fn handshake_auth_model_and_dialect() {
     let status = |r: Result<_, tokio_tungstenite::tungstenite::Error>| match r {
         Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => resp.status().as_u16(),
         Err(e) => panic!("unexpected error {e}"),
-        Ok(_) => 101,
+        Ok(()) => 101,
     };
     assert_eq!(
         status(

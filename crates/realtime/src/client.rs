@@ -352,7 +352,7 @@ impl RealtimeConnection {
                 Some(Ok(Message::Binary(_))) => {
                     return Err(RealtimeError::Protocol("unexpected binary frame".into()))
                 }
-                Some(Ok(_)) => continue,
+                Some(Ok(_)) => {} // ping, pong or a raw frame: keep reading
             }
         }
     }

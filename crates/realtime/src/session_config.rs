@@ -55,7 +55,7 @@ impl TurnDetection {
                 put("type", Some(json!("server_vad")));
                 put(
                     "threshold",
-                    threshold.map(|t| json!((t as f64 * 1000.0).round() / 1000.0)),
+                    threshold.map(|t| json!((f64::from(t) * 1000.0).round() / 1000.0)),
                 );
                 put("prefix_padding_ms", prefix_padding_ms.map(Value::from));
                 put("silence_duration_ms", silence_duration_ms.map(Value::from));

@@ -147,7 +147,7 @@ async fn main() -> Result<()> {
     println!(
         "[{:>6} ms] Converse stream open, streaming {:.2} s of speech at {} Hz in 20 ms frames",
         t0.elapsed().as_millis(),
-        samples.len() as f64 / rate as f64,
+        samples.len() as f64 / f64::from(rate),
         rate
     );
 
@@ -189,7 +189,7 @@ async fn main() -> Result<()> {
     let mut first_audio: Option<u128> = None;
     loop {
         let m = tokio::select! {
-            _ = &mut deadline => bail!("no end of conversation within {} s", args.timeout_secs),
+            () = &mut deadline => bail!("no end of conversation within {} s", args.timeout_secs),
             m = inbound.message() => m.context("stream failed")?,
         };
         let Some(m) = m.and_then(|m| m.message) else {
@@ -207,7 +207,7 @@ async fn main() -> Result<()> {
                 s.audio_end_ms
             ),
             Out::Transcript(t) if t.role == pb::Role::User as i32 && t.r#final => {
-                println!("[{ms:>6} ms] USER:      {}", t.text)
+                println!("[{ms:>6} ms] USER:      {}", t.text);
             }
             Out::Transcript(t) if t.role == pb::Role::Assistant as i32 => {
                 if t.r#final {
@@ -238,9 +238,7 @@ async fn main() -> Result<()> {
             }
             Out::ToolCallFinished(c) => {
                 pending_tools = pending_tools.saturating_sub(1);
-                let status = pb::ToolStatus::try_from(c.status)
-                    .map(|s| s.as_str_name())
-                    .unwrap_or("?");
+                let status = pb::ToolStatus::try_from(c.status).map_or("?", |s| s.as_str_name());
                 println!(
                     "[{ms:>6} ms] tool done  {} {} {} in {} ms",
                     c.call_id, c.name, status, c.duration_ms
@@ -293,7 +291,7 @@ async fn main() -> Result<()> {
     w.finalize()?;
     println!(
         "assistant audio: {:.2} s written to {}",
-        reply.len() as f64 / rate as f64,
+        reply.len() as f64 / f64::from(rate),
         args.out.display()
     );
     Ok(())

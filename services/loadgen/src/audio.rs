@@ -152,7 +152,7 @@ impl Frames {
 pub fn linear_to_ulaw(pcm: i16) -> u8 {
     const BIAS: i32 = 0x84;
     const CLIP: i32 = 32635;
-    let mut s = pcm as i32;
+    let mut s = i32::from(pcm);
     let sign = if s < 0 {
         s = -s;
         0x80
@@ -167,7 +167,7 @@ pub fn linear_to_ulaw(pcm: i16) -> u8 {
 
 /// ITU-T G.711 A-law encoder.
 pub fn linear_to_alaw(pcm: i16) -> u8 {
-    let mut m = (pcm as i32) >> 3; // 13-bit
+    let mut m = i32::from(pcm) >> 3; // 13-bit
     let mask = if m >= 0 {
         0xD5
     } else {
@@ -192,15 +192,15 @@ mod tests {
         let u = !u;
         let sign = u & 0x80;
         let exp = (u >> 4) & 7;
-        let mant = (u & 0x0F) as i32;
+        let mant = i32::from(u & 0x0F);
         let mag = (((mant << 3) + 0x84) << exp) - 0x84;
         (if sign != 0 { -mag } else { mag }) as i16
     }
 
     fn alaw_decode(a: u8) -> i16 {
         let a = a ^ 0x55;
-        let seg = ((a >> 4) & 7) as i32;
-        let mant = (a & 0x0F) as i32;
+        let seg = i32::from((a >> 4) & 7);
+        let mant = i32::from(a & 0x0F);
         let mag = if seg == 0 {
             (mant << 4) + 8
         } else {
@@ -213,11 +213,11 @@ mod tests {
     fn g711_round_trip_is_close() {
         for x in (-32768i32..32767).step_by(97) {
             let x = x as i16;
-            let u = ulaw_decode(linear_to_ulaw(x)) as i32;
-            let a = alaw_decode(linear_to_alaw(x)) as i32;
-            let tol = (x as i32).abs() / 12 + 40;
-            assert!((u - x as i32).abs() <= tol, "ulaw {x} -> {u}");
-            assert!((a - x as i32).abs() <= tol, "alaw {x} -> {a}");
+            let u = i32::from(ulaw_decode(linear_to_ulaw(x)));
+            let a = i32::from(alaw_decode(linear_to_alaw(x)));
+            let tol = i32::from(x).abs() / 12 + 40;
+            assert!((u - i32::from(x)).abs() <= tol, "ulaw {x} -> {u}");
+            assert!((a - i32::from(x)).abs() <= tol, "alaw {x} -> {a}");
         }
         assert_eq!(linear_to_ulaw(0), 0xFF);
         assert_eq!(linear_to_alaw(0), 0xD5);

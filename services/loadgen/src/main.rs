@@ -278,9 +278,9 @@ async fn run(a: RunArgs) -> Result<()> {
     }
 
     let conns = a.connections.unwrap_or(a.sessions.div_ceil(100)).max(1);
-    let threads = a
-        .threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let threads = a.threads.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    });
     let shards = shards::Shards::start(threads.clamp(1, conns))?;
     let mut clients = Vec::with_capacity(conns);
     for c in 0..conns {
@@ -304,7 +304,7 @@ async fn run(a: RunArgs) -> Result<()> {
     let t0 = Instant::now();
     let self_cpu0 = probe::cpu_secs(std::process::id());
     // One pacer per connection sends its sessions' frames (one timer each instead of one per session).
-    let (pacers, pacer_tasks) = pacer::spawn(conns, plan.clone(), stop_rx.clone(), &shards);
+    let (pacers, pacer_tasks) = pacer::spawn(conns, &plan, &stop_rx, &shards);
     let mut handles = Vec::with_capacity(a.sessions);
     for i in 0..a.sessions {
         let at = t0 + Duration::from_secs_f64(a.ramp_secs * i as f64 / a.sessions as f64);
@@ -411,7 +411,7 @@ async fn run(a: RunArgs) -> Result<()> {
         sessions_requested: a.sessions,
         held_at_hold_start: held_at_start,
         codec_in: format!("{:?} {} Hz", a.codec, rate).to_lowercase(),
-        codec_out: format!("{:?} {} Hz", out_codec, out_rate).to_lowercase(),
+        codec_out: format!("{out_codec:?} {out_rate} Hz").to_lowercase(),
         tools: a.tools,
         ramp_secs: a.ramp_secs,
         ramp_done_secs: ramp_done.as_secs_f64(),

@@ -178,8 +178,8 @@ impl Handle {
 /// each frame left relative to its 20 ms deadline: generator health).
 pub fn spawn(
     pacers: usize,
-    plan: Arc<Plan>,
-    stop: watch::Receiver<bool>,
+    plan: &Arc<Plan>,
+    stop: &watch::Receiver<bool>,
     shards: &Shards,
 ) -> (Vec<Handle>, Vec<tokio::task::JoinHandle<Hist>>) {
     let base = Instant::now();
@@ -310,7 +310,7 @@ async fn run(
         tokio::select! {
             biased;
             _ = stop.changed() => break,
-            _ = &mut sleep, if next.is_some() => {
+            () = &mut sleep, if next.is_some() => {
                 let now = Instant::now();
                 for s in &mut slots {
                     s.send_due(&plan, now, &mut late);

@@ -46,9 +46,8 @@ pub fn parse(body: &str) -> Scrape {
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let (series, value) = match line.rsplit_once(' ') {
-            Some(x) => x,
-            None => continue,
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
         };
         let Ok(value) = value.parse::<f64>() else {
             continue;
@@ -173,11 +172,11 @@ pub fn hist_delta(
     let cum: Vec<(f64, f64)> = a
         .iter()
         .map(|&(le, c)| {
-            let prev = b.iter().find(|(l, _)| *l == le).map(|x| x.1).unwrap_or(0.0);
+            let prev = b.iter().find(|(l, _)| *l == le).map_or(0.0, |x| x.1);
             (le, (c - prev).max(0.0))
         })
         .collect();
-    let count = cum.last().map(|x| x.1).unwrap_or(0.0);
+    let count = cum.last().map_or(0.0, |x| x.1);
     let sum =
         after.sum(&format!("{name}_sum"), filter) - before.sum(&format!("{name}_sum"), filter);
     let mut d = HistDelta {

@@ -217,11 +217,11 @@ impl Report {
             Hist::default(),
         );
         for s in &i.stats {
-            r.sessions_established += s.established as usize;
-            r.sessions_failed += !s.established as usize;
-            r.sessions_held_to_end += s.held as usize;
-            r.sessions_dropped += s.dropped as usize;
-            r.sessions_ended_cleanly += s.clean_end as usize;
+            r.sessions_established += usize::from(s.established);
+            r.sessions_failed += usize::from(!s.established);
+            r.sessions_held_to_end += usize::from(s.held);
+            r.sessions_dropped += usize::from(s.dropped);
+            r.sessions_ended_cleanly += usize::from(s.clean_end);
             if s.dropped {
                 *r.drop_reasons
                     .entry(s.end_reason.clone().unwrap_or_default())
@@ -427,8 +427,7 @@ impl Report {
         if let Some(x) = self.sidecar_cpu_ns_per_frame {
             let _ = writeln!(
                 s,
-                "  sidecar CPU per audio frame handled (in+out): {:.0} ns",
-                x
+                "  sidecar CPU per audio frame handled (in+out): {x:.0} ns"
             );
         }
         s

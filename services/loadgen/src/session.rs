@@ -86,13 +86,13 @@ impl Hist {
         let rank = ((q * self.n as f64).ceil() as u64).max(1);
         let mut c = 0u64;
         for (i, &n) in self.fine.iter().enumerate() {
-            c += n as u64;
+            c += u64::from(n);
             if c >= rank {
                 return Some(((i as u64 + 1) * 100).min(self.max_us));
             }
         }
         for (i, &n) in self.coarse.iter().enumerate() {
-            c += n as u64;
+            c += u64::from(n);
             if c >= rank {
                 return Some((100_000 + (i as u64 + 1) * 10_000).min(self.max_us));
             }
@@ -137,7 +137,7 @@ impl SessionStats {
     }
 
     /// Takes over the counters the pacer kept while it sent this session's frames.
-    fn add_sends(&mut self, s: SendStats) {
+    fn add_sends(&mut self, s: &SendStats) {
         self.frames_sent += s.frames_sent;
         self.frames_skipped += s.frames_skipped;
         self.turns_spoken += s.turns_spoken;
@@ -149,7 +149,7 @@ fn msg(m: In) -> pb::ClientMessage {
 }
 
 fn code_name(c: tonic::Code) -> String {
-    format!("grpc_{:?}", c).to_lowercase()
+    format!("grpc_{c:?}").to_lowercase()
 }
 
 pub async fn run(
@@ -176,7 +176,7 @@ pub async fn run(
                 Some(pb::ServerMessage {
                     message: Some(Out::Ended(e)),
                 }) => return Err(tonic::Status::internal(format!("ended:{}", e.reason))),
-                Some(_) => continue,
+                Some(_) => {} // anything before Started: keep waiting
                 None => return Err(tonic::Status::internal("stream_closed_before_started")),
             }
         }
@@ -255,7 +255,7 @@ pub async fn run(
             handover.await.unwrap_or_default()
         }
     };
-    st.add_sends(sends);
+    st.add_sends(&sends);
 
     if !alive {
         st.dropped = true;
@@ -338,7 +338,7 @@ fn handle(
             st.responses += 1;
             if r.voice_to_voice_ms > 0 {
                 st.v2v_reported
-                    .record(Duration::from_millis(r.voice_to_voice_ms as u64));
+                    .record(Duration::from_millis(u64::from(r.voice_to_voice_ms)));
             }
         }
         Out::Interrupted(_) => st.interruptions += 1,

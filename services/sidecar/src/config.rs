@@ -142,7 +142,7 @@ pub struct Config {
 }
 
 impl Config {
-    pub fn load(args: Args) -> Result<Config> {
+    pub fn load(args: &Args) -> Result<Config> {
         let file: FileConfig = match &args.config {
             Some(p) => {
                 let text = std::fs::read_to_string(p)
@@ -189,7 +189,7 @@ impl Config {
             .parse()
             .map_err(anyhow::Error::msg)?;
         let metrics_listen = match pick!(metrics_listen).as_deref() {
-            Some("off") | Some("") => None,
+            Some("off" | "") => None,
             Some(a) => Some(
                 a.parse()
                     .with_context(|| format!("--metrics-listen {a:?} is not an address"))?,

@@ -24,7 +24,7 @@ const CONNECTION_WINDOW: u32 = 4 * 1024 * 1024;
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let cfg = Config::load(Args::parse())?;
+    let cfg = Config::load(&Args::parse())?;
     voice_telemetry::init_tracing(cfg.log_format, &cfg.log).map_err(anyhow::Error::msg)?;
     if let Some(addr) = cfg.metrics_listen {
         voice_telemetry::install_prometheus(addr)?;
@@ -160,7 +160,7 @@ async fn main() -> Result<()> {
     };
     tokio::select! {
         r = server => r.context("gRPC server failed")?,
-        _ = hard_stop => warn!("connections still open 2 s after the sessions ended: exiting anyway"),
+        () = hard_stop => warn!("connections still open 2 s after the sessions ended: exiting anyway"),
     }
     info!("voice-sidecar stopped");
     Ok(())
@@ -181,12 +181,9 @@ async fn wait_for_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        let mut term = match signal(SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-                return;
-            }
+        let Ok(mut term) = signal(SignalKind::terminate()) else {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
         };
         tokio::select! {
             _ = term.recv() => {}

@@ -58,13 +58,10 @@ impl pb::voice_sidecar_server::VoiceSidecar for Sidecar {
             Ok(Some(Err(s))) => return Err(s),
             Ok(Some(Ok(m))) => m,
         };
-        let start = match first.message {
-            Some(pb::client_message::Message::Start(s)) => s,
-            Some(_) | None => {
-                return Err(Status::invalid_argument(
-                    "the first message of a Converse stream must be SessionStart",
-                ))
-            }
+        let Some(pb::client_message::Message::Start(start)) = first.message else {
+            return Err(Status::invalid_argument(
+                "the first message of a Converse stream must be SessionStart",
+            ));
         };
         let plan = SessionPlan::from_start(&start, &self.defaults)
             .map_err(|e| Status::invalid_argument(format!("invalid SessionStart: {e}")))?;

@@ -78,8 +78,8 @@ impl Client {
     pub async fn try_recv(&mut self, wait: Duration) -> Option<Value> {
         loop {
             match tokio::time::timeout(wait, self.ws.next()).await {
-                Err(_) => return None,
-                Ok(None) | Ok(Some(Err(_))) => return None,
+                // Timed out, or the stream ended, failed or was closed.
+                Err(_) | Ok(None | Some(Err(_) | Ok(Message::Close(_)))) => return None,
                 Ok(Some(Ok(Message::Text(t)))) => {
                     let v: Value =
                         serde_json::from_str(t.as_str()).expect("server sent invalid JSON");
@@ -90,8 +90,7 @@ impl Client {
                     self.log.push(v.clone());
                     return Some(v);
                 }
-                Ok(Some(Ok(Message::Close(_)))) => return None,
-                Ok(Some(Ok(_))) => continue,
+                Ok(Some(Ok(_))) => {} // ping, pong, binary: keep reading
             }
         }
     }
@@ -153,10 +152,14 @@ impl Client {
     }
 
     pub fn session_update(&self, ga: Value, beta: Value) -> Value {
-        match self.dialect {
-            Dialect::Ga => json!({"type": "session.update", "session": ga}),
-            Dialect::Beta => json!({"type": "session.update", "session": beta}),
-        }
+        let session = match self.dialect {
+            Dialect::Ga => ga,
+            Dialect::Beta => beta,
+        };
+        // Moved in, not serialised by reference as `json!` would (a deep copy).
+        let mut event = json!({"type": "session.update"});
+        event["session"] = session;
+        event
     }
 }
 
@@ -194,7 +197,7 @@ pub fn decode_deltas(events: &[Value], delta_type: &str, format: WireAudioFormat
 }
 
 pub fn rms(s: &[i16]) -> f64 {
-    (s.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / s.len().max(1) as f64).sqrt()
+    (s.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>() / s.len().max(1) as f64).sqrt()
 }
 
 pub fn types(events: &[Value]) -> Vec<String> {
