@@ -67,6 +67,7 @@ KNOWN = {
     "voice_cost_microdollars_total": "counter",
     "voice_budget_exceeded_total": "counter",
     "voice_host_stall_seconds": "histogram",
+    "voice_audio_dropped_total": "counter",
 }
 errors = []
 

@@ -182,7 +182,7 @@ pub fn rms_dbfs(samples: &[i16]) -> f64 {
     }
     let e: f64 = samples
         .iter()
-        .map(|&s| (s as f64 / 32768.0).powi(2))
+        .map(|&s| (f64::from(s) / 32768.0).powi(2))
         .sum::<f64>()
         / samples.len() as f64;
     10.0 * e.max(1e-20).log10()

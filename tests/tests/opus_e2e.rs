@@ -2,6 +2,7 @@
 //! at 48 kHz into 20 ms Opus packets, skips one (packet loss), sends one corrupt packet, and decodes
 //! what comes back.
 
+use base64::Engine;
 use std::time::Duration;
 use voice_audio::opus::{OpusDecoder, OpusEncoder};
 use voice_e2e_tests::*;
@@ -51,7 +52,6 @@ async fn opus_in_opus_out_with_loss_and_a_corrupt_packet() {
 
     // Upstream got 20 ms (960 bytes at 24 kHz) for every packet but the corrupt one: the lost packet
     // was concealed, not skipped.
-    use base64::Engine;
     let appended: usize = sim
         .events_log()
         .iter()

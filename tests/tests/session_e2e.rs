@@ -3,6 +3,10 @@
 //! upstream socket, dialects, bad audio and an upstream that drops.
 
 use std::time::Duration;
+use tonic_reflection::pb::v1::{
+    server_reflection_client::ServerReflectionClient, server_reflection_request::MessageRequest,
+    server_reflection_response::MessageResponse, ServerReflectionRequest,
+};
 use voice_e2e_tests::*;
 use voice_proto::v1 as pb;
 use voice_proto::v1::client_message::Message as In;
@@ -286,11 +290,6 @@ async fn health_and_reflection_are_served() {
         );
     }
 
-    use tonic_reflection::pb::v1::{
-        server_reflection_client::ServerReflectionClient,
-        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
-        ServerReflectionRequest,
-    };
     let mut refl = ServerReflectionClient::new(ch);
     let req = ServerReflectionRequest {
         host: String::new(),
@@ -346,7 +345,7 @@ async fn beta_dialect_and_telephony_passthrough() {
         .iter()
         .map(|&s| ulaw_encode(s))
         .collect();
-    let frames: Vec<Vec<u8>> = codes.chunks(160).map(|c| c.to_vec()).collect();
+    let frames: Vec<Vec<u8>> = codes.chunks(160).map(<[u8]>::to_vec).collect();
     let sent = frames.clone();
     let streamer = host.stream_frames_in_background(frames.into_iter().map(Some).collect(), 1);
     host.until_response_done(Duration::from_secs(20)).await;
@@ -689,7 +688,7 @@ async fn a_host_that_stops_reading_loses_nothing_and_the_stall_is_measured() {
     for (i, f) in audio.iter().enumerate() {
         assert_eq!(f.seq, audio[0].seq + i as u64, "frame {i} out of sequence");
     }
-    let ms: u64 = audio.iter().map(|f| f.duration_us as u64).sum::<u64>() / 1000;
+    let ms: u64 = audio.iter().map(|f| u64::from(f.duration_us)).sum::<u64>() / 1000;
     let expected_ms = sim_speech_ms(&long, 70);
     assert!(
         ms + 100 >= expected_ms,

@@ -98,11 +98,11 @@ async fn serve_tools(host: TestHost) -> String {
     format!("http://{addr}")
 }
 
-fn ok(v: Value) -> pb::tool_output::Result {
+fn ok(v: &Value) -> pb::tool_output::Result {
     pb::tool_output::Result::OutputJson(v.to_string())
 }
 
-fn tool(name: &str, schema: Value, timeout_ms: u32) -> pb::ToolDefinition {
+fn tool(name: &str, schema: &Value, timeout_ms: u32) -> pb::ToolDefinition {
     pb::ToolDefinition {
         name: name.into(),
         description: format!("test tool {name}"),
@@ -212,12 +212,12 @@ async fn callback_mode_runs_parallel_calls_and_continues_exactly_once() {
                 "calendar".to_string(),
                 (
                     Duration::from_millis(700),
-                    ok(json!({"events": ["dentist 09:30"]})),
+                    ok(&json!({"events": ["dentist 09:30"]})),
                 ),
             ),
             (
                 "crm".to_string(),
-                (Duration::from_millis(300), ok(json!({"saved": true}))),
+                (Duration::from_millis(300), ok(&json!({"saved": true}))),
             ),
         ])),
         ..Default::default()
@@ -233,7 +233,7 @@ async fn callback_mode_runs_parallel_calls_and_continues_exactly_once() {
             "Here you go: {outputs}",
         ),
         &[],
-        vec![tool("calendar", obj(), 5000), tool("crm", obj(), 5000)],
+        vec![tool("calendar", &obj(), 5000), tool("crm", &obj(), 5000)],
         pb::tool_routing::Route::CallbackAddress(tools_addr),
     )
     .await;
@@ -330,7 +330,7 @@ async fn in_stream_mode_matches_results_by_call_id_in_any_order() {
             "Got {outputs}",
         ),
         &[],
-        vec![tool("first", obj(), 5000), tool("second", obj(), 5000)],
+        vec![tool("first", &obj(), 5000), tool("second", &obj(), 5000)],
         pb::tool_routing::Route::InStream(true),
     )
     .await;
@@ -382,7 +382,7 @@ async fn every_failure_becomes_an_output_the_model_can_speak_about() {
             ),
             (
                 "slow".to_string(),
-                (Duration::from_secs(3), ok(json!({"late": true}))),
+                (Duration::from_secs(3), ok(&json!({"late": true}))),
             ),
             (
                 "garbage".to_string(),
@@ -393,22 +393,22 @@ async fn every_failure_becomes_an_output_the_model_can_speak_about() {
             ),
             (
                 "huge".to_string(),
-                (Duration::ZERO, ok(json!({"blob": "x".repeat(5000)}))),
+                (Duration::ZERO, ok(&json!({"blob": "x".repeat(5000)}))),
             ),
             (
                 "strict".to_string(),
-                (Duration::ZERO, ok(json!({"never": "called"}))),
+                (Duration::ZERO, ok(&json!({"never": "called"}))),
             ),
         ])),
         ..Default::default()
     };
     let tools_addr = serve_tools(host_impl.clone()).await;
     let tools = vec![
-        tool("fails", obj(), 2000),
-        tool("slow", obj(), 400),
-        tool("garbage", obj(), 2000),
-        tool("huge", obj(), 2000),
-        tool("strict", obj(), 2000),
+        tool("fails", &obj(), 2000),
+        tool("slow", &obj(), 400),
+        tool("garbage", &obj(), 2000),
+        tool("huge", &obj(), 2000),
+        tool("strict", &obj(), 2000),
     ];
     let (sim, _sidecar, mut host) = tool_session(
         ScriptStep::tools(
@@ -492,7 +492,7 @@ async fn an_unreachable_host_and_a_late_in_stream_result() {
             "Sorry: {outputs}",
         ),
         &[],
-        vec![tool("lookup", obj(), 2000)],
+        vec![tool("lookup", &obj(), 2000)],
         pb::tool_routing::Route::CallbackAddress(dead),
     )
     .await;
@@ -515,7 +515,7 @@ async fn an_unreachable_host_and_a_late_in_stream_result() {
             "Result: {outputs}",
         ),
         &[],
-        vec![tool("lookup", obj(), 300)],
+        vec![tool("lookup", &obj(), 300)],
         pb::tool_routing::Route::InStream(true),
     )
     .await;
@@ -548,7 +548,7 @@ async fn ending_the_session_cancels_running_calls_on_the_host() {
     let host_impl = TestHost {
         behaviour: Arc::new(HashMap::from([(
             "forever".to_string(),
-            (Duration::from_secs(30), ok(json!({}))),
+            (Duration::from_secs(30), ok(&json!({}))),
         )])),
         ..Default::default()
     };
@@ -556,7 +556,7 @@ async fn ending_the_session_cancels_running_calls_on_the_host() {
     let (_sim, _sidecar, mut host) = tool_session(
         ScriptStep::tools(None, vec![("forever", json!({"q": "x"}))], "done"),
         &[],
-        vec![tool("forever", obj(), 60_000)],
+        vec![tool("forever", &obj(), 60_000)],
         pb::tool_routing::Route::CallbackAddress(tools_addr),
     )
     .await;

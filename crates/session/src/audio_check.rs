@@ -64,7 +64,7 @@ impl AudioCheck {
         let (mut n, mut energy, mut clipped) = (0u64, 0f64, 0u64);
         for s in samples {
             n += 1;
-            energy += (s as f64) * (s as f64);
+            energy += f64::from(s) * f64::from(s);
             if s >= CLIP_LEVEL || s <= -CLIP_LEVEL {
                 clipped += 1;
             }
@@ -101,7 +101,7 @@ mod tests {
 
     fn chunk(amp: f64) -> Vec<i16> {
         (0..2400)
-            .map(|i| (amp * (i as f64 * 0.2).sin()) as i16)
+            .map(|i| (amp * (f64::from(i) * 0.2).sin()) as i16)
             .collect()
     }
 

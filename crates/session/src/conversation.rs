@@ -327,22 +327,18 @@ impl Conversation {
                 response_id,
                 item_id,
                 delta,
-            } => {
-                if !self.is_cancelled(&response_id) {
-                    self.out
-                        .host(transcript(pb::Role::Assistant, item_id, delta, false));
-                }
+            } if !self.is_cancelled(&response_id) => {
+                self.out
+                    .host(transcript(pb::Role::Assistant, item_id, delta, false));
             }
             ServerEvent::TranscriptDone {
                 response_id,
                 item_id,
                 transcript: t,
-            } => {
-                if !self.is_cancelled(&response_id) {
-                    self.remember(pb::Role::Assistant, &t);
-                    self.out
-                        .host(transcript(pb::Role::Assistant, item_id, t, true));
-                }
+            } if !self.is_cancelled(&response_id) => {
+                self.remember(pb::Role::Assistant, &t);
+                self.out
+                    .host(transcript(pb::Role::Assistant, item_id, t, true));
             }
             ServerEvent::InputTranscriptionDelta { item_id, delta } => {
                 self.out
@@ -440,7 +436,7 @@ impl Conversation {
                         ..
                     },
             } => self.start_call(&response_id, call_id, name, arguments, now),
-            ServerEvent::ResponseDone { response } => return self.on_response_done(response, now),
+            ServerEvent::ResponseDone { response } => return self.on_response_done(&response, now),
             ServerEvent::Error { error } => self.on_upstream_error(error, now),
             ServerEvent::Unknown { kind } => {
                 counter!(names::UPSTREAM_EVENTS_UNKNOWN).increment(1);
@@ -726,7 +722,7 @@ impl Conversation {
 
     fn on_response_done(
         &mut self,
-        response: voice_realtime::ResponseInfo,
+        response: &voice_realtime::ResponseInfo,
         now: Instant,
     ) -> Result<(), End> {
         for item in &response.output {

@@ -163,6 +163,14 @@ impl HostError {
         Self::new(Code::of_audio(e), e.to_string(), true)
     }
 
+    pub fn into_pb(self) -> pb::Error {
+        pb::Error {
+            code: self.code.as_str().to_string(),
+            message: self.message,
+            retryable: self.retryable,
+        }
+    }
+
     pub fn to_pb(&self) -> pb::Error {
         pb::Error {
             code: self.code.as_str().to_string(),

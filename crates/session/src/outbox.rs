@@ -48,7 +48,7 @@ impl Outbox {
     pub fn host_error(&mut self, e: HostError) {
         metrics::counter!(voice_telemetry::HOST_ERRORS, "code" => e.code.as_str()).increment(1);
         tracing::debug!(code = e.code.as_str(), message = %e.message, "error reported to host");
-        self.host(Out::Error(e.to_pb()));
+        self.host(Out::Error(e.into_pb()));
     }
 
     pub fn upstream(&mut self, ev: ClientEvent) {

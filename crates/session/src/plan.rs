@@ -167,7 +167,7 @@ pub enum StartError {
 
 fn codec(c: i32) -> Result<Codec, String> {
     match pb::Codec::try_from(c) {
-        Ok(pb::Codec::Unspecified) | Ok(pb::Codec::Pcm16) => Ok(Codec::Pcm16),
+        Ok(pb::Codec::Unspecified | pb::Codec::Pcm16) => Ok(Codec::Pcm16),
         Ok(pb::Codec::Mulaw) => Ok(Codec::Mulaw),
         Ok(pb::Codec::Alaw) => Ok(Codec::Alaw),
         Ok(pb::Codec::Opus) => Ok(Codec::Opus),
@@ -303,13 +303,13 @@ impl SessionPlan {
 
         let default_timeout = match start.default_tool_timeout_ms {
             0 => d.tool_timeout,
-            ms => Duration::from_millis(ms as u64),
+            ms => Duration::from_millis(u64::from(ms)),
         };
         let mut defs = Vec::new();
         for t in &start.tools {
             let timeout = match t.timeout_ms {
                 0 => default_timeout,
-                ms => Duration::from_millis(ms as u64),
+                ms => Duration::from_millis(u64::from(ms)),
             };
             defs.push(
                 ToolDef::new(&t.name, &t.description, &t.parameters_json_schema, timeout)
@@ -397,7 +397,7 @@ impl SessionPlan {
                     action,
                     threshold: Duration::from_millis(match g.threshold_ms {
                         0 => 1500,
-                        ms => ms as u64,
+                        ms => u64::from(ms),
                     }),
                     earcon: g.earcon.clone(),
                 }
@@ -407,7 +407,7 @@ impl SessionPlan {
         let pacing_lead = start.pacing.as_ref().filter(|p| p.enabled).map(|p| {
             Duration::from_millis(match p.lead_ms {
                 0 => 100,
-                ms => ms.min(2000) as u64,
+                ms => u64::from(ms.min(2000)),
             })
         });
 

@@ -398,7 +398,7 @@ mod tests {
         s.sent("e1".into(), p, now);
         match s.on_error(Some("e1"), "invalid_value", false, now) {
             Resolution::Failed { create, .. } => {
-                assert_eq!(create.reason, CreateReason::ToolRound("r0".into()))
+                assert_eq!(create.reason, CreateReason::ToolRound("r0".into()));
             }
             other => panic!("{other:?}"),
         }

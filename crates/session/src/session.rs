@@ -109,7 +109,7 @@ pub async fn run_session<S>(
         counter!(names::SESSIONS_TOTAL, "outcome" => outcome).increment(1);
     }
     .instrument(span)
-    .await
+    .await;
 }
 
 fn attempt(ctx: &SessionContext, plan: &SessionPlan) -> Attempt {

@@ -178,7 +178,7 @@ impl ToolCalls {
         };
         self.calls.insert(call_id.clone(), call);
         let why = refusal?;
-        let o = ToolOutcome::failed(&call_id, &name, ToolStatus::Refused, why, Duration::ZERO);
+        let o = ToolOutcome::failed(call_id, name, ToolStatus::Refused, why, Duration::ZERO);
         self.end(cx, o, now, out)
     }
 
@@ -227,19 +227,19 @@ impl ToolCalls {
                 out.upstream(ClientEvent::function_output(&o.call_id, &o.output));
             }
         }
-        out.host(Out::ToolCallFinished(pb::ToolCallFinished {
-            call_id: o.call_id.clone(),
-            name: o.name.clone(),
-            status: o.status.to_pb() as i32,
-            duration_ms: u32::try_from(o.duration.as_millis()).unwrap_or(u32::MAX),
-            error: o.error.clone().unwrap_or_default(),
-        }));
-        let _ = now;
         if call.state == CallState::Running && o.status != ToolStatus::Cancelled {
             if let Some(rid) = self.rounds.on_output(&o.call_id) {
                 create = Some(CreateReason::ToolRound(rid));
             }
         }
+        let _ = now;
+        out.host(Out::ToolCallFinished(pb::ToolCallFinished {
+            status: o.status.to_pb() as i32,
+            duration_ms: u32::try_from(o.duration.as_millis()).unwrap_or(u32::MAX),
+            call_id: o.call_id,
+            name: o.name,
+            error: o.error.unwrap_or_default(),
+        }));
         create
     }
 
@@ -385,5 +385,234 @@ pub fn context_item(dialect: voice_realtime::Dialect, role: pb::Role, text: &str
     };
     ClientEvent::ItemCreate {
         item: serde_json::json!({"type": "message", "role": role, "content": [{"type": kind, "text": text}]}),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::Defaults;
+
+    fn plan() -> SessionPlan {
+        let start = pb::SessionStart {
+            tools: vec![pb::ToolDefinition {
+                name: "lookup".into(),
+                description: "d".into(),
+                parameters_json_schema:
+                    r#"{"type":"object","properties":{"q":{"type":"string"}},"required":["q"]}"#
+                        .into(),
+                timeout_ms: 1000,
+            }],
+            tool_routing: Some(pb::ToolRouting {
+                route: Some(pb::tool_routing::Route::InStream(true)),
+            }),
+            ..Default::default()
+        };
+        SessionPlan::from_start(&start, &Defaults::default()).unwrap()
+    }
+
+    fn cx(plan: &SessionPlan, link_up: bool) -> Ctx<'_> {
+        Ctx {
+            session_id: "s",
+            plan,
+            link_up,
+        }
+    }
+
+    /// (host messages, upstream events) in the outbox, by kind.
+    fn drained(out: &mut Outbox) -> (Vec<String>, Vec<String>) {
+        let (mut host, mut up) = (Vec::new(), Vec::new());
+        for a in out.drain() {
+            match a {
+                Action::Host(Out::ToolCallStarted(_)) => host.push("started".into()),
+                Action::Host(Out::ToolCall(_)) => host.push("call".into()),
+                Action::Host(Out::ToolCallFinished(f)) => host.push(format!(
+                    "finished:{}",
+                    pb::ToolStatus::try_from(f.status).unwrap().as_str_name()
+                )),
+                Action::Host(Out::Error(e)) => host.push(format!("error:{}", e.code)),
+                Action::Host(other) => host.push(format!("{other:?}")),
+                Action::Upstream(ev) => up.push(ev.to_json("e")),
+                other => up.push(format!("{other:?}")),
+            }
+        }
+        (host, up)
+    }
+
+    fn result(call_id: &str, json: &str) -> pb::ToolResult {
+        pb::ToolResult {
+            call_id: call_id.into(),
+            result: Some(pb::tool_result::Result::OutputJson(json.into())),
+        }
+    }
+
+    #[test]
+    fn a_call_with_bad_arguments_is_refused_and_ends_once() {
+        let plan = plan();
+        let (mut t, mut out, now) = (ToolCalls::new(), Outbox::default(), Instant::now());
+        assert!(t.seen("r1", "c1"));
+        assert!(
+            !t.seen("r1", "c1"),
+            "a duplicate sighting is not a new call"
+        );
+        assert!(!t.seen("r1", ""), "a call without an id is ignored");
+        let create = t.launch(
+            cx(&plan, true),
+            "c1".into(),
+            "lookup".into(),
+            "{}".into(),
+            now,
+            &mut out,
+        );
+        assert_eq!(create, None, "the response is not done yet");
+        let (host, up) = drained(&mut out);
+        assert_eq!(host, ["started", "finished:TOOL_STATUS_REFUSED"]);
+        assert_eq!(up.len(), 1);
+        assert!(
+            up[0].contains("function_call_output") && up[0].contains("schema"),
+            "{up:?}"
+        );
+        assert_eq!(
+            t.response_done("r1"),
+            Some(CreateReason::ToolRound("r1".into()))
+        );
+        assert_eq!(t.running(), 0);
+    }
+
+    #[test]
+    fn an_in_stream_call_finishes_then_its_round_completes() {
+        let plan = plan();
+        let (mut t, mut out, now) = (ToolCalls::new(), Outbox::default(), Instant::now());
+        for id in ["a", "b"] {
+            assert!(t.seen("r1", id));
+            t.launch(
+                cx(&plan, true),
+                id.into(),
+                "lookup".into(),
+                r#"{"q":"x"}"#.into(),
+                now,
+                &mut out,
+            );
+        }
+        assert_eq!(t.response_done("r1"), None);
+        assert_eq!(t.next_deadline(), Some(now + Duration::from_secs(1)));
+        let _ = drained(&mut out);
+        assert_eq!(
+            t.host_result(cx(&plan, true), result("a", "{}"), now, &mut out),
+            None
+        );
+        assert_eq!(
+            t.host_result(cx(&plan, true), result("b", r#"{"v":1}"#), now, &mut out),
+            Some(CreateReason::ToolRound("r1".into()))
+        );
+        let (host, up) = drained(&mut out);
+        assert_eq!(host, ["finished:TOOL_STATUS_OK", "finished:TOOL_STATUS_OK"]);
+        assert_eq!(up.len(), 2);
+        // A second answer for a finished call is a typed error, and changes nothing.
+        assert_eq!(
+            t.host_result(cx(&plan, true), result("b", "{}"), now, &mut out),
+            None
+        );
+        assert_eq!(drained(&mut out).0, ["error:tool_unknown_call"]);
+    }
+
+    #[test]
+    fn a_timed_out_call_answers_the_model_and_refuses_the_late_result() {
+        let plan = plan();
+        let (mut t, mut out, now) = (ToolCalls::new(), Outbox::default(), Instant::now());
+        t.seen("r1", "c1");
+        t.launch(
+            cx(&plan, true),
+            "c1".into(),
+            "lookup".into(),
+            r#"{"q":"x"}"#.into(),
+            now,
+            &mut out,
+        );
+        t.response_done("r1");
+        let _ = drained(&mut out);
+        assert!(t
+            .expire(cx(&plan, true), now + Duration::from_millis(999), &mut out)
+            .is_empty());
+        assert_eq!(
+            t.expire(cx(&plan, true), now + Duration::from_secs(1), &mut out),
+            [CreateReason::ToolRound("r1".into())]
+        );
+        let (host, up) = drained(&mut out);
+        assert_eq!(host, ["finished:TOOL_STATUS_TIMEOUT"]);
+        assert!(up[0].contains("did not answer within 1000 ms"));
+        t.host_result(cx(&plan, true), result("c1", "{}"), now, &mut out);
+        assert_eq!(drained(&mut out).0, ["error:tool_result_late"]);
+    }
+
+    #[test]
+    fn an_orphaned_call_delivers_its_result_as_context_after_the_reconnect() {
+        let plan = plan();
+        let (mut t, mut out, now) = (ToolCalls::new(), Outbox::default(), Instant::now());
+        t.seen("r1", "c1");
+        t.launch(
+            cx(&plan, true),
+            "c1".into(),
+            "lookup".into(),
+            r#"{"q":"x"}"#.into(),
+            now,
+            &mut out,
+        );
+        let _ = drained(&mut out);
+        t.orphan_all();
+        assert_eq!(t.state("c1"), Some(CallState::Orphaned));
+        // The result comes while the link is down: held, not sent, no round (the old one is gone).
+        assert_eq!(
+            t.host_result(cx(&plan, false), result("c1", r#"{"n":7}"#), now, &mut out),
+            None
+        );
+        let (host, up) = drained(&mut out);
+        assert_eq!(host, ["finished:TOOL_STATUS_OK"]);
+        assert!(up.is_empty());
+        let notes = t.take_notes();
+        assert_eq!(notes.len(), 1);
+        assert!(notes[0].contains(r#"{"n":7}"#));
+        // With the link up, an orphan's result goes in at once and asks the model to continue.
+        t.seen("r2", "c2");
+        t.launch(
+            cx(&plan, true),
+            "c2".into(),
+            "lookup".into(),
+            r#"{"q":"y"}"#.into(),
+            now,
+            &mut out,
+        );
+        t.orphan_all();
+        let _ = drained(&mut out);
+        assert_eq!(
+            t.host_result(cx(&plan, true), result("c2", "{}"), now, &mut out),
+            Some(CreateReason::OrphanedResult)
+        );
+        let (_, up) = drained(&mut out);
+        assert!(up[0].contains("conversation.item.create") && up[0].contains("earlier lookup"));
+    }
+
+    #[test]
+    fn calls_running_at_the_end_are_cancelled_without_an_output() {
+        let plan = plan();
+        let (mut t, mut out, now) = (ToolCalls::new(), Outbox::default(), Instant::now());
+        t.seen("r1", "c1");
+        t.launch(
+            cx(&plan, true),
+            "c1".into(),
+            "lookup".into(),
+            r#"{"q":"x"}"#.into(),
+            now,
+            &mut out,
+        );
+        let _ = drained(&mut out);
+        t.cancel_all(cx(&plan, true), now + Duration::from_millis(5), &mut out);
+        let (host, up) = drained(&mut out);
+        assert_eq!(host, ["finished:TOOL_STATUS_CANCELLED"]);
+        assert!(
+            up.is_empty(),
+            "the model gets nothing once the session ends"
+        );
+        assert_eq!(t.running(), 0);
     }
 }

@@ -215,15 +215,15 @@ pub struct ToolOutcome {
 
 impl ToolOutcome {
     pub fn failed(
-        call_id: &str,
-        name: &str,
+        call_id: impl Into<String>,
+        name: impl Into<String>,
         status: ToolStatus,
         message: String,
         duration: Duration,
     ) -> ToolOutcome {
         ToolOutcome {
-            call_id: call_id.to_string(),
-            name: name.to_string(),
+            call_id: call_id.into(),
+            name: name.into(),
             status,
             output: json!({"error": message}).to_string(),
             error: Some(message),
@@ -287,7 +287,10 @@ pub struct ToolChannels {
 
 impl ToolChannels {
     pub fn channel(&self, addr: &str) -> Result<Channel, String> {
-        let mut map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self
+            .inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(c) = map.get(addr) {
             return Ok(c.clone());
         }

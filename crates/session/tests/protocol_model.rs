@@ -93,7 +93,7 @@ impl Client {
     fn receive(&mut self, m: ToClient) {
         match m {
             ToClient::Created(id, tag) => {
-                self.sched.on_created(&id, tag.as_deref(), Instant::now())
+                self.sched.on_created(&id, tag.as_deref(), Instant::now());
             }
             ToClient::Rejected(eid) => assert_eq!(
                 self.sched.on_error(

@@ -302,7 +302,7 @@ impl Harness {
 
     /// Starts a session from `start` and accepts its first upstream connection.
     pub async fn start(start: pb::SessionStart) -> (Harness, Upstream) {
-        let mut h = Harness::spawn(start);
+        let mut h = Harness::spawn(&start);
         let mut up = h.connection().await;
         up.accept().await;
         match h.host.next().await {
@@ -312,7 +312,7 @@ impl Harness {
         (h, up)
     }
 
-    pub fn spawn(start: pb::SessionStart) -> Harness {
+    pub fn spawn(start: &pb::SessionStart) -> Harness {
         let (peers_tx, peers) = mpsc::unbounded_channel();
         let shutdown = CancellationToken::new();
         let mut ctx = SessionContext::new(
@@ -328,7 +328,7 @@ impl Harness {
         );
         ctx.connector = Arc::new(ScriptedConnector { peers: peers_tx });
         ctx.reconnect = ReconnectPolicy::default();
-        let plan = SessionPlan::from_start(&start, &Defaults::default()).expect("valid start");
+        let plan = SessionPlan::from_start(start, &Defaults::default()).expect("valid start");
         let (in_tx, in_rx) = mpsc::channel(64);
         let (out_tx, out_rx) = mpsc::channel(256);
         let task = tokio::spawn(run_session(
