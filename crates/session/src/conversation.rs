@@ -1017,6 +1017,19 @@ impl Conversation {
         self.pump(now);
     }
 
+    /// The loop could not deliver an event: the link dropped first. Tool outputs are never lost —
+    /// they go into the next upstream session as context; the rest is restored by the reconnect
+    /// (configuration, transcripts) or means nothing to a new session (cancel, truncate, commit).
+    pub fn upstream_unsent(&mut self, ev: &ClientEvent) {
+        if let ClientEvent::ItemCreate { item } = ev {
+            if item["type"] == "function_call_output" {
+                let call_id = item["call_id"].as_str().unwrap_or_default();
+                let output = item["output"].as_str().unwrap_or_default();
+                self.tools.output_unsent(call_id, output);
+            }
+        }
+    }
+
     pub fn link_up(&self) -> bool {
         self.link_up
     }

@@ -348,12 +348,16 @@ impl SessionLoop {
 
     async fn send_up(&mut self, ev: &ClientEvent) -> Result<(), End> {
         let Some(conn) = self.link.as_mut() else {
-            debug!(event = ev.kind(), "upstream is down: event dropped");
+            debug!(event = ev.kind(), "upstream is down: event not sent");
+            self.conv.upstream_unsent(ev);
             return Ok(());
         };
         match conn.send(ev).await {
             Ok(_) => Ok(()),
-            Err(e) => self.link_lost(e),
+            Err(e) => {
+                self.conv.upstream_unsent(ev);
+                self.link_lost(e)
+            }
         }
     }
 

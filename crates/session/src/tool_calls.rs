@@ -70,6 +70,9 @@ pub struct ToolCalls {
     notes: Vec<String>,
     /// The tool the caller is waiting on (dead-air attribution).
     waiting_on: Option<String>,
+    /// Names of the calls whose outputs were handed to the loop most recently (to word a note if
+    /// the link drops before an output leaves).
+    recent: VecDeque<(String, String)>,
 }
 
 impl ToolCalls {
@@ -225,6 +228,10 @@ impl ToolCalls {
             }
             (_, CallState::Running) => {
                 out.upstream(ClientEvent::function_output(&o.call_id, &o.output));
+                self.recent.push_back((o.call_id.clone(), o.name.clone()));
+                if self.recent.len() > 64 {
+                    self.recent.pop_front();
+                }
             }
         }
         if call.state == CallState::Running && o.status != ToolStatus::Cancelled {
@@ -331,6 +338,19 @@ impl ToolCalls {
         }
         self.rounds = ToolRounds::new();
         self.names.clear();
+    }
+
+    /// A call's output never left (the link dropped first): it goes to the next upstream session as
+    /// context, like an orphaned call's result. Nothing is lost.
+    pub fn output_unsent(&mut self, call_id: &str, output: &str) {
+        let name = self
+            .recent
+            .iter()
+            .rev()
+            .find(|(id, _)| id == call_id)
+            .map_or("tool", |(_, n)| n.as_str());
+        self.notes
+            .push(format!("Result of the earlier {name} tool call: {output}"));
     }
 
     /// Results of orphaned calls that ended while the link was down.

@@ -393,3 +393,43 @@ async fn a_failed_create_is_retried_or_reported_and_never_wedges_the_scheduler()
         c5["event_id"]
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_tool_result_racing_an_upstream_drop_reaches_the_next_session() {
+    let (mut h, mut up) = Harness::start(start_with_tool(60_000)).await;
+    h.host
+        .control(pb::control::Action::SendText("look it up".into()))
+        .await;
+    let (create, _) = up.until("response.create").await;
+    let rid = up.created_for(&create).await;
+    up.call(&rid, "call_1", "lookup", "{}").await;
+    up.done(&rid, "completed", json!([])).await;
+    h.host
+        .until(|m| matches!(m, Out::ToolCall(_)).then_some(()))
+        .await;
+    // The upstream vanishes (both directions) just as the host answers: whichever the session sees
+    // first, the output must not be lost.
+    drop(up);
+    h.host
+        .send(In::ToolResult(pb::ToolResult {
+            call_id: "call_1".into(),
+            result: Some(pb::tool_result::Result::OutputJson(
+                r#"{"answer":42}"#.into(),
+            )),
+        }))
+        .await;
+    h.host.error("upstream_disconnected").await;
+    let mut next = h.connection().await;
+    next.accept().await;
+    let (create, before) = next.until("response.create").await;
+    assert!(
+        before
+            .iter()
+            .any(|e| e["type"] == "conversation.item.create"
+                && e["item"]["content"][0]["text"]
+                    .as_str()
+                    .is_some_and(|t| t.contains(r#"{"answer":42}"#) && t.contains("lookup"))),
+        "the result went in as context: {before:?}"
+    );
+    assert!(create["response"]["metadata"]["voice_sidecar_create"].is_string());
+}
