@@ -459,6 +459,27 @@ mod tests {
         (host, up)
     }
 
+    /// A new call seen on response `rid` and launched at once.
+    fn start(
+        t: &mut ToolCalls,
+        plan: &SessionPlan,
+        rid: &str,
+        id: &str,
+        args: &str,
+        now: Instant,
+        out: &mut Outbox,
+    ) -> Option<CreateReason> {
+        assert!(t.seen(rid, id), "{id} is a new call");
+        t.launch(
+            cx(plan, true),
+            id.into(),
+            "lookup".into(),
+            args.into(),
+            now,
+            out,
+        )
+    }
+
     fn result(call_id: &str, json: &str) -> pb::ToolResult {
         pb::ToolResult {
             call_id: call_id.into(),
@@ -504,15 +525,7 @@ mod tests {
         let plan = plan();
         let (mut t, mut out, now) = (ToolCalls::new(), Outbox::default(), Instant::now());
         for id in ["a", "b"] {
-            assert!(t.seen("r1", id));
-            t.launch(
-                cx(&plan, true),
-                id.into(),
-                "lookup".into(),
-                r#"{"q":"x"}"#.into(),
-                now,
-                &mut out,
-            );
+            start(&mut t, &plan, "r1", id, r#"{"q":"x"}"#, now, &mut out);
         }
         assert_eq!(t.response_done("r1"), None);
         assert_eq!(t.next_deadline(), Some(now + Duration::from_secs(1)));
@@ -540,15 +553,7 @@ mod tests {
     fn a_timed_out_call_answers_the_model_and_refuses_the_late_result() {
         let plan = plan();
         let (mut t, mut out, now) = (ToolCalls::new(), Outbox::default(), Instant::now());
-        t.seen("r1", "c1");
-        t.launch(
-            cx(&plan, true),
-            "c1".into(),
-            "lookup".into(),
-            r#"{"q":"x"}"#.into(),
-            now,
-            &mut out,
-        );
+        start(&mut t, &plan, "r1", "c1", r#"{"q":"x"}"#, now, &mut out);
         t.response_done("r1");
         let _ = drained(&mut out);
         assert!(t
@@ -569,15 +574,7 @@ mod tests {
     fn an_orphaned_call_delivers_its_result_as_context_after_the_reconnect() {
         let plan = plan();
         let (mut t, mut out, now) = (ToolCalls::new(), Outbox::default(), Instant::now());
-        t.seen("r1", "c1");
-        t.launch(
-            cx(&plan, true),
-            "c1".into(),
-            "lookup".into(),
-            r#"{"q":"x"}"#.into(),
-            now,
-            &mut out,
-        );
+        start(&mut t, &plan, "r1", "c1", r#"{"q":"x"}"#, now, &mut out);
         let _ = drained(&mut out);
         t.orphan_all();
         assert_eq!(t.state("c1"), Some(CallState::Orphaned));
@@ -593,15 +590,7 @@ mod tests {
         assert_eq!(notes.len(), 1);
         assert!(notes[0].contains(r#"{"n":7}"#));
         // With the link up, an orphan's result goes in at once and asks the model to continue.
-        t.seen("r2", "c2");
-        t.launch(
-            cx(&plan, true),
-            "c2".into(),
-            "lookup".into(),
-            r#"{"q":"y"}"#.into(),
-            now,
-            &mut out,
-        );
+        start(&mut t, &plan, "r2", "c2", r#"{"q":"y"}"#, now, &mut out);
         t.orphan_all();
         let _ = drained(&mut out);
         assert_eq!(
@@ -616,15 +605,7 @@ mod tests {
     fn calls_running_at_the_end_are_cancelled_without_an_output() {
         let plan = plan();
         let (mut t, mut out, now) = (ToolCalls::new(), Outbox::default(), Instant::now());
-        t.seen("r1", "c1");
-        t.launch(
-            cx(&plan, true),
-            "c1".into(),
-            "lookup".into(),
-            r#"{"q":"x"}"#.into(),
-            now,
-            &mut out,
-        );
+        start(&mut t, &plan, "r1", "c1", r#"{"q":"x"}"#, now, &mut out);
         let _ = drained(&mut out);
         t.cancel_all(cx(&plan, true), now + Duration::from_millis(5), &mut out);
         let (host, up) = drained(&mut out);

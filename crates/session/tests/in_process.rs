@@ -27,11 +27,7 @@ fn paced(mut s: pb::SessionStart) -> pb::SessionStart {
 #[tokio::test(start_paused = true)]
 async fn barge_in_truncates_at_the_heard_position_without_a_cancel_server_vad_already_sent() {
     let (mut h, mut up) = Harness::start(paced(start_with_tool(5000))).await;
-    h.host
-        .control(pb::control::Action::SendText("tell me a story".into()))
-        .await;
-    let (create, _) = up.until("response.create").await;
-    let rid = up.created_for(&create).await;
+    let rid = up.respond_to_text(&h.host, "tell me a story").await;
     up.audio(&rid, "item_a", 3000).await;
     // Paced: the first frame goes out at once; 1 s of playback later the caller speaks.
     h.host
@@ -40,13 +36,7 @@ async fn barge_in_truncates_at_the_heard_position_without_a_cancel_server_vad_al
     let t0 = Instant::now();
     tokio::time::sleep(ms(1000)).await;
     up.speech_started().await;
-    let interrupted = h
-        .host
-        .until(|m| match m {
-            Out::Interrupted(i) => Some(i.clone()),
-            _ => None,
-        })
-        .await;
+    let interrupted = h.host.interrupted().await;
     let heard = Instant::now() - t0;
     assert_eq!(interrupted.item_id, "item_a");
     // What was heard: the time since the first frame (paced releases are exact).
@@ -61,11 +51,7 @@ async fn barge_in_truncates_at_the_heard_position_without_a_cancel_server_vad_al
     // Upstream's own cancel arrives; the next response's audio is numbered on from the last frame
     // released: the frames dropped by the barge-in did not consume numbers.
     up.done(&rid, "cancelled", json!([])).await;
-    h.host
-        .control(pb::control::Action::SendText("again".into()))
-        .await;
-    let (create, _) = up.until("response.create").await;
-    let rid2 = up.created_for(&create).await;
+    let rid2 = up.respond_to_text(&h.host, "again").await;
     up.audio(&rid2, "item_b", 200).await;
     up.done(&rid2, "completed", json!([])).await;
     h.host
@@ -86,11 +72,7 @@ async fn barge_in_truncates_at_the_heard_position_without_a_cancel_server_vad_al
 #[tokio::test(start_paused = true)]
 async fn a_host_cancel_does_send_response_cancel() {
     let (mut h, mut up) = Harness::start(paced(start_with_tool(5000))).await;
-    h.host
-        .control(pb::control::Action::SendText("hello".into()))
-        .await;
-    let (create, _) = up.until("response.create").await;
-    let rid = up.created_for(&create).await;
+    let rid = up.respond_to_text(&h.host, "hello").await;
     up.audio(&rid, "item_a", 1000).await;
     h.host
         .until(|m| matches!(m, Out::Audio(_)).then_some(()))
@@ -99,24 +81,14 @@ async fn a_host_cancel_does_send_response_cancel() {
         .control(pb::control::Action::CancelResponse(pb::Empty {}))
         .await;
     let (_, _) = up.until("response.cancel").await;
-    let i = h
-        .host
-        .until(|m| match m {
-            Out::Interrupted(i) => Some(i.clone()),
-            _ => None,
-        })
-        .await;
+    let i = h.host.interrupted().await;
     assert_eq!(i.item_id, "item_a");
 }
 
 #[tokio::test(start_paused = true)]
 async fn unpaced_played_position_advances_from_the_last_mark() {
     let (mut h, mut up) = Harness::start(start_with_tool(5000)).await;
-    h.host
-        .control(pb::control::Action::SendText("hello".into()))
-        .await;
-    let (create, _) = up.until("response.create").await;
-    let rid = up.created_for(&create).await;
+    let rid = up.respond_to_text(&h.host, "hello").await;
     up.audio(&rid, "item_a", 3000).await;
     // All 3 s arrive at once (no pacing); the host says it has played 500 ms, 700 ms later it is at
     // 1200 ms.
@@ -131,33 +103,17 @@ async fn unpaced_played_position_advances_from_the_last_mark() {
         .await;
     tokio::time::sleep(ms(700)).await;
     up.speech_started().await;
-    let i = h
-        .host
-        .until(|m| match m {
-            Out::Interrupted(i) => Some(i.clone()),
-            _ => None,
-        })
-        .await;
+    let i = h.host.interrupted().await;
     assert_eq!(i.played_ms, 1200);
 }
 
 #[tokio::test(start_paused = true)]
 async fn an_in_stream_tool_times_out_once_and_a_late_result_is_refused() {
     let (mut h, mut up) = Harness::start(start_with_tool(2000)).await;
-    h.host
-        .control(pb::control::Action::SendText("look it up".into()))
-        .await;
-    let (create, _) = up.until("response.create").await;
-    let rid = up.created_for(&create).await;
+    let rid = up.respond_to_text(&h.host, "look it up").await;
     up.call(&rid, "call_1", "lookup", r#"{"q":"x"}"#).await;
     up.done(&rid, "completed", json!([])).await;
-    let call = h
-        .host
-        .until(|m| match m {
-            Out::ToolCall(c) => Some(c.clone()),
-            _ => None,
-        })
-        .await;
+    let call = h.host.tool_call().await;
     let t0 = Instant::now();
     assert_eq!(call.timeout_ms, 2000);
     // Nobody answers: 2 s later the model gets the timeout as the call's output, then one create.
@@ -169,13 +125,7 @@ async fn an_in_stream_tool_times_out_once_and_a_late_result_is_refused() {
         .as_str()
         .unwrap()
         .contains("did not answer"));
-    let finished = h
-        .host
-        .until(|m| match m {
-            Out::ToolCallFinished(f) => Some(f.clone()),
-            _ => None,
-        })
-        .await;
+    let finished = h.host.tool_finished().await;
     assert_eq!(finished.status, pb::ToolStatus::Timeout as i32);
     let (create2, _) = up.until("response.create").await;
     assert!(create2["response"]["metadata"]["voice_sidecar_create"].is_string());
@@ -205,16 +155,9 @@ async fn the_silence_guard_asks_for_one_holding_line_past_the_threshold() {
         earcon: vec![],
     });
     let (mut h, mut up) = Harness::start(start).await;
-    h.host
-        .control(pb::control::Action::SendText("look it up".into()))
-        .await;
-    let (create, _) = up.until("response.create").await;
-    let rid = up.created_for(&create).await;
-    up.call(&rid, "call_1", "lookup", "{}").await;
-    up.done(&rid, "completed", json!([])).await;
-    h.host
-        .until(|m| matches!(m, Out::ToolCall(_)).then_some(()))
-        .await;
+    let rid = up.respond_to_text(&h.host, "look it up").await;
+    up.call_and_end(&rid, "call_1", "{}").await;
+    h.host.tool_call().await;
     let t0 = Instant::now();
     let (hold, _) = up.until("response.create").await;
     assert_eq!(Instant::now() - t0, ms(1500));
@@ -250,11 +193,8 @@ async fn reconnect_backs_off_with_jitter_and_the_session_is_never_blind() {
         .await;
     let (create, _) = up.until("response.create").await;
     let rid = up.created_for(&create).await;
-    up.call(&rid, "call_1", "lookup", "{}").await;
-    up.done(&rid, "completed", json!([])).await;
-    h.host
-        .until(|m| matches!(m, Out::ToolCall(_)).then_some(()))
-        .await;
+    up.call_and_end(&rid, "call_1", "{}").await;
+    h.host.tool_call().await;
     up.close().await;
     let lost_at = Instant::now();
     let e = h.host.error("upstream_disconnected").await;
@@ -266,13 +206,7 @@ async fn reconnect_backs_off_with_jitter_and_the_session_is_never_blind() {
             result: Some(pb::tool_result::Result::OutputJson(r#"{"n":7}"#.into())),
         }))
         .await;
-    let f = h
-        .host
-        .until(|m| match m {
-            Out::ToolCallFinished(f) => Some(f.clone()),
-            _ => None,
-        })
-        .await;
+    let f = h.host.tool_finished().await;
     assert_eq!(f.status, pb::ToolStatus::Ok as i32);
     h.host
         .send(In::Audio(pb::AudioFrame {
@@ -397,16 +331,9 @@ async fn a_failed_create_is_retried_or_reported_and_never_wedges_the_scheduler()
 #[tokio::test(start_paused = true)]
 async fn a_tool_result_racing_an_upstream_drop_reaches_the_next_session() {
     let (mut h, mut up) = Harness::start(start_with_tool(60_000)).await;
-    h.host
-        .control(pb::control::Action::SendText("look it up".into()))
-        .await;
-    let (create, _) = up.until("response.create").await;
-    let rid = up.created_for(&create).await;
-    up.call(&rid, "call_1", "lookup", "{}").await;
-    up.done(&rid, "completed", json!([])).await;
-    h.host
-        .until(|m| matches!(m, Out::ToolCall(_)).then_some(()))
-        .await;
+    let rid = up.respond_to_text(&h.host, "look it up").await;
+    up.call_and_end(&rid, "call_1", "{}").await;
+    h.host.tool_call().await;
     // The upstream vanishes (both directions) just as the host answers: whichever the session sees
     // first, the output must not be lost.
     drop(up);

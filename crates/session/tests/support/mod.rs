@@ -138,6 +138,21 @@ impl Upstream {
         rid
     }
 
+    /// The host sends text as the user; the session asks for a response and upstream starts it.
+    /// Returns the response id.
+    pub async fn respond_to_text(&mut self, host: &Host, text: &str) -> String {
+        host.control(pb::control::Action::SendText(text.into()))
+            .await;
+        let (create, _) = self.until("response.create").await;
+        self.created_for(&create).await
+    }
+
+    /// The response calls the `lookup` tool once, then ends.
+    pub async fn call_and_end(&mut self, rid: &str, call_id: &str, args: &str) {
+        self.call(rid, call_id, "lookup", args).await;
+        self.done(rid, "completed", json!([])).await;
+    }
+
     /// A response upstream started by itself (server VAD): untagged.
     pub async fn created_untagged(&mut self) -> String {
         let rid = self.id("resp");
@@ -251,6 +266,30 @@ impl Host {
                 return t;
             }
         }
+    }
+
+    pub async fn tool_call(&mut self) -> pb::ToolCall {
+        self.until(|m| match m {
+            Out::ToolCall(c) => Some(c.clone()),
+            _ => None,
+        })
+        .await
+    }
+
+    pub async fn interrupted(&mut self) -> pb::Interrupted {
+        self.until(|m| match m {
+            Out::Interrupted(i) => Some(i.clone()),
+            _ => None,
+        })
+        .await
+    }
+
+    pub async fn tool_finished(&mut self) -> pb::ToolCallFinished {
+        self.until(|m| match m {
+            Out::ToolCallFinished(f) => Some(f.clone()),
+            _ => None,
+        })
+        .await
     }
 
     pub async fn error(&mut self, code: &str) -> pb::Error {
