@@ -68,6 +68,11 @@ KNOWN = {
     "voice_budget_exceeded_total": "counter",
     "voice_host_stall_seconds": "histogram",
     "voice_audio_dropped_total": "counter",
+    "voice_preamble_to_answer_seconds": "histogram",
+    "voice_idle_timeouts_total": "counter",
+    "voice_quiet_mode_total": "counter",
+    "voice_quiet_suppressed_responses_total": "counter",
+    "voice_model_deprecated_sessions_total": "counter",
 }
 errors = []
 

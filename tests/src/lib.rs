@@ -426,6 +426,8 @@ typed_waits! {
     until_response_done => ResponseDone(pb::ResponseDone),
     until_error => Error(pb::Error),
     until_ended => Ended(pb::SessionEnded),
+    until_idle_timeout => IdleTimeout(pb::IdleTimeout),
+    until_quiet_mode => QuietMode(pb::QuietMode),
 }
 
 pub fn kind(e: &Out) -> String {
@@ -450,6 +452,8 @@ pub fn kind(e: &Out) -> String {
         Out::ResponseDone(_) => "response_done".into(),
         Out::Error(e) => format!("error:{}", e.code),
         Out::Ended(e) => format!("ended:{}", e.reason),
+        Out::IdleTimeout(_) => "idle_timeout".into(),
+        Out::QuietMode(q) => format!("quiet_mode:{}", if q.on { "on" } else { "off" }),
     }
 }
 

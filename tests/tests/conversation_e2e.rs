@@ -346,6 +346,7 @@ async fn controls_map_to_upstream_events() {
         turn_detection: Some(pb::TurnDetection {
             mode: Some(pb::turn_detection::Mode::Disabled(pb::Disabled {})),
         }),
+        ..Default::default()
     }))
     .await;
     host.control(pb::control::Action::ClearInput(pb::Empty {}))

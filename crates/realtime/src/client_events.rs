@@ -25,6 +25,10 @@ pub enum ClientEvent {
         content_index: u32,
         audio_end_ms: u64,
     },
+    /// `conversation.item.delete`: removes an item the caller never heard.
+    ItemDelete {
+        item_id: String,
+    },
     ResponseCreate {
         response: Option<Value>,
     },
@@ -40,6 +44,7 @@ impl ClientEvent {
             ClientEvent::InputAudioClear => "input_audio_buffer.clear",
             ClientEvent::ItemCreate { .. } => "conversation.item.create",
             ClientEvent::ItemTruncate { .. } => "conversation.item.truncate",
+            ClientEvent::ItemDelete { .. } => "conversation.item.delete",
             ClientEvent::ResponseCreate { .. } => "response.create",
             ClientEvent::ResponseCancel => "response.cancel",
         }
@@ -89,6 +94,7 @@ impl ClientEvent {
             } => {
                 json!({"item_id": item_id, "content_index": content_index, "audio_end_ms": audio_end_ms})
             }
+            ClientEvent::ItemDelete { item_id } => json!({"item_id": item_id}),
             ClientEvent::ResponseCreate { response } => match response {
                 Some(r) => json!({"response": r}),
                 None => json!({}),

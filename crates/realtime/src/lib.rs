@@ -6,6 +6,7 @@
 pub mod client;
 pub mod client_events;
 pub mod dialect;
+pub mod models;
 pub mod secret;
 pub mod server_events;
 pub mod session_config;
@@ -14,5 +15,5 @@ pub use client::{ConnectOptions, MemoryPeer, PeerMessage, RealtimeConnection, Re
 pub use client_events::ClientEvent;
 pub use dialect::{Dialect, WireAudioFormat};
 pub use secret::ApiKey;
-pub use server_events::{ApiError, Item, ParseError, ResponseInfo, ServerEvent, Usage};
+pub use server_events::{ApiError, Item, Logprob, ParseError, ResponseInfo, ServerEvent, Usage};
 pub use session_config::{SessionConfig, ToolSpec, Transcription, TurnDetection};

@@ -71,6 +71,9 @@ pub enum Item {
     Message {
         id: String,
         role: String,
+        /// `commentary` (a preamble) or `final_answer`, when upstream sends it (Azure documents it;
+        /// the openai 3.57.0 models have no such field).
+        phase: Option<String>,
     },
     FunctionCall {
         id: String,
@@ -100,6 +103,7 @@ impl Item {
             "message" => Item::Message {
                 id: s("id"),
                 role: s("role"),
+                phase: v.get("phase").and_then(Value::as_str).map(str::to_string),
             },
             "function_call" => Item::FunctionCall {
                 id: s("id"),
@@ -167,6 +171,42 @@ impl ResponseInfo {
     }
 }
 
+/// One token's log probability in a transcription (`include: [...logprobs]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Logprob {
+    pub token: String,
+    pub logprob: f64,
+    pub bytes: Vec<u8>,
+}
+
+impl Logprob {
+    fn list(v: Option<&Value>) -> Vec<Logprob> {
+        v.and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .map(|l| Logprob {
+                        token: l
+                            .get("token")
+                            .and_then(Value::as_str)
+                            .unwrap_or_default()
+                            .to_string(),
+                        logprob: l.get("logprob").and_then(Value::as_f64).unwrap_or(0.0),
+                        bytes: l
+                            .get("bytes")
+                            .and_then(Value::as_array)
+                            .map(|b| {
+                                b.iter()
+                                    .filter_map(|x| x.as_u64().and_then(|x| u8::try_from(x).ok()))
+                                    .collect()
+                            })
+                            .unwrap_or_default(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
 /// Every server event the sidecar distinguishes, in dialect-neutral form.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ServerEvent {
@@ -203,10 +243,18 @@ pub enum ServerEvent {
     InputTranscriptionDelta {
         item_id: String,
         delta: String,
+        logprobs: Vec<Logprob>,
     },
     InputTranscriptionCompleted {
         item_id: String,
         transcript: String,
+        logprobs: Vec<Logprob>,
+    },
+    /// `input_audio_buffer.timeout_triggered`: the user stayed silent for `idle_timeout_ms`.
+    TimeoutTriggered {
+        item_id: String,
+        audio_start_ms: u64,
+        audio_end_ms: u64,
     },
     InputTranscriptionFailed {
         item_id: String,
@@ -305,7 +353,6 @@ const KNOWN_PASSIVE: &[&str] = &[
     "output_audio_buffer.started",
     "output_audio_buffer.stopped",
     "output_audio_buffer.cleared",
-    "input_audio_buffer.timeout_triggered",
     "input_audio_buffer.dtmf_event_received",
     "transcription_session.updated",
     "mcp_list_tools.in_progress",
@@ -400,6 +447,11 @@ impl ServerEvent {
                 previous_item_id: s_opt("previous_item_id"),
             },
             "input_audio_buffer.cleared" => ServerEvent::InputCleared,
+            "input_audio_buffer.timeout_triggered" => ServerEvent::TimeoutTriggered {
+                item_id: s("item_id")?,
+                audio_start_ms: u("audio_start_ms")?,
+                audio_end_ms: u("audio_end_ms")?,
+            },
             "conversation.item.created" | "conversation.item.added" => ServerEvent::ItemAdded {
                 item: Item::from_json(obj("item")?),
             },
@@ -411,12 +463,14 @@ impl ServerEvent {
                 ServerEvent::InputTranscriptionDelta {
                     item_id: s("item_id")?,
                     delta: s_opt("delta").unwrap_or_default(),
+                    logprobs: Logprob::list(v.get("logprobs")),
                 }
             }
             "conversation.item.input_audio_transcription.completed" => {
                 ServerEvent::InputTranscriptionCompleted {
                     item_id: s("item_id")?,
                     transcript: s("transcript")?,
+                    logprobs: Logprob::list(v.get("logprobs")),
                 }
             }
             "conversation.item.input_audio_transcription.failed" => {
@@ -519,6 +573,7 @@ impl ServerEvent {
             ServerEvent::InputTranscriptionDelta { .. } => "input_transcription.delta",
             ServerEvent::InputTranscriptionCompleted { .. } => "input_transcription.completed",
             ServerEvent::InputTranscriptionFailed { .. } => "input_transcription.failed",
+            ServerEvent::TimeoutTriggered { .. } => "input_audio_buffer.timeout_triggered",
             ServerEvent::ResponseCreated { .. } => "response.created",
             ServerEvent::ResponseDone { .. } => "response.done",
             ServerEvent::OutputItemAdded { .. } => "output_item.added",

@@ -88,20 +88,52 @@ impl TurnDetection {
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Transcription {
     pub model: String,
     pub language: Option<String>,
+    /// `minimal..xhigh` (GA, `gpt-realtime-whisper` only).
+    pub delay: Option<String>,
+    /// Vocabulary hints (GA, `gpt-transcribe` / `gpt-live-transcribe`).
+    pub keywords: Vec<String>,
 }
 
 impl Transcription {
+    /// A transcription with only a model.
+    pub fn model(model: impl Into<String>) -> Self {
+        Transcription {
+            model: model.into(),
+            ..Default::default()
+        }
+    }
+
     fn to_json(&self) -> Value {
         let mut v = json!({"model": self.model});
         if let Some(l) = &self.language {
             v["language"] = json!(l);
         }
+        if let Some(d) = &self.delay {
+            v["delay"] = json!(d);
+        }
+        if !self.keywords.is_empty() {
+            v["keywords"] = json!(self.keywords);
+        }
         v
     }
+}
+
+/// `noise_reduction` of the input audio.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NoiseReduction {
+    /// `near_field` or `far_field`.
+    pub kind: String,
+    /// 0–1 (GA only).
+    pub strength: Option<f32>,
+}
+
+/// A float as JSON, rounded to 3 decimals (an f32 such as 0.9 must not become 0.899999976).
+fn float3(x: f32) -> Value {
+    json!((f64::from(x) * 1000.0).round() / 1000.0)
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -125,6 +157,21 @@ pub struct SessionConfig {
     pub tool_choice: Option<String>,
     /// Listen-only: automatic responses off while turn detection keeps running.
     pub listen_only: bool,
+    /// `reasoning.effort` (GA, reasoning models).
+    pub reasoning_effort: Option<String>,
+    /// GA, reasoning models.
+    pub parallel_tool_calls: Option<bool>,
+    /// `truncation`, already in its wire shape (GA).
+    pub truncation: Option<Value>,
+    /// `tracing`, already in its wire shape.
+    pub tracing: Option<Value>,
+    /// `prompt`, already in its wire shape (GA).
+    pub prompt: Option<Value>,
+    pub noise_reduction: Option<NoiseReduction>,
+    /// Output speech speed, 0.25–1.5.
+    pub speed: Option<f32>,
+    /// `include: ["item.input_audio_transcription.logprobs"]` (GA).
+    pub include_logprobs: bool,
 }
 
 impl SessionConfig {
@@ -177,6 +224,16 @@ impl SessionConfig {
                         other => other,
                     };
                 }
+                // The beta session has only these of the newer fields (the plan refuses the rest).
+                if let Some(x) = self.speed {
+                    s["speed"] = float3(x);
+                }
+                if let Some(t) = &self.tracing {
+                    s["tracing"] = t.clone();
+                }
+                if let Some(n) = &self.noise_reduction {
+                    s["input_audio_noise_reduction"] = json!({"type": n.kind});
+                }
                 s
             }
             Dialect::Ga => {
@@ -187,9 +244,18 @@ impl SessionConfig {
                 if let Some(t) = &self.transcription {
                     input["transcription"] = t.to_json();
                 }
+                if let Some(n) = &self.noise_reduction {
+                    input["noise_reduction"] = json!({"type": n.kind});
+                    if let Some(x) = n.strength {
+                        input["noise_reduction"]["strength"] = float3(x);
+                    }
+                }
                 let mut output = json!({"format": self.output_format.ga_json()});
                 if let Some(v) = &self.voice {
                     output["voice"] = json!(v);
+                }
+                if let Some(x) = self.speed {
+                    output["speed"] = float3(x);
                 }
                 let mut s = json!({
                     "type": "realtime",
@@ -200,6 +266,24 @@ impl SessionConfig {
                 });
                 if let Some(c) = self.tool_choice_json() {
                     s["tool_choice"] = c;
+                }
+                if let Some(e) = &self.reasoning_effort {
+                    s["reasoning"] = json!({"effort": e});
+                }
+                if let Some(p) = self.parallel_tool_calls {
+                    s["parallel_tool_calls"] = json!(p);
+                }
+                for (k, v) in [
+                    ("truncation", &self.truncation),
+                    ("tracing", &self.tracing),
+                    ("prompt", &self.prompt),
+                ] {
+                    if let Some(v) = v {
+                        s[k] = v.clone();
+                    }
+                }
+                if self.include_logprobs {
+                    s["include"] = json!(["item.input_audio_transcription.logprobs"]);
                 }
                 s
             }
@@ -217,10 +301,7 @@ mod tests {
             voice: Some("marin".into()),
             input_format: WireAudioFormat::G711Ulaw,
             output_format: WireAudioFormat::Pcm16,
-            transcription: Some(Transcription {
-                model: "whisper-1".into(),
-                language: None,
-            }),
+            transcription: Some(Transcription::model("whisper-1")),
             tools: vec![ToolSpec {
                 name: "lookup".into(),
                 description: "d".into(),

@@ -7,15 +7,17 @@
 //! `budget` and the `summary`. Audio conversion (`voice_audio` pipelines) is CPU work, not I/O, so it
 //! lives here too; the loop only moves bytes.
 
+use crate::assistant_items::{AssistantItems, Final};
 use crate::audio_check::AudioCheck;
 use crate::barge_in::{self, Situation, EARCON_ITEM};
 use crate::budget::Budget;
 use crate::dead_air::{Closed, DeadAir, Phase};
 use crate::error::{Code, HostError};
 use crate::outbox::{Action, Outbox};
-use crate::plan::{self, GuardAction, SessionPlan};
+use crate::plan::{self, GuardAction, SessionPlan, QUIET_TOOL};
 use crate::playout::{Playout, QueuedFrame};
 use crate::scheduler::{CreateReason, PendingCreate, Resolution, ResponseScheduler, TAG_KEY};
+use crate::session_fields;
 use crate::summary::{millis, usage_pb, Summary};
 use crate::tool_calls::{context_item, Ctx, ToolCalls};
 use crate::tools::ToolOutcome;
@@ -115,6 +117,14 @@ pub struct Conversation {
     context: VecDeque<(pb::Role, String)>,
     labels: Vec<metrics::Label>,
     started: Instant,
+    /// The assistant's messages per response: phases, what was heard.
+    items: AssistantItems,
+    /// The last item whose audio was released (so `items.heard` runs once per item change).
+    last_heard: String,
+    /// Quiet mode (entered by the model's built-in tool): the wake phrase, normalised.
+    quiet: Option<String>,
+    /// Quiet-mode tool calls already answered (duplicate sightings).
+    quiet_calls: VecDeque<String>,
 }
 
 impl Conversation {
@@ -159,6 +169,23 @@ impl Conversation {
             context: VecDeque::new(),
             labels,
             started: now,
+            items: AssistantItems::new(),
+            last_heard: String::new(),
+            quiet: None,
+            quiet_calls: VecDeque::new(),
+        }
+    }
+
+    /// The first messages of a session: `SessionStarted`, and a deprecation warning if the model is
+    /// (nearly) shut down.
+    pub fn start(&mut self) {
+        let started = self.started_message();
+        self.out.host(Out::Started(started));
+        if let Some(why) = self.plan.deprecation.clone() {
+            counter!(names::MODEL_DEPRECATED).increment(1);
+            warn!(session_id = %self.id, model = %self.plan.model, "{why}");
+            self.out
+                .host_error(HostError::new(Code::ModelDeprecated, why, false));
         }
     }
 
@@ -174,6 +201,7 @@ impl Conversation {
             upstream_audio_format: self.plan.wire_in_name().to_string(),
             input_passthrough: self.input.is_passthrough(),
             output_passthrough: self.output.is_passthrough(),
+            effective_session_json: self.plan.config.to_json(self.plan.dialect).to_string(),
         }
     }
 
@@ -263,8 +291,35 @@ impl Conversation {
             Some(A::ClearInput(_)) => self.up(ClientEvent::InputAudioClear),
             Some(A::CancelResponse(_)) => self.interrupt(false, now),
             Some(A::ListenOnly(on)) => {
+                if !on && self.quiet.is_some() {
+                    self.leave_quiet("host", None, now);
+                    return Ok(());
+                }
                 self.plan.config.listen_only = on;
                 self.push_session_update();
+            }
+            Some(A::Respond(r)) => {
+                let overrides = match session_fields::response_overrides(
+                    &r,
+                    self.plan.model_info,
+                    self.plan.dialect,
+                ) {
+                    Ok(o) => o,
+                    Err(e) => {
+                        self.out
+                            .host_error(HostError::invalid_control(e.to_string()));
+                        return Ok(());
+                    }
+                };
+                if !r.text.trim().is_empty() {
+                    self.up(ClientEvent::user_text(&r.text));
+                    self.remember(pb::Role::User, &r.text);
+                }
+                let body = overrides
+                    .as_object()
+                    .is_some_and(|o| !o.is_empty())
+                    .then_some(overrides);
+                self.request(CreateReason::UserText, body, now);
             }
             Some(A::SendText(text)) => {
                 if text.trim().is_empty() {
@@ -279,6 +334,19 @@ impl Conversation {
                 }
             }
             Some(A::UpdateSession(u)) => {
+                match session_fields::apply_update(
+                    &u,
+                    self.plan.model_info,
+                    self.plan.dialect,
+                    &self.plan.config,
+                ) {
+                    Ok(c) => self.plan.config = c,
+                    Err(e) => {
+                        self.out
+                            .host_error(HostError::invalid_control(e.to_string()));
+                        return Ok(());
+                    }
+                }
                 if let Some(td) = &u.turn_detection {
                     match plan::turn_detection(Some(td)) {
                         Ok(t) => self.plan.config.turn_detection = t,
@@ -336,20 +404,53 @@ impl Conversation {
                 item_id,
                 transcript: t,
             } if !self.is_cancelled(&response_id) => {
-                self.remember(pb::Role::Assistant, &t);
-                self.out
-                    .host(transcript(pb::Role::Assistant, item_id, t, true));
+                if let Some(f) = self.items.transcript_done(&response_id, &item_id, t) {
+                    self.final_transcript(f);
+                }
             }
-            ServerEvent::InputTranscriptionDelta { item_id, delta } => {
-                self.out
-                    .host(transcript(pb::Role::User, item_id, delta, false));
+            ServerEvent::InputTranscriptionDelta {
+                item_id,
+                delta,
+                logprobs,
+            } => {
+                let mut m = transcript(pb::Role::User, item_id, delta, false);
+                with_logprobs(&mut m, &logprobs);
+                self.out.host(m);
             }
             ServerEvent::InputTranscriptionCompleted {
                 item_id,
                 transcript: t,
+                logprobs,
             } => {
                 self.remember(pb::Role::User, &t);
-                self.out.host(transcript(pb::Role::User, item_id, t, true));
+                let wake = self
+                    .quiet
+                    .as_deref()
+                    .is_some_and(|w| !w.is_empty() && normalise(&t).contains(w));
+                let mut m = transcript(pb::Role::User, item_id, t, true);
+                with_logprobs(&mut m, &logprobs);
+                self.out.host(m);
+                if wake {
+                    self.leave_quiet("wake_phrase", Some(CreateReason::UserText), now);
+                }
+            }
+            ServerEvent::TimeoutTriggered {
+                item_id,
+                audio_start_ms,
+                audio_end_ms,
+            } => {
+                // Upstream commits the silence and re-prompts: an ordinary response follows, so
+                // its latency and dead air count from now.
+                counter!(names::IDLE_TIMEOUTS).increment(1);
+                if !self.plan.config.listen_only {
+                    self.user_turn_end = Some(now);
+                    self.dead_air.user_turn_ended(now);
+                }
+                self.out.host(Out::IdleTimeout(pb::IdleTimeout {
+                    item_id,
+                    audio_start_ms: clamp_u32(audio_start_ms),
+                    audio_end_ms: clamp_u32(audio_end_ms),
+                }));
             }
             ServerEvent::InputTranscriptionFailed { item_id, message } => {
                 self.out.host_error(HostError::new(
@@ -411,9 +512,21 @@ impl Conversation {
                 }
             }
             ServerEvent::OutputItemAdded {
+                response_id,
                 item: Item::FunctionCall { call_id, name, .. },
-                ..
-            } => self.tools.name_seen(call_id, name),
+            } => {
+                for f in self.items.call_added(&response_id) {
+                    self.final_transcript(f);
+                }
+                self.tools.name_seen(call_id, name);
+            }
+            ServerEvent::OutputItemAdded {
+                response_id,
+                item: Item::Message { id, role, phase },
+            } if role == "assistant" => {
+                self.items
+                    .message_added(&response_id, &id, phase.as_deref());
+            }
             ServerEvent::FunctionCallArgumentsDone {
                 response_id,
                 call_id,
@@ -602,6 +715,13 @@ impl Conversation {
         }
         for mut q in frames.drain(..) {
             names::count_frame(names::Direction::Out, q.frame.data.len());
+            if q.frame.item_id != self.last_heard {
+                self.last_heard.clone_from(&q.frame.item_id);
+                self.items.heard(&q.frame.item_id, now);
+                for d in self.items.take_measured() {
+                    histogram!(names::PREAMBLE_TO_ANSWER).record(d.as_secs_f64());
+                }
+            }
             q.frame.seq = self.out_seq;
             self.out_seq += 1;
             self.out.host(Out::Audio(q.frame));
@@ -693,6 +813,14 @@ impl Conversation {
         if p.cancel {
             self.up(ClientEvent::ResponseCancel);
         }
+        // Messages of the interrupted response(s) the caller never heard leave the conversation:
+        // the model must not believe it said them.
+        let current = played.as_ref().map(|(i, _)| i.as_str());
+        let rids: Vec<&str> = [running.as_deref(), self.audio_response.as_deref()]
+            .into_iter()
+            .flatten()
+            .collect();
+        let deleted = self.items.unheard(&rids, current);
         if let Some(rid) = running {
             self.mark_cancelled(rid);
         }
@@ -708,6 +836,11 @@ impl Conversation {
                 audio_end_ms: ms,
             });
         }
+        for item_id in &deleted {
+            self.up(ClientEvent::ItemDelete {
+                item_id: item_id.clone(),
+            });
+        }
         if p.counts {
             counter!(names::INTERRUPTIONS).increment(1);
             self.summary.interruptions += 1;
@@ -716,6 +849,7 @@ impl Conversation {
             self.out.host(Out::Interrupted(pb::Interrupted {
                 item_id,
                 played_ms: clamp_u32(ms),
+                deleted_item_ids: deleted,
             }));
         }
     }
@@ -771,6 +905,9 @@ impl Conversation {
         if let Some(cost) = cost {
             counter!(names::COST).increment((cost * 1_000_000.0).round() as u64);
         }
+        for f in self.items.response_done(&response.id) {
+            self.final_transcript(f);
+        }
         self.out.host(Out::ResponseDone(pb::ResponseDone {
             response_id: response.id.clone(),
             status: response.status.clone(),
@@ -813,10 +950,24 @@ impl Conversation {
         if !self.link_up || self.create_queued {
             return;
         }
-        if let Some(c) = self.scheduler.next_to_send(now) {
+        while let Some(c) = self.scheduler.next_to_send(now) {
+            if let CreateReason::ToolRound(r) = &c.reason {
+                if self.tools.round_open() {
+                    // New calls opened since this round completed: the round's next completion
+                    // asks again, once every open call has its output.
+                    debug!(round = %r, "tool round superseded by calls still open");
+                    continue;
+                }
+            }
+            if self.quiet.is_some() {
+                counter!(names::QUIET_SUPPRESSED).increment(1);
+                debug!(reason = ?c.reason, "quiet mode: response not requested");
+                continue;
+            }
             debug!(reason = ?c.reason, "response.create");
             self.create_queued = true;
             self.out.push(Action::CreateResponse(c));
+            break;
         }
     }
 
@@ -840,6 +991,10 @@ impl Conversation {
         arguments: String,
         now: Instant,
     ) {
+        if self.plan.quiet_mode && name == QUIET_TOOL {
+            self.quiet_call(&call_id, &arguments, now);
+            return;
+        }
         if !self.tools.seen(response_id, &call_id) {
             return;
         }
@@ -941,6 +1096,67 @@ impl Conversation {
                 }];
                 self.release(&mut frames, now);
             }
+        }
+    }
+
+    /// A final assistant transcript with its phase.
+    fn final_transcript(&mut self, f: Final) {
+        self.remember(pb::Role::Assistant, &f.text);
+        let mut m = transcript(pb::Role::Assistant, f.item_id, f.text, true);
+        if let Out::Transcript(t) = &mut m {
+            t.phase = f.phase.to_pb() as i32;
+        }
+        self.out.host(m);
+    }
+
+    /// The model called the built-in quiet-mode tool: answer it (without asking for a response),
+    /// stop automatic responses, tell the host.
+    fn quiet_call(&mut self, call_id: &str, arguments: &str, now: Instant) {
+        if call_id.is_empty() || self.quiet_calls.iter().any(|c| c == call_id) {
+            return;
+        }
+        self.quiet_calls.push_back(call_id.to_string());
+        if self.quiet_calls.len() > 16 {
+            self.quiet_calls.pop_front();
+        }
+        let wake = serde_json::from_str::<serde_json::Value>(arguments)
+            .ok()
+            .and_then(|v| v.get("wake_phrase").and_then(|w| w.as_str()).map(normalise))
+            .unwrap_or_default();
+        let shown = wake.trim().to_string();
+        self.up(ClientEvent::function_output(
+            call_id,
+            &json!({"quiet": true, "wake_phrase": shown}).to_string(),
+        ));
+        let _ = now;
+        info!(wake_phrase = %shown, "quiet mode on (asked by the model)");
+        counter!(names::QUIET_MODE, "how" => "model_tool", "state" => "on").increment(1);
+        self.quiet = Some(wake.clone());
+        self.plan.config.listen_only = true;
+        self.push_session_update();
+        self.out.host(Out::QuietMode(pb::QuietMode {
+            on: true,
+            wake_phrase: shown,
+        }));
+    }
+
+    /// Quiet mode ends (`how`: wake_phrase or host); `answer`: ask the model to answer the turn.
+    fn leave_quiet(&mut self, how: &'static str, answer: Option<CreateReason>, now: Instant) {
+        if self.quiet.take().is_none() {
+            return;
+        }
+        info!(how, "quiet mode off");
+        counter!(names::QUIET_MODE, "how" => how, "state" => "off").increment(1);
+        self.plan.config.listen_only = false;
+        self.push_session_update();
+        self.out.host(Out::QuietMode(pb::QuietMode {
+            on: false,
+            wake_phrase: String::new(),
+        }));
+        if let Some(r) = answer {
+            self.user_turn_end = Some(now);
+            self.dead_air.user_turn_ended(now);
+            self.request(r, None, now);
         }
     }
 
@@ -1076,7 +1292,36 @@ fn transcript(role: pb::Role, item_id: String, text: String, final_: bool) -> Ou
         item_id,
         text,
         r#final: final_,
+        ..Default::default()
     })
+}
+
+fn with_logprobs(m: &mut Out, logprobs: &[voice_realtime::Logprob]) {
+    if let Out::Transcript(t) = m {
+        t.logprobs = logprobs
+            .iter()
+            .map(|l| pb::Logprob {
+                token: l.token.clone(),
+                logprob: l.logprob,
+                bytes: l.bytes.clone(),
+            })
+            .collect();
+    }
+}
+
+/// Lowercase words without punctuation, single-spaced, padded with spaces so `contains` matches
+/// whole words: "Back to demo!" and "ok, back  to DEMO" both contain " back to demo ".
+pub fn normalise(s: &str) -> String {
+    let words: Vec<String> = s
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(str::to_lowercase)
+        .collect();
+    if words.is_empty() {
+        String::new()
+    } else {
+        format!(" {} ", words.join(" "))
+    }
 }
 
 fn clamp_u32(x: u64) -> u32 {

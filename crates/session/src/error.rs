@@ -41,6 +41,8 @@ pub enum Code {
     ToolUnknownCall,
     // Cost.
     BudgetExceeded,
+    // The model.
+    ModelDeprecated,
 }
 
 impl Code {
@@ -72,6 +74,7 @@ impl Code {
         Code::ToolResultLate,
         Code::ToolUnknownCall,
         Code::BudgetExceeded,
+        Code::ModelDeprecated,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -102,6 +105,7 @@ impl Code {
             Code::ToolResultLate => "tool_result_late",
             Code::ToolUnknownCall => "tool_unknown_call",
             Code::BudgetExceeded => "budget_exceeded",
+            Code::ModelDeprecated => "model_deprecated",
         }
     }
 

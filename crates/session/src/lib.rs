@@ -27,6 +27,7 @@
 //! | [`error`] | every error code a host can receive (`Code`, checked against the proto) |
 //! | [`plan`] | validating `SessionStart` into a `SessionPlan` |
 
+pub mod assistant_items;
 pub mod audio_check;
 pub mod barge_in;
 pub mod budget;
@@ -39,6 +40,7 @@ pub mod playout;
 pub mod rounds;
 pub mod scheduler;
 pub mod session;
+pub mod session_fields;
 pub mod summary;
 pub mod tool_calls;
 pub mod tools;

@@ -4,12 +4,14 @@
 //! checked here, before any upstream socket opens, so the host gets one precise INVALID_ARGUMENT instead
 //! of a half-started session.
 
+use crate::session_fields::{self, FieldError, Model};
 use crate::tools::{ToolDef, ToolRegistry};
 use std::collections::BTreeMap;
 use std::time::Duration;
 use voice_audio::{wire_format_for, AudioError, Codec, HostFormat, WireFormat};
 use voice_proto::v1 as pb;
-use voice_realtime::{Dialect, SessionConfig, Transcription, TurnDetection, WireAudioFormat};
+use voice_realtime::models::{self, Kind, ModelInfo, Pricing};
+use voice_realtime::{Dialect, SessionConfig, ToolSpec, TurnDetection, WireAudioFormat};
 
 /// Appended to the instructions unless the host turns it off: it is what keeps callers from sitting in
 /// silence while tools run, and from hearing invented results.
@@ -37,8 +39,12 @@ pub struct Defaults {
     /// Largest tool output passed to the model, in bytes.
     pub max_tool_output_bytes: usize,
     pub voice: Option<String>,
-    /// Prices for cost estimates and budgets; `None` disables both.
+    /// Prices for cost estimates and budgets; `None` uses the model table's (when it knows the model).
     pub prices: Option<Prices>,
+    /// Whose capabilities a model not in the table is assumed to have (a known conversation model).
+    pub unknown_model_like: String,
+    /// The date deprecation is judged on (`None`: today, UTC). For tests.
+    pub today: Option<voice_realtime::models::Date>,
 }
 
 /// US dollars per million tokens, by kind.
@@ -65,10 +71,26 @@ impl Prices {
     }
 }
 
+impl Prices {
+    /// The model table's token prices, if the model is priced by token.
+    pub fn of_model(info: &ModelInfo) -> Option<Prices> {
+        match info.pricing {
+            Pricing::Tokens(t) => Some(Prices {
+                input_text: t.input_text,
+                input_audio: t.input_audio,
+                input_cached: t.input_cached,
+                output_text: t.output_text,
+                output_audio: t.output_audio,
+            }),
+            Pricing::PerMinute(_) => None,
+        }
+    }
+}
+
 impl Default for Defaults {
     fn default() -> Self {
         Defaults {
-            model: "gpt-realtime".into(),
+            model: voice_realtime::models::DEFAULT_MODEL.into(),
             dialect: Dialect::Ga,
             tool_host: None,
             tool_timeout: Duration::from_secs(10),
@@ -76,6 +98,8 @@ impl Default for Defaults {
             max_tool_output_bytes: 64 * 1024,
             voice: None,
             prices: None,
+            unknown_model_like: voice_realtime::models::DEFAULT_MODEL.into(),
+            today: None,
         }
     }
 }
@@ -147,6 +171,30 @@ pub struct SessionPlan {
     pub prices: Option<Prices>,
     /// Cost budget in USD and whether exceeding it ends the session.
     pub budget: Option<(f64, bool)>,
+    /// The model's row in the model table (or the assumed one for an unknown model).
+    pub model_info: Model,
+    /// Why the model is (nearly) shut down, if it is: the host is warned once.
+    pub deprecation: Option<String>,
+    /// The model may put the session in quiet mode through the built-in [`QUIET_TOOL`].
+    pub quiet_mode: bool,
+}
+
+/// The built-in tool the model calls to enter quiet mode (`SessionStart.quiet_mode`).
+pub const QUIET_TOOL: &str = "enter_quiet_mode";
+
+fn quiet_tool_spec() -> ToolSpec {
+    ToolSpec {
+        name: QUIET_TOOL.into(),
+        description: "Call this when the user asks you to stay quiet, be silent, hold on or stop \
+talking until they address you again. After calling it, say nothing. If the user names a phrase that \
+will bring you back (for example \"back to demo\"), pass it as wake_phrase."
+            .into(),
+        parameters: serde_json::json!({
+            "type": "object",
+            "properties": {"wake_phrase": {"type": "string",
+                "description": "The words the user will say to resume the conversation, if they named any."}},
+        }),
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -161,6 +209,10 @@ pub enum StartError {
     TurnDetection(String),
     #[error("labels: {0}")]
     Labels(String),
+    #[error("{0}")]
+    Field(#[from] FieldError),
+    #[error("model: {0}")]
+    Model(String),
     #[error("{0}")]
     Other(String),
 }
@@ -317,6 +369,11 @@ impl SessionPlan {
             );
         }
         let tools = ToolRegistry::new(defs).map_err(StartError::Tool)?;
+        if start.quiet_mode && tools.get(QUIET_TOOL).is_some() {
+            return Err(StartError::Tool(format!(
+                "{QUIET_TOOL:?} is the built-in quiet-mode tool; rename the host tool or turn quiet_mode off"
+            )));
+        }
 
         let tool_choice = match start.tool_choice.as_str() {
             "" => None,
@@ -411,21 +468,52 @@ impl SessionPlan {
             })
         });
 
-        let transcription = match &start.transcription {
-            Some(t) if t.disabled => None,
-            Some(t) => Some(Transcription {
-                model: if t.model.is_empty() {
-                    "whisper-1".into()
-                } else {
-                    t.model.clone()
-                },
-                language: (!t.language.is_empty()).then(|| t.language.clone()),
-            }),
-            None => Some(Transcription {
-                model: "whisper-1".into(),
-                language: None,
-            }),
+        let dialect = match pb::Dialect::try_from(start.dialect) {
+            Ok(pb::Dialect::Ga) => Dialect::Ga,
+            Ok(pb::Dialect::Beta) => Dialect::Beta,
+            _ => d.dialect,
         };
+        let model = if start.model.is_empty() {
+            d.model.clone()
+        } else {
+            start.model.clone()
+        };
+        let model_info = match models::lookup(&model) {
+            Some(info) if info.kind == Kind::Conversation => Model { info, known: true },
+            Some(info) => {
+                return Err(StartError::Model(format!(
+                    "{model} is a {} model, not a conversation model",
+                    if info.kind == Kind::Transcription {
+                        "transcription"
+                    } else {
+                        "translation"
+                    }
+                )))
+            }
+            None => Model {
+                info: models::lookup(&d.unknown_model_like)
+                    .filter(|m| m.kind == Kind::Conversation)
+                    .or_else(|| models::lookup(models::DEFAULT_MODEL))
+                    .ok_or_else(|| StartError::Model("the model table has no default".into()))?,
+                known: false,
+            },
+        };
+        let deprecation = model_info
+            .known
+            .then(|| {
+                models::deprecation(model_info.info, d.today.unwrap_or_else(models::Date::today))
+            })
+            .flatten();
+        // The config's table overrides; otherwise a known model's own prices.
+        let prices = d.prices.or_else(|| {
+            model_info
+                .known
+                .then(|| Prices::of_model(model_info.info))
+                .flatten()
+        });
+
+        let (transcription, include_logprobs) =
+            session_fields::transcription(start.transcription.as_ref(), dialect)?;
 
         let budget = match start.budget_usd {
             0.0 => None,
@@ -434,16 +522,13 @@ impl SessionPlan {
                     "budget_usd must be a positive amount, got {b}"
                 )))
             }
-            _ if d.prices.is_none() => return Err(StartError::Other(
-                "budget_usd needs a price table: configure [prices] in the sidecar's config file"
-                    .into(),
-            )),
+            _ if prices.is_none() => {
+                return Err(StartError::Other(format!(
+                "budget_usd needs prices: {model} is not in the model table, so configure [prices] \
+                 in the sidecar's config file"
+            )))
+            }
             b => Some((b, start.end_on_budget)),
-        };
-        let dialect = match pb::Dialect::try_from(start.dialect) {
-            Ok(pb::Dialect::Ga) => Dialect::Ga,
-            Ok(pb::Dialect::Beta) => Dialect::Beta,
-            _ => d.dialect,
         };
         let voice = if start.voice.is_empty() {
             d.voice.clone()
@@ -451,28 +536,50 @@ impl SessionPlan {
             Some(start.voice.clone())
         };
 
-        let config = SessionConfig {
+        let mut config = SessionConfig {
             instructions: preamble.apply(&start.instructions),
             voice,
             input_format: wire_audio(wire_in),
             output_format: wire_audio(wire_out),
-            turn_detection: turn_detection(start.turn_detection.as_ref())?,
+            turn_detection: {
+                let td = turn_detection(start.turn_detection.as_ref())?;
+                if dialect == Dialect::Beta
+                    && matches!(
+                        td,
+                        TurnDetection::ServerVad {
+                            idle_timeout_ms: Some(_),
+                            ..
+                        }
+                    )
+                {
+                    return Err(StartError::TurnDetection(
+                        "server_vad.idle_timeout_ms is not available in the beta dialect (use the GA dialect)"
+                            .into(),
+                    ));
+                }
+                td
+            },
             transcription,
-            tools: tools.specs(),
+            tools: {
+                let mut specs = tools.specs();
+                if start.quiet_mode {
+                    specs.push(quiet_tool_spec());
+                }
+                specs
+            },
             tool_choice,
             listen_only: start.listen_only,
+            include_logprobs,
+            ..Default::default()
         };
+        session_fields::from_start(start, model_info, dialect, &mut config)?;
 
         Ok(SessionPlan {
             input,
             output,
             wire_in,
             wire_out,
-            model: if start.model.is_empty() {
-                d.model.clone()
-            } else {
-                start.model.clone()
-            },
+            model,
             dialect,
             base_instructions: start.instructions.clone(),
             preamble,
@@ -484,8 +591,11 @@ impl SessionPlan {
             labels: labels(&start.labels)?,
             max_frame_bytes: d.max_frame_bytes,
             max_tool_output_bytes: d.max_tool_output_bytes,
-            prices: d.prices,
+            prices,
             budget,
+            model_info,
+            deprecation,
+            quiet_mode: start.quiet_mode,
         })
     }
 }

@@ -133,8 +133,19 @@ impl ResponseScheduler {
         self.queue.len()
     }
 
-    /// Queues a create. Call `next_to_send` afterwards to learn whether one may go out now.
+    /// Queues a create. Call `next_to_send` afterwards to learn whether one may go out now. A tool
+    /// round's create replaces one still queued for an earlier round: one create reads every output.
     pub fn request(&mut self, create: PendingCreate) {
+        if matches!(create.reason, CreateReason::ToolRound(_)) {
+            if let Some(q) = self
+                .queue
+                .iter_mut()
+                .find(|c| matches!(c.reason, CreateReason::ToolRound(_)))
+            {
+                *q = create;
+                return;
+            }
+        }
         self.queue.push_back(create);
     }
 
@@ -386,6 +397,23 @@ mod tests {
         );
         s.on_done("r3");
         assert!(!s.is_active());
+    }
+
+    #[test]
+    fn one_queued_create_serves_every_completed_round() {
+        let now = t0();
+        let mut s = ResponseScheduler::new();
+        s.on_created("busy", None, now);
+        s.request(c(CreateReason::UserText));
+        s.request(c(CreateReason::ToolRound("r1".into())));
+        s.request(c(CreateReason::ToolRound("r2".into())));
+        assert_eq!(s.queued(), 2);
+        s.on_done("busy");
+        assert_eq!(s.next_to_send(now).unwrap().reason, CreateReason::UserText);
+        assert_eq!(
+            s.next_to_send(now).unwrap().reason,
+            CreateReason::ToolRound("r2".into())
+        );
     }
 
     #[test]

@@ -171,8 +171,7 @@ where
         tools: FuturesUnordered::new(),
         host_stall_warned: false,
     };
-    let started = s.conv.started_message();
-    s.conv.out.host(Out::Started(started));
+    s.conv.start();
     let end = s.run(&mut inbound).await;
     s.finish(end).await
 }

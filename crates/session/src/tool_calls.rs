@@ -95,6 +95,11 @@ impl ToolCalls {
         self.rounds.pending_count()
     }
 
+    /// A tool round is open (calls without outputs, or responses with calls not done).
+    pub fn round_open(&self) -> bool {
+        self.rounds.is_open()
+    }
+
     pub fn running(&self) -> usize {
         self.calls.len()
     }

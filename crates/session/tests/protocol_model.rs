@@ -3,7 +3,12 @@
 //! tool results arrive in any order, the user barges in mid-call (cancelling a response), and creates
 //! collide with server-started responses. Whatever the interleaving:
 //! - every call gets exactly one output;
-//! - every tool round gets exactly one accepted `response.create`;
+//! - calls may spread over several responses (server VAD starts responses with calls while earlier
+//!   calls still run): a round is every call open since the last round, and a create asked for a round
+//!   that new calls re-opened is dropped at send time (as `Conversation::pump` does);
+//! - every tool round sent gets exactly one accepted `response.create`; after the last output there
+//!   is an accepted round create (no output is left unread), and no two accepted round creates come
+//!   without an output between them (never two creates for one round);
 //! - the client never sends a create while it knows a response is active;
 //! - a create rejected by a collision is retried, never lost.
 
@@ -34,6 +39,8 @@ struct Server {
     next: u32,
     outputs: HashMap<String, u32>,
     accepted_rounds: HashMap<String, u32>,
+    /// Every output and accepted round create, in arrival order ("o" / "r").
+    log: Vec<char>,
     to_client: VecDeque<ToClient>,
 }
 
@@ -48,13 +55,17 @@ impl Server {
 
     fn receive(&mut self, m: ToServer) {
         match m {
-            ToServer::Output(c) => *self.outputs.entry(c).or_default() += 1,
+            ToServer::Output(c) => {
+                *self.outputs.entry(c).or_default() += 1;
+                self.log.push('o');
+            }
             ToServer::Create(eid, reason) => {
                 if self.active.is_some() {
                     self.to_client.push_back(ToClient::Rejected(eid));
                 } else {
                     if let CreateReason::ToolRound(r) = reason {
                         *self.accepted_rounds.entry(r).or_default() += 1;
+                        self.log.push('r');
                     }
                     self.start(0, Some(eid));
                 }
@@ -81,12 +92,19 @@ struct Client {
 
 impl Client {
     fn pump(&mut self) {
-        if let Some(c) = self.sched.next_to_send(Instant::now()) {
+        while let Some(c) = self.sched.next_to_send(Instant::now()) {
+            if let CreateReason::ToolRound(r) = &c.reason {
+                if self.rounds.is_open() {
+                    continue; // stale: calls opened since; the round completes again later
+                }
+                self.rounds_seen.insert(r.clone());
+            }
             self.next_event += 1;
             let eid = format!("e{}", self.next_event);
             self.to_server
                 .push_back(ToServer::Create(eid.clone(), c.reason.clone()));
             self.sched.sent(eid, c, Instant::now());
+            break;
         }
     }
 
@@ -113,7 +131,6 @@ impl Client {
                 }
                 self.sched.on_done(&id);
                 if let Some(r) = self.rounds.on_response_done(&id) {
-                    self.rounds_seen.insert(r.clone());
                     self.sched
                         .request(PendingCreate::new(CreateReason::ToolRound(r), None));
                 }
@@ -129,7 +146,6 @@ impl Client {
         let c = self.running_calls.remove(idx % self.running_calls.len());
         self.to_server.push_back(ToServer::Output(c.clone()));
         if let Some(r) = self.rounds.on_output(&c) {
-            self.rounds_seen.insert(r.clone());
             self.sched
                 .request(PendingCreate::new(CreateReason::ToolRound(r), None));
         }
@@ -191,10 +207,17 @@ proptest! {
         // Every call the server made got exactly one output.
         for (call, n) in &s.outputs { prop_assert_eq!(*n, 1, "call {} got {} outputs", call, n); }
         prop_assert_eq!(s.outputs.len(), c.rounds.pending_count() + s.outputs.len());
-        // Every round got exactly one accepted create.
-        for r in &c.rounds_seen {
-            prop_assert_eq!(s.accepted_rounds.get(r).copied().unwrap_or(0), 1, "round {} creates", r);
+        // A round's create is accepted at most once (a collision re-sends it; a round re-opened by
+        // new calls drops it and the next completion asks again).
+        for (r, n) in &s.accepted_rounds {
+            prop_assert_eq!(*n, 1, "round {} accepted {} times", r, n);
         }
-        prop_assert_eq!(s.accepted_rounds.len(), c.rounds_seen.len());
+        prop_assert!(s.accepted_rounds.keys().all(|r| c.rounds_seen.contains(r)));
+        // No output left unread, and never two round creates for one round.
+        if let Some(last_output) = s.log.iter().rposition(|e| *e == 'o') {
+            prop_assert!(s.log[last_output..].contains(&'r'), "outputs after the last round create: {:?}", s.log);
+        }
+        let joined: String = s.log.iter().collect();
+        prop_assert!(!joined.contains("rr"), "two round creates without an output between: {}", joined);
     }
 }

@@ -28,6 +28,11 @@ pub const COST: &str = "voice_cost_microdollars_total";
 pub const BUDGET_EXCEEDED: &str = "voice_budget_exceeded_total";
 pub const HOST_STALL: &str = "voice_host_stall_seconds";
 pub const AUDIO_DROPPED: &str = "voice_audio_dropped_total";
+pub const PREAMBLE_TO_ANSWER: &str = "voice_preamble_to_answer_seconds";
+pub const IDLE_TIMEOUTS: &str = "voice_idle_timeouts_total";
+pub const QUIET_MODE: &str = "voice_quiet_mode_total";
+pub const QUIET_SUPPRESSED: &str = "voice_quiet_suppressed_responses_total";
+pub const MODEL_DEPRECATED: &str = "voice_model_deprecated_sessions_total";
 
 /// Voice-to-voice and dead air: tens of milliseconds to tens of seconds.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -156,6 +161,31 @@ pub fn describe_all() {
         Unit::Count,
         "Sessions that went over their cost budget."
     );
+    describe_histogram!(
+        PREAMBLE_TO_ANSWER,
+        Unit::Seconds,
+        "First audio of a preamble message (\"let me check\") to the first audio of the answer."
+    );
+    describe_counter!(
+        IDLE_TIMEOUTS,
+        Unit::Count,
+        "Times the user stayed silent past server_vad.idle_timeout_ms and the model re-prompted."
+    );
+    describe_counter!(
+        QUIET_MODE,
+        Unit::Count,
+        "Quiet-mode changes, by how (model_tool, wake_phrase, host) and state (on, off)."
+    );
+    describe_counter!(
+        QUIET_SUPPRESSED,
+        Unit::Count,
+        "Responses the sidecar did not ask for because the session was in quiet mode."
+    );
+    describe_counter!(
+        MODEL_DEPRECATED,
+        Unit::Count,
+        "Sessions started on a model past or within 30 days of its shutdown date."
+    );
     describe_counter!(
         AUDIO_DROPPED,
         Unit::Count,
@@ -182,6 +212,7 @@ fn builder() -> PrometheusBuilder {
         TOOL_CALL_DURATION,
         UPSTREAM_CONNECT,
         DEAD_AIR,
+        PREAMBLE_TO_ANSWER,
     ] {
         b = b
             .set_buckets_for_metric(Matcher::Full(name.to_string()), LATENCY_BUCKETS)

@@ -130,6 +130,12 @@ async fn main() -> Result<()> {
         output_format: Some(fmt),
         instructions: "You are a helpful phone assistant for a small business.".into(),
         tools: tools(),
+        // GPT Realtime 2: a reasoning model that calls the two tools in parallel.
+        model: "gpt-realtime-2".into(),
+        reasoning: Some(pb::Reasoning {
+            effort: pb::ReasoningEffort::Low as i32,
+        }),
+        parallel_tool_calls: Some(true),
         tool_routing: Some(pb::ToolRouting {
             route: Some(pb::tool_routing::Route::CallbackAddress(format!(
                 "http://{tools_addr}"
@@ -197,10 +203,18 @@ async fn main() -> Result<()> {
         };
         let ms = t0.elapsed().as_millis();
         match m {
-            Out::Started(s) => println!(
-                "[{ms:>6} ms] session {} started: model {}, upstream audio {}",
-                s.session_id, s.model, s.upstream_audio_format
-            ),
+            Out::Started(s) => {
+                let cfg: serde_json::Value =
+                    serde_json::from_str(&s.effective_session_json).unwrap_or_default();
+                println!(
+                    "[{ms:>6} ms] session {} started: model {}, reasoning effort {}, parallel tool calls {}, upstream audio {}",
+                    s.session_id,
+                    s.model,
+                    cfg["reasoning"]["effort"].as_str().unwrap_or("default"),
+                    cfg["parallel_tool_calls"],
+                    s.upstream_audio_format
+                );
+            }
             Out::SpeechStarted(_) => println!("[{ms:>6} ms] user started speaking"),
             Out::SpeechStopped(s) => println!(
                 "[{ms:>6} ms] user stopped speaking (at {} ms of input audio)",
@@ -211,7 +225,12 @@ async fn main() -> Result<()> {
             }
             Out::Transcript(t) if t.role == pb::Role::Assistant as i32 => {
                 if t.r#final {
-                    println!("[{ms:>6} ms] ASSISTANT: {}", t.text);
+                    let phase = match pb::Phase::try_from(t.phase) {
+                        Ok(pb::Phase::Preamble) => " (preamble)",
+                        Ok(pb::Phase::Answer) => " (answer)",
+                        _ => "",
+                    };
+                    println!("[{ms:>6} ms] ASSISTANT{phase}: {}", t.text);
                     line.clear();
                 } else {
                     line.push_str(&t.text);
@@ -269,6 +288,11 @@ async fn main() -> Result<()> {
             Out::Error(e) => println!("[{ms:>6} ms] error {}: {}", e.code, e.message),
             Out::Interrupted(i) => println!("[{ms:>6} ms] interrupted at {} ms", i.played_ms),
             Out::ToolCall(c) => println!("[{ms:>6} ms] in-stream tool call {}", c.name),
+            Out::IdleTimeout(_) => println!("[{ms:>6} ms] the caller went quiet: re-prompting"),
+            Out::QuietMode(q) => println!(
+                "[{ms:>6} ms] quiet mode {}",
+                if q.on { "on" } else { "off" }
+            ),
             Out::Ended(e) => {
                 let s = e.summary.unwrap_or_default();
                 println!("[{ms:>6} ms] session ended ({}): {} turn(s), {} response(s), {} tool call(s), mean voice-to-voice {} ms, dead air {} ms",

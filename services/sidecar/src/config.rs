@@ -37,6 +37,10 @@ pub struct Args {
     /// Default model (hosts may override per session).
     #[arg(long, env = "VOICE_SIDECAR_MODEL")]
     pub model: Option<String>,
+    /// Capabilities assumed for a model not in the model table (a proxy's or an Azure deployment's
+    /// name): those of this known conversation model.
+    #[arg(long, env = "VOICE_SIDECAR_UNKNOWN_MODEL_LIKE")]
+    pub unknown_model_like: Option<String>,
     /// Default voice.
     #[arg(long, env = "VOICE_SIDECAR_VOICE")]
     pub voice: Option<String>,
@@ -86,6 +90,7 @@ pub struct FileConfig {
     pub realtime_url: Option<String>,
     pub dialect: Option<String>,
     pub model: Option<String>,
+    pub unknown_model_like: Option<String>,
     pub voice: Option<String>,
     pub api_key_file: Option<PathBuf>,
     pub metrics_listen: Option<String>,
@@ -126,6 +131,7 @@ pub struct Config {
     pub realtime_url: String,
     pub dialect: Dialect,
     pub model: String,
+    pub unknown_model_like: String,
     pub voice: Option<String>,
     pub api_key: Option<ApiKey>,
     pub metrics_listen: Option<SocketAddr>,
@@ -210,6 +216,14 @@ impl Config {
                 bail!("--tool-host must be an http:// or https:// URL, got {t:?}");
             }
         }
+        let unknown_model_like = pick!(unknown_model_like)
+            .unwrap_or_else(|| voice_realtime::models::DEFAULT_MODEL.to_string());
+        match voice_realtime::models::lookup(&unknown_model_like) {
+            Some(m) if m.kind == voice_realtime::models::Kind::Conversation => {}
+            _ => bail!(
+                "--unknown-model-like must name a known conversation model (e.g. gpt-realtime-2), got {unknown_model_like:?}"
+            ),
+        }
         let max_frame_bytes = pick!(max_frame_bytes).unwrap_or(64 * 1024);
         if max_frame_bytes < 160 {
             bail!("--max-frame-bytes must be at least 160");
@@ -219,7 +233,9 @@ impl Config {
             backend,
             realtime_url,
             dialect,
-            model: pick!(model).unwrap_or_else(|| "gpt-realtime".into()),
+            model: pick!(model)
+                .unwrap_or_else(|| voice_realtime::models::DEFAULT_MODEL.to_string()),
+            unknown_model_like,
             voice: pick!(voice),
             api_key,
             metrics_listen,

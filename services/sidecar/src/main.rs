@@ -78,6 +78,8 @@ async fn main() -> Result<()> {
         max_tool_output_bytes: cfg.max_tool_output_bytes,
         voice: cfg.voice.clone(),
         prices: cfg.prices,
+        unknown_model_like: cfg.unknown_model_like.clone(),
+        today: None,
     };
     let sessions = Arc::new(Semaphore::new(cfg.max_sessions));
     let draining = CancellationToken::new();
