@@ -897,6 +897,9 @@ impl Session {
             ScriptStep::Say { text, .. } => {
                 (VecDeque::from([Planned::Message(text.clone())]), None)
             }
+            ScriptStep::Messages { texts, .. } => {
+                (texts.iter().cloned().map(Planned::Message).collect(), None)
+            }
             ScriptStep::Tools {
                 preamble,
                 calls,
