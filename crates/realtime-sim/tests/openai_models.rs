@@ -49,6 +49,7 @@ async fn conversation(dialect: Dialect) -> Vec<Value> {
             ScriptStep::say(
                 "A long answer that will be interrupted by the user speaking over it right now.",
             ),
+            ScriptStep::messages(["Part one.", "Part two."]).when_text_contains("two parts"),
         ],
         ..fast()
     })
@@ -56,7 +57,9 @@ async fn conversation(dialect: Dialect) -> Vec<Value> {
     let mut c = connect(&sim, dialect).await;
     let tools = json!([{"type": "function", "name": "lookup", "description": "d", "parameters": {"type": "object", "properties": {}}}]);
     c.send(c.session_update(
-        json!({"type": "realtime", "instructions": "hi", "tools": tools, "audio": {"input": {"transcription": {"model": "whisper-1"}}}}),
+        json!({"type": "realtime", "instructions": "hi", "tools": tools, "audio": {"input": {"transcription": {"model": "whisper-1"},
+            "noise_reduction": {"type": "near_field"}}},
+            "truncation": {"type": "retention_ratio", "retention_ratio": 0.8, "token_limits": {"post_instructions": 8000}}}),
         json!({"instructions": "hi", "tools": tools, "input_audio_transcription": {"model": "whisper-1"}}),
     ))
     .await;
@@ -113,6 +116,22 @@ async fn conversation(dialect: Dialect) -> Vec<Value> {
     c.until("error").await;
     c.send(json!({"type": "input_audio_buffer.clear"})).await;
     c.until("input_audio_buffer.cleared").await;
+    // Several assistant messages in one response.
+    c.send(json!({"type": "conversation.item.create", "item": {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "in two parts"}]}})).await;
+    c.send(json!({"type": "response.create"})).await;
+    c.until("rate_limits.updated").await;
+    if dialect == Dialect::Ga {
+        // Idle timeout (server_vad only; the beta dialect has none): timeout_triggered, the silent
+        // commit and a re-prompt.
+        c.send(json!({"type": "session.update", "session": {"type": "realtime", "audio": {"input": {"turn_detection": {"type": "server_vad", "idle_timeout_ms": 50}}}}})).await;
+        c.until("session.updated").await;
+        c.append_audio(&silence(200), WireAudioFormat::Pcm16).await;
+        c.send(json!({"type": "response.create"})).await;
+        c.until("input_audio_buffer.timeout_triggered").await;
+        c.until("rate_limits.updated").await;
+        c.send(json!({"type": "session.update", "session": {"type": "realtime", "audio": {"input": {"turn_detection": null}}}})).await;
+        c.until("session.updated").await;
+    }
     sim.shutdown().await;
     c.log
 }
@@ -172,6 +191,9 @@ async fn server_events_validate_against_openai_models() {
             kinds.len() >= 20,
             "conversation should exercise many event types: {kinds:?}"
         );
+        if dialect == Dialect::Ga {
+            assert!(kinds.contains("input_audio_buffer.timeout_triggered"));
+        }
         match validate(name, &events) {
             Ok(out) => eprintln!("{name}: {out}"),
             Err(e) => panic!("{name} events failed validation:\n{e}"),
