@@ -377,7 +377,8 @@ mod tests {
 
     /// `response.create` with `response`: "ok" or the error's code and param.
     fn resp(d: Dialect, r: Value) -> (&'static str, Option<String>) {
-        let ev = json!({"type": "response.create", "response": r});
+        let mut ev = json!({"type": "response.create"});
+        ev["response"] = r;
         match parse(&ev, d) {
             Ok(_) => ("ok", None),
             Err(e) => (e.code, e.param),
