@@ -43,6 +43,15 @@ pub enum ScriptStep {
         #[serde(default)]
         when_text_contains: Option<String>,
     },
+    /// Speak every text in `texts` as its own assistant `message` item, all in one response (as
+    /// GPT Realtime 2 does with a preamble and an answer): each item has its own id, output_index,
+    /// audio and transcript, and `response.done` lists them in order. An empty list gives a response
+    /// with no output.
+    Messages {
+        texts: Vec<String>,
+        #[serde(default)]
+        when_text_contains: Option<String>,
+    },
 }
 
 impl ScriptStep {
@@ -50,6 +59,18 @@ impl ScriptStep {
     pub fn say(text: impl Into<String>) -> Self {
         ScriptStep::Say {
             text: text.into(),
+            when_text_contains: None,
+        }
+    }
+
+    /// Several assistant messages in one response, in order.
+    pub fn messages<I, S>(texts: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        ScriptStep::Messages {
+            texts: texts.into_iter().map(Into::into).collect(),
             when_text_contains: None,
         }
     }
@@ -84,6 +105,9 @@ impl ScriptStep {
             }
             | ScriptStep::Tools {
                 when_text_contains, ..
+            }
+            | ScriptStep::Messages {
+                when_text_contains, ..
             } => *when_text_contains = needle,
         }
         self
@@ -95,6 +119,9 @@ impl ScriptStep {
                 when_text_contains, ..
             }
             | ScriptStep::Tools {
+                when_text_contains, ..
+            }
+            | ScriptStep::Messages {
                 when_text_contains, ..
             } => when_text_contains.as_deref(),
         }
@@ -186,6 +213,27 @@ mod tests {
         assert_eq!(cfg.ms_per_char, 70);
         assert_eq!(cfg.script[0], ScriptStep::say("hi"));
         assert_eq!(cfg.script[1].condition(), Some("weather"));
+    }
+
+    #[test]
+    fn messages_step_deserializes() {
+        let cfg: SimConfig = serde_json::from_str(
+            r#"{"script":[{"type":"messages","texts":["One moment.","It is sunny."]},
+                {"type":"messages","texts":["a"],"when_text_contains":"two"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.script[0],
+            ScriptStep::messages(["One moment.", "It is sunny."])
+        );
+        assert_eq!(
+            cfg.script[1],
+            ScriptStep::messages(vec!["a".to_owned()]).when_text_contains("two")
+        );
+        assert!(serde_json::from_str::<SimConfig>(
+            r#"{"script":[{"type":"messages","text":"x"}]}"#
+        )
+        .is_err());
     }
 
     #[test]

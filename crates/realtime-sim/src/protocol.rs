@@ -6,7 +6,10 @@ use serde_json::{Map, Value};
 use voice_realtime::Dialect;
 
 use crate::error::ProtocolError;
-use crate::session_config::{as_obj, check_keys, validate_tool_choice, Fields};
+use crate::session_config::{
+    as_obj, check_keys, validate_prompt, validate_reasoning, validate_tool_choice, validate_tools,
+    Fields,
+};
 
 type Obj = Map<String, Value>;
 
@@ -107,7 +110,7 @@ pub fn parse(v: &Value, dialect: Dialect) -> Result<ClientEvent<'_>, ProtocolErr
             let item = f
                 .object("item", false)?
                 .ok_or_else(|| ProtocolError::missing("item"))?;
-            validate_item(item)?;
+            validate_item(item, "item")?;
             ClientEvent::ItemCreate {
                 item,
                 previous_item_id: f.string("previous_item_id")?,
@@ -157,8 +160,7 @@ pub fn parse(v: &Value, dialect: Dialect) -> Result<ClientEvent<'_>, ProtocolErr
     })
 }
 
-fn validate_item(item: &Obj) -> Result<(), ProtocolError> {
-    let p = "item";
+fn validate_item(item: &Obj, p: &str) -> Result<(), ProtocolError> {
     check_keys(
         item,
         &[
@@ -185,16 +187,16 @@ fn validate_item(item: &Obj) -> Result<(), ProtocolError> {
             &["message", "function_call", "function_call_output"],
             false,
         )?
-        .ok_or_else(|| ProtocolError::missing("item.type"))?;
+        .ok_or_else(|| ProtocolError::missing(&format!("{p}.type")))?;
     match ty {
         "message" => {
             f.one_of("role", &["user", "assistant", "system"], false)?
-                .ok_or_else(|| ProtocolError::missing("item.role"))?;
+                .ok_or_else(|| ProtocolError::missing(&format!("{p}.role")))?;
             let content = f
                 .array("content")?
-                .ok_or_else(|| ProtocolError::missing("item.content"))?;
+                .ok_or_else(|| ProtocolError::missing(&format!("{p}.content")))?;
             for (i, part) in content.iter().enumerate() {
-                let pp = format!("item.content[{i}]");
+                let pp = format!("{p}.content[{i}]");
                 let po = as_obj(part, &pp)?;
                 let pf = Fields { o: po, prefix: &pp };
                 let kind = pf
@@ -259,6 +261,8 @@ fn validate_response_params(r: &Obj, dialect: Dialect) -> Result<(), ProtocolErr
                     "tool_choice",
                     "tools",
                     "audio",
+                    "parallel_tool_calls",
+                    "reasoning",
                 ],
                 p,
             )?;
@@ -272,10 +276,51 @@ fn validate_response_params(r: &Obj, dialect: Dialect) -> Result<(), ProtocolErr
                 })
                 .object("output", false)?
                 {
-                    check_keys(out, &["format", "voice"], "response.audio.output")?;
+                    let op = "response.audio.output";
+                    check_keys(out, &["format", "voice"], op)?;
+                    if let Some(fmt) = (Fields { o: out, prefix: op }).object("format", false)? {
+                        check_keys(fmt, &["type", "rate"], &format!("{op}.format"))?;
+                        if voice_realtime::WireAudioFormat::from_json(&Value::Object(fmt.clone()))
+                            .is_none()
+                        {
+                            return Err(ProtocolError::invalid_value(
+                                &format!("{op}.format"),
+                                "expected {type:'audio/pcm', rate:24000}, {type:'audio/pcmu'} or {type:'audio/pcma'}",
+                            ));
+                        }
+                    }
+                    match out.get("voice") {
+                        None | Some(Value::String(_)) => {}
+                        Some(Value::Object(v)) => {
+                            let vp = format!("{op}.voice");
+                            check_keys(v, &["id"], &vp)?;
+                            Fields { o: v, prefix: &vp }.required_string("id")?;
+                        }
+                        Some(_) => {
+                            return Err(ProtocolError::invalid_type(
+                                &format!("{op}.voice"),
+                                "a string or {id}",
+                            ))
+                        }
+                    }
                 }
             }
-            f.object("prompt", true)?;
+            validate_prompt(&f)?;
+            f.boolean("parallel_tool_calls")?;
+            validate_reasoning(&f)?;
+            // Conversation items, or (since 3.30) `{type: "item_reference", id}`.
+            if let Some(input) = f.array("input")? {
+                for (i, it) in input.iter().enumerate() {
+                    let ip = format!("response.input[{i}]");
+                    let io = as_obj(it, &ip)?;
+                    if io.get("type").and_then(Value::as_str) == Some("item_reference") {
+                        check_keys(io, &["type", "id"], &ip)?;
+                        Fields { o: io, prefix: &ip }.required_string("id")?;
+                    } else {
+                        validate_item(io, &ip)?;
+                    }
+                }
+            }
         }
         Dialect::Beta => {
             check_keys(
@@ -306,18 +351,18 @@ fn validate_response_params(r: &Obj, dialect: Dialect) -> Result<(), ProtocolErr
             f.string("voice")?;
         }
     }
-    f.one_of("conversation", &["auto", "none"], false)?;
+    // `str | Literal["auto", "none"]`: any string is accepted.
+    f.string("conversation")?;
     f.string("instructions")?;
     f.metadata("metadata")?;
-    f.array("input")?;
-    validate_tool_choice(&f, dialect)?;
-    if let Some(tools) = f.array("tools")? {
-        for (i, t) in tools.iter().enumerate() {
-            let tp = format!("response.tools[{i}]");
-            let to = as_obj(t, &tp)?;
-            Fields { o: to, prefix: &tp }.string("name")?;
+    if let Some(input) = f.array("input")? {
+        // Beta's ConversationItemWithReferenceParam has every field optional; objects are all it asks.
+        for (i, it) in input.iter().enumerate() {
+            as_obj(it, &format!("response.input[{i}]"))?;
         }
     }
+    validate_tool_choice(&f, dialect)?;
+    validate_tools(&f, dialect)?;
     Ok(())
 }
 
@@ -328,6 +373,163 @@ mod tests {
 
     fn code(v: &Value, d: Dialect) -> &'static str {
         parse(v, d).err().map_or("ok", |e| e.code)
+    }
+
+    /// `response.create` with `response`: "ok" or the error's code and param.
+    fn resp(d: Dialect, r: Value) -> (&'static str, Option<String>) {
+        let mut ev = json!({"type": "response.create"});
+        ev["response"] = r;
+        match parse(&ev, d) {
+            Ok(_) => ("ok", None),
+            Err(e) => (e.code, e.param),
+        }
+    }
+
+    fn refused(code: &'static str, param: &str) -> (&'static str, Option<String>) {
+        (code, Some(param.to_owned()))
+    }
+
+    const OK: (&str, Option<String>) = ("ok", None);
+
+    #[test]
+    fn response_create_ga_fields() {
+        let ga = |r| resp(Dialect::Ga, r);
+        assert_eq!(
+            ga(json!({"parallel_tool_calls": false, "reasoning": {"effort": "xhigh"}})),
+            OK
+        );
+        assert_eq!(ga(json!({"reasoning": {}})), OK);
+        assert_eq!(
+            ga(json!({"parallel_tool_calls": "yes"})),
+            refused("invalid_type", "response.parallel_tool_calls")
+        );
+        assert_eq!(
+            ga(json!({"reasoning": {"effort": "max"}})),
+            refused("invalid_value", "response.reasoning.effort")
+        );
+        assert_eq!(
+            ga(json!({"reasoning": {"effort": "low", "summary": "auto"}})),
+            refused("unknown_parameter", "response.reasoning.summary")
+        );
+        // conversation is `str | "auto" | "none"`.
+        assert_eq!(ga(json!({"conversation": "conv_123"})), OK);
+        assert_eq!(
+            ga(json!({"conversation": 1})),
+            refused("invalid_type", "response.conversation")
+        );
+        assert_eq!(
+            ga(json!({"prompt": {"id": "pmpt_1", "variables": {"city": "Paris"}}})),
+            OK
+        );
+        assert_eq!(
+            ga(json!({"prompt": {"variables": {}}})),
+            refused("missing_required_parameter", "response.prompt.id")
+        );
+        assert_eq!(
+            ga(
+                json!({"audio": {"output": {"format": {"type": "audio/pcmu"}, "voice": {"id": "voice_1"}}}})
+            ),
+            OK
+        );
+        assert_eq!(
+            ga(json!({"audio": {"output": {"format": {"type": "audio/mp3"}}}})),
+            refused("invalid_value", "response.audio.output.format")
+        );
+        assert_eq!(
+            ga(json!({"audio": {"output": {"voice": {}}}})),
+            refused(
+                "missing_required_parameter",
+                "response.audio.output.voice.id"
+            )
+        );
+        assert_eq!(
+            ga(json!({"audio": {"output": {"voice": 3}}})),
+            refused("invalid_type", "response.audio.output.voice")
+        );
+        assert_eq!(
+            ga(json!({"input": [{"type": "item_reference", "id": "item_1"},
+                {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"}]}]})),
+            OK
+        );
+        assert_eq!(ga(json!({"input": []})), OK);
+        assert_eq!(
+            ga(json!({"input": [{"type": "item_reference"}]})),
+            refused("missing_required_parameter", "response.input[0].id")
+        );
+        assert_eq!(
+            ga(json!({"input": [{"type": "message", "content": []}]})),
+            refused("missing_required_parameter", "response.input[0].role")
+        );
+        assert_eq!(
+            ga(json!({"input": ["item_1"]})),
+            refused("invalid_type", "response.input[0]")
+        );
+        assert_eq!(
+            ga(
+                json!({"tools": [{"type": "mcp", "server_label": "s", "require_approval": "never"}]})
+            ),
+            OK
+        );
+        assert_eq!(
+            ga(json!({"tools": [{"type": "function", "strict": true}]})),
+            refused("unknown_parameter", "response.tools[0].strict")
+        );
+    }
+
+    #[test]
+    fn response_metadata_limits() {
+        let ga = |r| resp(Dialect::Ga, r);
+        let k64 = "k".repeat(64);
+        let v512 = "v".repeat(512);
+        assert_eq!(ga(json!({"metadata": {k64.clone(): v512.clone()}})), OK);
+        assert_eq!(ga(json!({"metadata": null})), OK);
+        let k65 = "k".repeat(65);
+        assert_eq!(
+            ga(json!({"metadata": {k65.clone(): "v"}})),
+            refused("invalid_value", &format!("response.metadata.{k65}"))
+        );
+        assert_eq!(
+            ga(json!({"metadata": {"k": "v".repeat(513)}})),
+            refused("invalid_value", "response.metadata.k")
+        );
+        assert_eq!(
+            ga(json!({"metadata": {"k": 1}})),
+            refused("invalid_type", "response.metadata.k")
+        );
+        let many: serde_json::Map<String, Value> =
+            (0..17).map(|i| (format!("k{i}"), json!("v"))).collect();
+        assert_eq!(
+            ga(json!({"metadata": many})),
+            refused("invalid_value", "response.metadata")
+        );
+    }
+
+    #[test]
+    fn response_create_beta_fields() {
+        let beta = |r| resp(Dialect::Beta, r);
+        assert_eq!(
+            beta(
+                json!({"conversation": "conv_1", "input": [{"type": "item_reference", "id": "i"}, {}],
+                "tools": [{"name": "f", "type": "function"}]})
+            ),
+            OK
+        );
+        assert_eq!(
+            beta(json!({"reasoning": {"effort": "low"}})),
+            refused("unknown_parameter", "response.reasoning")
+        );
+        assert_eq!(
+            beta(json!({"parallel_tool_calls": true})),
+            refused("unknown_parameter", "response.parallel_tool_calls")
+        );
+        assert_eq!(
+            beta(json!({"input": [1]})),
+            refused("invalid_type", "response.input[0]")
+        );
+        assert_eq!(
+            beta(json!({"tools": [{"type": "mcp", "server_label": "s"}]})),
+            refused("unknown_parameter", "response.tools[0].server_label")
+        );
     }
 
     #[test]

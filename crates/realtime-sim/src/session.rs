@@ -232,6 +232,10 @@ struct Session {
     input_text_chars: usize,
     input_audio_ms: u64,
     active: Option<ActiveResponse>,
+    /// When the idle period began: the last `response.done` plus the playback time of its audio.
+    /// With server_vad `idle_timeout_ms` set, the idle timeout fires that long after this instant
+    /// unless speech starts or another response begins first (both clear it).
+    idle_from: Option<Instant>,
     outbox: Vec<String>,
     emitted: u64,
     error_injected: bool,
@@ -272,6 +276,7 @@ impl Session {
             input_text_chars: 0,
             input_audio_ms: 0,
             active: None,
+            idle_from: None,
             outbox: Vec::new(),
             emitted: 0,
             error_injected: false,
@@ -301,10 +306,14 @@ impl Session {
                 let _ = ws.close(None).await;
                 return;
             }
-            let deadline = match (self.active.as_ref().map(|r| r.next_at), self.expires_at) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            let deadline = [
+                self.active.as_ref().map(|r| r.next_at),
+                self.expires_at,
+                self.idle_deadline(),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
             if let Some(d) = deadline {
                 sleep.as_mut().reset(d);
             }
@@ -612,6 +621,8 @@ impl Session {
                     if td.interrupt_response && self.active.is_some() {
                         self.cancel_response("turn_detected");
                     }
+                    // Speech resets the idle timeout (the cancel above may just have armed it).
+                    self.idle_from = None;
                 }
                 VadEvent::Stopped { audio_end_ms } => {
                     let (item_id, start) = self
@@ -619,7 +630,7 @@ impl Session {
                         .take()
                         .unwrap_or_else(|| (new_id("item"), audio_end_ms));
                     self.emit(json!({"type": "input_audio_buffer.speech_stopped", "audio_end_ms": audio_end_ms, "item_id": item_id}));
-                    self.commit_user_audio(&item_id, audio_end_ms.saturating_sub(start));
+                    self.commit_user_audio(&item_id, audio_end_ms.saturating_sub(start), false);
                     if td.create_response {
                         if self.active.is_none() {
                             self.start_response(ResponseOpts::default());
@@ -645,11 +656,13 @@ impl Session {
         }
         self.input.reset_buffer();
         let item_id = self.speech.take().map_or_else(|| new_id("item"), |s| s.0);
-        self.commit_user_audio(&item_id, ms);
+        self.commit_user_audio(&item_id, ms, false);
         Ok(())
     }
 
-    fn commit_user_audio(&mut self, item_id: &str, duration_ms: u64) {
+    /// Commits the buffered audio as a user item. `silent` audio (an idle timeout's) transcribes to
+    /// nothing and takes no scripted user transcript.
+    fn commit_user_audio(&mut self, item_id: &str, duration_ms: u64, silent: bool) {
         let previous = self.last_item_id();
         self.emit(json!({"type": "input_audio_buffer.committed", "item_id": item_id, "previous_item_id": previous}));
         let item = json!({"id": item_id, "object": "realtime.item", "type": "message", "status": "completed",
@@ -657,11 +670,15 @@ impl Session {
         self.add_item(item, None);
         self.input_audio_ms += duration_ms;
         let cfg = &self.shared.config;
-        let transcript = match cfg.user_transcripts.get(self.transcript_pos) {
-            Some(t) => t.clone(),
-            None => format!("user speech of {:.1} seconds", duration_ms as f64 / 1000.0),
+        let transcript = if silent {
+            String::new()
+        } else {
+            self.transcript_pos += 1;
+            match cfg.user_transcripts.get(self.transcript_pos - 1) {
+                Some(t) => t.clone(),
+                None => format!("user speech of {:.1} seconds", duration_ms as f64 / 1000.0),
+            }
         };
-        self.transcript_pos += 1;
         if self.cfg.derived().transcription {
             let usage = match self.dialect {
                 Dialect::Ga => json!({"type": "duration", "seconds": duration_ms as f64 / 1000.0}),
@@ -677,7 +694,45 @@ impl Session {
             }
         }
         // The "model" understands the audio whether or not the client asked for a transcript.
-        self.pending_user_text = Some(transcript);
+        if !silent {
+            self.pending_user_text = Some(transcript);
+        }
+    }
+
+    /// When the idle timeout fires, if it is armed and the session's server_vad has `idle_timeout_ms`.
+    fn idle_deadline(&self) -> Option<Instant> {
+        let from = self.idle_from?;
+        let ms = self.cfg.derived().turn_detection?.idle_timeout_ms?;
+        Some(from + Duration::from_millis(ms))
+    }
+
+    /// No speech within `idle_timeout_ms` of the last response's playback end: announce the timeout,
+    /// commit the (silent) audio since then as a user item and let the model re-prompt the user.
+    fn on_idle_timeout(&mut self) {
+        let timeout_ms = self
+            .cfg
+            .derived()
+            .turn_detection
+            .and_then(|t| t.idle_timeout_ms)
+            .unwrap_or(0);
+        self.idle_from = None;
+        if self.active.is_some() || self.speech.is_some() || self.input.is_speaking() {
+            return;
+        }
+        // Offsets on the input sample clock: the timeout's worth of audio before now, but no
+        // earlier than the start of what is still in the buffer.
+        let end = self.input.clock_ms();
+        let start = end
+            .saturating_sub(timeout_ms)
+            .max(end.saturating_sub(self.input.buffered_ms()));
+        let item_id = new_id("item");
+        self.emit(
+            json!({"type": "input_audio_buffer.timeout_triggered", "audio_start_ms": start,
+            "audio_end_ms": end, "item_id": item_id}),
+        );
+        self.input.reset_buffer();
+        self.commit_user_audio(&item_id, end - start, true);
+        self.start_response(ResponseOpts::default());
     }
 
     fn on_item_create(
@@ -897,6 +952,9 @@ impl Session {
             ScriptStep::Say { text, .. } => {
                 (VecDeque::from([Planned::Message(text.clone())]), None)
             }
+            ScriptStep::Messages { texts, .. } => {
+                (texts.iter().cloned().map(Planned::Message).collect(), None)
+            }
             ScriptStep::Tools {
                 preamble,
                 calls,
@@ -959,6 +1017,7 @@ impl Session {
 
     fn start_response(&mut self, opts: ResponseOpts) {
         let (queue, then) = self.plan(&opts);
+        self.idle_from = None;
         let d = self.cfg.derived();
         self.shared.counters.responses.fetch_add(1, Relaxed);
         self.active = Some(ActiveResponse {
@@ -1037,6 +1096,9 @@ impl Session {
             self.closing = true;
             return;
         }
+        if self.idle_deadline().is_some_and(|d| d <= now) {
+            self.on_idle_timeout();
+        }
         let Some(mut r) = self.active.take() else {
             return;
         };
@@ -1101,6 +1163,7 @@ impl Session {
                 let done = self.response_json(r, "completed", &Value::Null, &usage);
                 self.emit(json!({"type": "response.done", "response": done}));
                 self.emit_rate_limits(r);
+                self.idle_from = Some(now + Duration::from_millis(r.out_audio_ms));
                 if r.in_band {
                     if let Some(then) = r.then.take() {
                         self.awaiting = Some(AwaitingTools {
@@ -1370,6 +1433,7 @@ impl Session {
             &usage,
         );
         self.emit(json!({"type": "response.done", "response": done}));
+        self.idle_from = Some(Instant::now() + Duration::from_millis(r.out_audio_ms));
     }
 }
 

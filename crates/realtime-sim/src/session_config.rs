@@ -20,6 +20,8 @@ pub struct TurnDetection {
     pub vad: VadParams,
     pub create_response: bool,
     pub interrupt_response: bool,
+    /// `server_vad.idle_timeout_ms` (GA only; semantic_vad and the beta dialect have none).
+    pub idle_timeout_ms: Option<u64>,
 }
 
 /// Values derived from the JSON after each update.
@@ -43,9 +45,14 @@ pub struct SessionConfig {
     derived: Derived,
 }
 
-fn default_server_vad() -> Value {
-    json!({"type": "server_vad", "threshold": 0.5, "prefix_padding_ms": 300, "silence_duration_ms": 500,
-           "create_response": true, "interrupt_response": true, "idle_timeout_ms": null})
+fn default_server_vad(dialect: Dialect) -> Value {
+    let mut v = json!({"type": "server_vad", "threshold": 0.5, "prefix_padding_ms": 300, "silence_duration_ms": 500,
+           "create_response": true, "interrupt_response": true});
+    // The beta session shape has no idle timeout.
+    if dialect == Dialect::Ga {
+        v["idle_timeout_ms"] = Value::Null;
+    }
+    v
 }
 
 impl SessionConfig {
@@ -55,7 +62,7 @@ impl SessionConfig {
                 "id": id, "object": "realtime.session", "model": model, "expires_at": expires_at,
                 "modalities": ["text", "audio"], "instructions": "", "voice": "alloy",
                 "input_audio_format": "pcm16", "output_audio_format": "pcm16",
-                "input_audio_transcription": null, "turn_detection": default_server_vad(),
+                "input_audio_transcription": null, "turn_detection": default_server_vad(dialect),
                 "tools": [], "tool_choice": "auto", "temperature": 0.8,
                 "max_response_output_tokens": "inf", "speed": 1.0, "tracing": null,
                 "input_audio_noise_reduction": null,
@@ -65,7 +72,7 @@ impl SessionConfig {
                 "expires_at": expires_at, "output_modalities": ["audio"], "instructions": "",
                 "audio": {
                     "input": {"format": WireAudioFormat::Pcm16.ga_json(), "transcription": null,
-                              "noise_reduction": null, "turn_detection": default_server_vad()},
+                              "noise_reduction": null, "turn_detection": default_server_vad(dialect)},
                     "output": {"format": WireAudioFormat::Pcm16.ga_json(), "voice": "alloy", "speed": 1.0},
                 },
                 "tools": [], "tool_choice": "auto", "max_output_tokens": "inf", "tracing": null,
@@ -97,11 +104,20 @@ impl SessionConfig {
         let update = update
             .as_object()
             .ok_or_else(|| ProtocolError::invalid_type("session", "an object"))?;
-        let mut next = self.json.clone();
         match self.dialect {
             Dialect::Beta => validate_beta(update)?,
             Dialect::Ga => validate_ga(update)?,
         }
+        // "Once tracing is enabled for a session, the configuration cannot be modified."
+        if let (Some(new), Some(current)) = (update.get("tracing"), self.json.get("tracing")) {
+            if !current.is_null() && new != current {
+                return Err(ProtocolError::invalid_value(
+                    "session.tracing",
+                    "tracing cannot be modified once it is enabled for a session",
+                ));
+            }
+        }
+        let mut next = self.json.clone();
         for (k, v) in update {
             match (self.dialect, k.as_str()) {
                 (Dialect::Ga, "audio") => {
@@ -113,10 +129,12 @@ impl SessionConfig {
                         ) {
                             let dst = dst.entry(side).or_insert_with(|| json!({}));
                             for (f, fv) in src {
-                                let fv = if f == "turn_detection" {
-                                    normalize_td(fv)
-                                } else {
-                                    fv.clone()
+                                let fv = match f.as_str() {
+                                    "turn_detection" => normalize_td(fv, Dialect::Ga),
+                                    "noise_reduction" => {
+                                        normalize_noise_reduction(fv, dst.get("noise_reduction"))
+                                    }
+                                    _ => fv.clone(),
                                 };
                                 if let Some(d) = dst.as_object_mut() {
                                     d.insert(f.clone(), fv);
@@ -125,8 +143,10 @@ impl SessionConfig {
                         }
                     }
                 }
+                // Only shapes the ephemeral key minted for the session; not part of the echo.
+                (Dialect::Beta, "client_secret") => {}
                 (Dialect::Beta, "turn_detection") => {
-                    next.insert(k.clone(), normalize_td(v));
+                    next.insert(k.clone(), normalize_td(v, Dialect::Beta));
                 }
                 _ => {
                     next.insert(k.clone(), v.clone());
@@ -140,7 +160,7 @@ impl SessionConfig {
 }
 
 /// Fills upstream's defaults into a turn_detection object (null stays null = manual turns).
-fn normalize_td(v: &Value) -> Value {
+fn normalize_td(v: &Value, dialect: Dialect) -> Value {
     let Some(o) = v.as_object() else {
         return Value::Null;
     };
@@ -148,7 +168,7 @@ fn normalize_td(v: &Value) -> Value {
         Some("semantic_vad") => {
             json!({"type": "semantic_vad", "eagerness": "auto", "create_response": true, "interrupt_response": true})
         }
-        _ => default_server_vad(),
+        _ => default_server_vad(dialect),
     };
     if let Some(b) = base.as_object_mut() {
         for (k, v) in o {
@@ -156,6 +176,23 @@ fn normalize_td(v: &Value) -> Value {
         }
     }
     base
+}
+
+/// `noise_reduction.strength` "defaults to 1 when noise reduction is first enabled. Omitting strength
+/// from a session update preserves the current strength" (the 3.57.0 model's docstring).
+fn normalize_noise_reduction(v: &Value, current: Option<&Value>) -> Value {
+    let mut v = v.clone();
+    if let Some(o) = v.as_object_mut() {
+        if !o.contains_key("strength") {
+            let keep = current
+                .and_then(|c| c.get("strength"))
+                .filter(|s| s.is_number())
+                .cloned()
+                .unwrap_or_else(|| json!(1.0));
+            o.insert("strength".into(), keep);
+        }
+    }
+    v
 }
 
 fn derive(dialect: Dialect, j: &Obj) -> Derived {
@@ -213,6 +250,11 @@ fn derive(dialect: Dialect, j: &Obj) -> Derived {
             },
             create_response: flag("create_response"),
             interrupt_response: flag("interrupt_response"),
+            idle_timeout_ms: if semantic || dialect == Dialect::Beta {
+                None
+            } else {
+                uint("idle_timeout_ms")
+            },
         }
     });
     let tools = j
@@ -300,6 +342,29 @@ impl<'a> Fields<'a> {
                 .map(Some)
                 .ok_or_else(|| ProtocolError::invalid_type(&path(self.prefix, k), "a string")),
         }
+    }
+    /// `str | null`.
+    pub fn nullable_string(&self, k: &str) -> R<Option<&'a str>> {
+        match self.get(k, true)? {
+            None => Ok(None),
+            Some(v) => v
+                .as_str()
+                .map(Some)
+                .ok_or_else(|| ProtocolError::invalid_type(&path(self.prefix, k), "a string")),
+        }
+    }
+    /// A list of strings; true when present.
+    pub fn string_array(&self, k: &str) -> R<bool> {
+        let Some(a) = self.array(k)? else {
+            return Ok(false);
+        };
+        if let Some(i) = a.iter().position(|x| !x.is_string()) {
+            return Err(ProtocolError::invalid_type(
+                &format!("{}[{i}]", path(self.prefix, k)),
+                "a string",
+            ));
+        }
+        Ok(true)
     }
     pub fn required_string(&self, k: &str) -> R<&'a str> {
         self.string(k)?
@@ -405,11 +470,25 @@ impl<'a> Fields<'a> {
                     "at most 16 keys",
                 ));
             }
-            if let Some((key, _)) = m.iter().find(|(_, v)| !v.is_string()) {
-                return Err(ProtocolError::invalid_type(
-                    &format!("{}.{key}", path(self.prefix, k)),
-                    "a string",
-                ));
+            // Keys of at most 64 characters, string values of at most 512 (the Metadata docstring).
+            for (key, v) in m {
+                let p = format!("{}.{key}", path(self.prefix, k));
+                if key.chars().count() > 64 {
+                    return Err(ProtocolError::invalid_value(
+                        &p,
+                        "metadata keys are at most 64 characters",
+                    ));
+                }
+                match v.as_str() {
+                    None => return Err(ProtocolError::invalid_type(&p, "a string")),
+                    Some(s) if s.chars().count() > 512 => {
+                        return Err(ProtocolError::invalid_value(
+                            &p,
+                            "metadata values are at most 512 characters",
+                        ))
+                    }
+                    Some(_) => {}
+                }
             }
         }
         Ok(())
@@ -462,11 +541,20 @@ fn validate_turn_detection(f: &Fields, k: &str, dialect: Dialect) -> R {
     ];
     let semantic_keys = ["type", "eagerness", "create_response", "interrupt_response"];
     match (dialect, ty) {
-        (Dialect::Beta, _) => {
-            let mut all = server_keys.to_vec();
-            all.push("eagerness");
-            check_keys(o, &all, &p)?;
-        }
+        // The beta SessionTurnDetection is one flat shape for both types and has no idle timeout.
+        (Dialect::Beta, _) => check_keys(
+            o,
+            &[
+                "type",
+                "threshold",
+                "prefix_padding_ms",
+                "silence_duration_ms",
+                "create_response",
+                "interrupt_response",
+                "eagerness",
+            ],
+            &p,
+        )?,
         (Dialect::Ga, "semantic_vad") => check_keys(o, &semantic_keys, &p)?,
         (Dialect::Ga, _) => check_keys(o, &server_keys, &p)?,
     }
@@ -501,20 +589,283 @@ fn validate_transcription(f: &Fields, k: &str, dialect: Dialect) -> R {
             &p,
         )?,
     }
-    g.string("model")?;
+    // `model` is `str | Literal[...]` in the SDK: any string is accepted, the literals are only hints.
+    let model = g.string("model")?;
     g.string("language")?;
-    g.string("prompt")?;
-    g.one_of(
+    let prompt = g.string("prompt")?;
+    let delay = g.one_of(
         "delay",
         &["minimal", "low", "medium", "high", "xhigh"],
         false,
     )?;
-    g.array("keywords")?;
-    g.array("languages")?;
+    let keywords = g.string_array("keywords")?;
+    let languages = g.string_array("languages")?;
+    if dialect == Dialect::Ga {
+        // Model restrictions stated by the 3.57.0 AudioTranscription docstrings.
+        let whisper = model == Some("gpt-realtime-whisper");
+        if delay.is_some() && !whisper {
+            return Err(ProtocolError::invalid_value(
+                &path(&p, "delay"),
+                "'delay' is only supported with model 'gpt-realtime-whisper'",
+            ));
+        }
+        if prompt.is_some() && whisper {
+            return Err(ProtocolError::invalid_value(
+                &path(&p, "prompt"),
+                "'prompt' is not supported with model 'gpt-realtime-whisper'",
+            ));
+        }
+        let listed = matches!(model, Some("gpt-transcribe" | "gpt-live-transcribe"));
+        for (k, present) in [("keywords", keywords), ("languages", languages)] {
+            if present && !listed {
+                return Err(ProtocolError::invalid_value(
+                    &path(&p, k),
+                    format!("'{k}' is only supported with models 'gpt-transcribe' and 'gpt-live-transcribe'"),
+                ));
+            }
+        }
+    }
     Ok(())
 }
 
-fn validate_tools(f: &Fields, dialect: Dialect) -> R {
+/// `retention_ratio` truncation: `{type: "retention_ratio", retention_ratio: 0.0..=1.0,
+/// token_limits?: {post_instructions?: int}}` (RealtimeTruncationRetentionRatioParam).
+fn validate_truncation(f: &Fields) -> R {
+    let p = path(f.prefix, "truncation");
+    match f.o.get("truncation") {
+        None | Some(Value::Null) => Ok(()),
+        Some(Value::String(s)) if s == "auto" || s == "disabled" => Ok(()),
+        Some(Value::Object(t)) => {
+            check_keys(t, &["type", "retention_ratio", "token_limits"], &p)?;
+            let g = Fields { o: t, prefix: &p };
+            g.one_of("type", &["retention_ratio"], false)?
+                .ok_or_else(|| ProtocolError::missing(&path(&p, "type")))?;
+            if !t.contains_key("retention_ratio") {
+                return Err(ProtocolError::missing(&path(&p, "retention_ratio")));
+            }
+            g.number("retention_ratio", 0.0, 1.0)?;
+            if let Some(limits) = g.object("token_limits", false)? {
+                let lp = path(&p, "token_limits");
+                check_keys(limits, &["post_instructions"], &lp)?;
+                Fields {
+                    o: limits,
+                    prefix: &lp,
+                }
+                .uint("post_instructions", false)?;
+            }
+            Ok(())
+        }
+        Some(_) => Err(ProtocolError::invalid_value(
+            &p,
+            "expected 'auto', 'disabled' or a retention_ratio object",
+        )),
+    }
+}
+
+fn validate_cache_breakpoint(g: &Fields) -> R {
+    if let Some(b) = g.object("prompt_cache_breakpoint", false)? {
+        let p = path(g.prefix, "prompt_cache_breakpoint");
+        check_keys(b, &["mode", "ttl"], &p)?;
+        let h = Fields { o: b, prefix: &p };
+        h.one_of("mode", &["explicit"], false)?
+            .ok_or_else(|| ProtocolError::missing(&path(&p, "mode")))?;
+        h.one_of("ttl", &["30m", "12h"], false)?;
+    }
+    Ok(())
+}
+
+/// A reusable prompt reference (ResponsePromptParam): `{id, version?: str|null, variables?: {name:
+/// str | input_text | input_image | input_file}|null}`, for `session.prompt` and `response.prompt`.
+pub(crate) fn validate_prompt(f: &Fields) -> R {
+    let Some(o) = f.object("prompt", true)? else {
+        return Ok(());
+    };
+    let p = path(f.prefix, "prompt");
+    check_keys(o, &["id", "version", "variables"], &p)?;
+    let g = Fields { o, prefix: &p };
+    g.required_string("id")?;
+    g.nullable_string("version")?;
+    let Some(vars) = g.object("variables", true)? else {
+        return Ok(());
+    };
+    for (name, v) in vars {
+        let vp = format!("{p}.variables.{name}");
+        let vo = match v {
+            Value::String(_) => continue,
+            Value::Object(vo) => vo,
+            _ => {
+                return Err(ProtocolError::invalid_type(
+                    &vp,
+                    "a string or an input_text, input_image or input_file object",
+                ))
+            }
+        };
+        let h = Fields { o: vo, prefix: &vp };
+        let ty = h
+            .one_of("type", &["input_text", "input_image", "input_file"], false)?
+            .ok_or_else(|| ProtocolError::missing(&path(&vp, "type")))?;
+        match ty {
+            "input_text" => {
+                check_keys(vo, &["type", "text", "prompt_cache_breakpoint"], &vp)?;
+                h.required_string("text")?;
+            }
+            "input_image" => {
+                check_keys(
+                    vo,
+                    &[
+                        "type",
+                        "detail",
+                        "file_id",
+                        "image_url",
+                        "prompt_cache_breakpoint",
+                    ],
+                    &vp,
+                )?;
+                h.one_of("detail", &["low", "high", "auto", "original"], false)?
+                    .ok_or_else(|| ProtocolError::missing(&path(&vp, "detail")))?;
+                h.nullable_string("file_id")?;
+                h.nullable_string("image_url")?;
+            }
+            _ => {
+                check_keys(
+                    vo,
+                    &[
+                        "type",
+                        "detail",
+                        "file_data",
+                        "file_id",
+                        "file_url",
+                        "filename",
+                        "prompt_cache_breakpoint",
+                    ],
+                    &vp,
+                )?;
+                h.one_of("detail", &["auto", "low", "high"], false)?;
+                h.string("file_data")?;
+                h.nullable_string("file_id")?;
+                h.string("file_url")?;
+                h.string("filename")?;
+            }
+        }
+        validate_cache_breakpoint(&h)?;
+    }
+    Ok(())
+}
+
+/// `reasoning: {effort?}` (RealtimeReasoningParam), for the session and per response.
+pub(crate) fn validate_reasoning(f: &Fields) -> R {
+    if let Some(r) = f.object("reasoning", true)? {
+        let p = path(f.prefix, "reasoning");
+        check_keys(r, &["effort"], &p)?;
+        Fields { o: r, prefix: &p }.one_of(
+            "effort",
+            &["minimal", "low", "medium", "high", "xhigh"],
+            false,
+        )?;
+    }
+    Ok(())
+}
+
+/// `{read_only?: bool, tool_names?: [str]}`, the MCP tool filter.
+fn validate_mcp_filter(o: &Obj, p: &str) -> R {
+    check_keys(o, &["read_only", "tool_names"], p)?;
+    let g = Fields { o, prefix: p };
+    g.boolean("read_only")?;
+    g.string_array("tool_names")?;
+    Ok(())
+}
+
+fn validate_mcp_tool(o: &Obj, p: &str) -> R {
+    check_keys(
+        o,
+        &[
+            "type",
+            "server_label",
+            "allowed_callers",
+            "allowed_tools",
+            "authorization",
+            "connector_id",
+            "defer_loading",
+            "headers",
+            "require_approval",
+            "server_description",
+            "server_url",
+            "tunnel_id",
+        ],
+        p,
+    )?;
+    let g = Fields { o, prefix: p };
+    g.required_string("server_label")?;
+    if o.get("allowed_callers").is_some_and(|v| !v.is_null()) {
+        g.enum_array("allowed_callers", &["direct", "programmatic"])?;
+    }
+    match o.get("allowed_tools") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(_)) => {
+            g.string_array("allowed_tools")?;
+        }
+        Some(Value::Object(f)) => validate_mcp_filter(f, &path(p, "allowed_tools"))?,
+        Some(_) => {
+            return Err(ProtocolError::invalid_type(
+                &path(p, "allowed_tools"),
+                "an array of strings or a filter object",
+            ))
+        }
+    }
+    g.string("authorization")?;
+    g.one_of(
+        "connector_id",
+        &[
+            "connector_dropbox",
+            "connector_gmail",
+            "connector_googlecalendar",
+            "connector_googledrive",
+            "connector_microsoftteams",
+            "connector_outlookcalendar",
+            "connector_outlookemail",
+            "connector_sharepoint",
+        ],
+        false,
+    )?;
+    g.boolean("defer_loading")?;
+    if let Some(h) = g.object("headers", true)? {
+        if let Some((k, _)) = h.iter().find(|(_, v)| !v.is_string()) {
+            return Err(ProtocolError::invalid_type(
+                &format!("{p}.headers.{k}"),
+                "a string",
+            ));
+        }
+    }
+    match o.get("require_approval") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(_)) => {
+            g.one_of("require_approval", &["always", "never"], false)?;
+        }
+        Some(Value::Object(ra)) => {
+            let rp = path(p, "require_approval");
+            check_keys(ra, &["always", "never"], &rp)?;
+            let h = Fields { o: ra, prefix: &rp };
+            for k in ["always", "never"] {
+                if let Some(f) = h.object(k, false)? {
+                    validate_mcp_filter(f, &path(&rp, k))?;
+                }
+            }
+        }
+        Some(_) => {
+            return Err(ProtocolError::invalid_type(
+                &path(p, "require_approval"),
+                "'always', 'never' or an approval filter object",
+            ))
+        }
+    }
+    g.string("server_description")?;
+    g.string("server_url")?;
+    g.string("tunnel_id")?;
+    Ok(())
+}
+
+/// `tools[]`: function tools (every field optional in both dialects' models) and, in GA, MCP tools.
+pub(crate) fn validate_tools(f: &Fields, dialect: Dialect) -> R {
     let Some(tools) = f.array("tools")? else {
         return Ok(());
     };
@@ -523,12 +874,12 @@ fn validate_tools(f: &Fields, dialect: Dialect) -> R {
         let o = as_obj(t, &p)?;
         let g = Fields { o, prefix: &p };
         if dialect == Dialect::Ga && o.get("type").and_then(Value::as_str) == Some("mcp") {
-            g.required_string("server_label")?;
+            validate_mcp_tool(o, &p)?;
             continue;
         }
         check_keys(o, &["type", "name", "description", "parameters"], &p)?;
         g.one_of("type", &["function"], false)?;
-        g.required_string("name")?;
+        g.string("name")?;
         g.string("description")?;
         g.object("parameters", false)?;
     }
@@ -559,6 +910,17 @@ pub(crate) fn validate_tool_choice(f: &Fields, dialect: Dialect) -> R {
     }
 }
 
+const BETA_MODELS: [&str; 8] = [
+    "gpt-realtime",
+    "gpt-realtime-2025-08-28",
+    "gpt-4o-realtime-preview",
+    "gpt-4o-realtime-preview-2024-10-01",
+    "gpt-4o-realtime-preview-2024-12-17",
+    "gpt-4o-realtime-preview-2025-06-03",
+    "gpt-4o-mini-realtime-preview",
+    "gpt-4o-mini-realtime-preview-2024-12-17",
+];
+
 fn validate_beta(o: &Obj) -> R {
     check_keys(
         o,
@@ -578,6 +940,7 @@ fn validate_beta(o: &Obj) -> R {
             "tracing",
             "input_audio_noise_reduction",
             "model",
+            "client_secret",
         ],
         "session",
     )?;
@@ -588,7 +951,21 @@ fn validate_beta(o: &Obj) -> R {
     f.enum_array("modalities", &["text", "audio"])?;
     f.string("instructions")?;
     f.string("voice")?;
-    f.string("model")?;
+    // The beta Session.model is a closed Literal list (unlike GA's free string).
+    f.one_of("model", &BETA_MODELS, false)?;
+    if let Some(cs) = f.object("client_secret", false)? {
+        let p = "session.client_secret";
+        check_keys(cs, &["expires_after"], p)?;
+        if let Some(ea) = (Fields { o: cs, prefix: p }).object("expires_after", false)? {
+            let ep = "session.client_secret.expires_after";
+            check_keys(ea, &["anchor", "seconds"], ep)?;
+            let e = Fields { o: ea, prefix: ep };
+            e.one_of("anchor", &["created_at"], false)?.ok_or_else(|| {
+                ProtocolError::missing("session.client_secret.expires_after.anchor")
+            })?;
+            e.uint("seconds", false)?;
+        }
+    }
     f.one_of(
         "input_audio_format",
         &["pcm16", "g711_ulaw", "g711_alaw"],
@@ -696,7 +1073,8 @@ fn validate_ga(o: &Obj) -> R {
                 check_keys(nr, &["type", "strength"], p)?;
                 let n = Fields { o: nr, prefix: p };
                 n.one_of("type", &["near_field", "far_field"], false)?;
-                n.number("strength", 0.0, 1.0)?;
+                // The 3.57.0 model gives no range for the realtime session's strength.
+                n.number("strength", f64::NEG_INFINITY, f64::INFINITY)?;
             }
         }
         if let Some(output) = a.object("output", false)? {
@@ -734,44 +1112,10 @@ fn validate_ga(o: &Obj) -> R {
     f.max_tokens("max_output_tokens")?;
     f.boolean("parallel_tool_calls")?;
     validate_tracing(&f, "tracing")?;
-    match o.get("truncation") {
-        None | Some(Value::Null) => {}
-        Some(Value::String(s)) if s == "auto" || s == "disabled" => {}
-        Some(Value::Object(t)) => {
-            let g = Fields {
-                o: t,
-                prefix: "session.truncation",
-            };
-            g.one_of("type", &["retention_ratio"], false)?;
-            g.number("retention_ratio", 0.0, 1.0)?;
-        }
-        Some(_) => {
-            return Err(ProtocolError::invalid_value(
-                "session.truncation",
-                "expected 'auto', 'disabled' or an object",
-            ))
-        }
-    }
+    validate_truncation(&f)?;
     f.enum_array("include", &["item.input_audio_transcription.logprobs"])?;
-    if let Some(p) = f.object("prompt", true)? {
-        Fields {
-            o: p,
-            prefix: "session.prompt",
-        }
-        .required_string("id")?;
-    }
-    if let Some(r) = f.object("reasoning", true)? {
-        check_keys(r, &["effort"], "session.reasoning")?;
-        Fields {
-            o: r,
-            prefix: "session.reasoning",
-        }
-        .one_of(
-            "effort",
-            &["minimal", "low", "medium", "high", "xhigh"],
-            false,
-        )?;
-    }
+    validate_prompt(&f)?;
+    validate_reasoning(&f)?;
     Ok(())
 }
 
@@ -818,6 +1162,457 @@ mod tests {
                 .as_deref(),
             Some("session.turn_detection.threshold")
         );
+    }
+
+    /// Applies `session` (with `type: realtime` added) to a fresh GA session: "ok" or the error's
+    /// code and param.
+    fn ga(mut session: Value) -> (&'static str, Option<String>) {
+        session["type"] = json!("realtime");
+        let mut s = SessionConfig::new(Dialect::Ga, "sess_1", "m", 0);
+        match s.apply_update(&session) {
+            Ok(()) => ("ok", None),
+            Err(e) => (e.code, e.param),
+        }
+    }
+
+    fn beta(session: &Value) -> (&'static str, Option<String>) {
+        let mut s = SessionConfig::new(Dialect::Beta, "sess_1", "m", 0);
+        match s.apply_update(session) {
+            Ok(()) => ("ok", None),
+            Err(e) => (e.code, e.param),
+        }
+    }
+
+    fn refused(code: &'static str, param: &str) -> (&'static str, Option<String>) {
+        (code, Some(param.to_owned()))
+    }
+
+    const OK: (&str, Option<String>) = ("ok", None);
+
+    #[test]
+    fn truncation_retention_ratio() {
+        assert_eq!(ga(json!({"truncation": "disabled"})), OK);
+        assert_eq!(
+            ga(
+                json!({"truncation": {"type": "retention_ratio", "retention_ratio": 0.8, "token_limits": {"post_instructions": 5000}}})
+            ),
+            OK
+        );
+        assert_eq!(
+            ga(
+                json!({"truncation": {"type": "retention_ratio", "retention_ratio": 0.0, "token_limits": {}}})
+            ),
+            OK
+        );
+        assert_eq!(
+            ga(json!({"truncation": {"retention_ratio": 0.5}})),
+            refused("missing_required_parameter", "session.truncation.type")
+        );
+        assert_eq!(
+            ga(json!({"truncation": {"type": "retention_ratio"}})),
+            refused(
+                "missing_required_parameter",
+                "session.truncation.retention_ratio"
+            )
+        );
+        assert_eq!(
+            ga(json!({"truncation": {"type": "retention_ratio", "retention_ratio": 1.5}})),
+            refused("invalid_value", "session.truncation.retention_ratio")
+        );
+        assert_eq!(
+            ga(
+                json!({"truncation": {"type": "retention_ratio", "retention_ratio": 0.5, "keep": 1}})
+            ),
+            refused("unknown_parameter", "session.truncation.keep")
+        );
+        assert_eq!(
+            ga(
+                json!({"truncation": {"type": "retention_ratio", "retention_ratio": 0.5, "token_limits": {"post_instructions": -1}}})
+            ),
+            refused(
+                "invalid_type",
+                "session.truncation.token_limits.post_instructions"
+            )
+        );
+        assert_eq!(
+            ga(
+                json!({"truncation": {"type": "retention_ratio", "retention_ratio": 0.5, "token_limits": {"post_instructions": 1.5}}})
+            ),
+            refused(
+                "invalid_type",
+                "session.truncation.token_limits.post_instructions"
+            )
+        );
+        assert_eq!(
+            ga(
+                json!({"truncation": {"type": "retention_ratio", "retention_ratio": 0.5, "token_limits": {"pre": 1}}})
+            ),
+            refused("unknown_parameter", "session.truncation.token_limits.pre")
+        );
+        assert_eq!(
+            ga(json!({"truncation": "sometimes"})),
+            refused("invalid_value", "session.truncation")
+        );
+    }
+
+    #[test]
+    fn prompt_reference() {
+        assert_eq!(
+            ga(
+                json!({"prompt": {"id": "pmpt_1", "version": "3", "variables": {
+                "name": "Ada",
+                "greeting": {"type": "input_text", "text": "hi", "prompt_cache_breakpoint": {"mode": "explicit", "ttl": "30m"}},
+                "logo": {"type": "input_image", "detail": "auto", "image_url": "https://x/y.png", "file_id": null},
+                "doc": {"type": "input_file", "file_id": "file_1", "filename": "a.pdf", "detail": "low"}}}})
+            ),
+            OK
+        );
+        assert_eq!(
+            ga(json!({"prompt": {"id": "pmpt_1", "version": null, "variables": null}})),
+            OK
+        );
+        assert_eq!(ga(json!({"prompt": null})), OK);
+        assert_eq!(
+            ga(json!({"prompt": {"version": "1"}})),
+            refused("missing_required_parameter", "session.prompt.id")
+        );
+        assert_eq!(
+            ga(json!({"prompt": {"id": "p", "version": 2}})),
+            refused("invalid_type", "session.prompt.version")
+        );
+        assert_eq!(
+            ga(json!({"prompt": {"id": "p", "extra": 1}})),
+            refused("unknown_parameter", "session.prompt.extra")
+        );
+        assert_eq!(
+            ga(json!({"prompt": {"id": "p", "variables": {"n": 5}}})),
+            refused("invalid_type", "session.prompt.variables.n")
+        );
+        assert_eq!(
+            ga(json!({"prompt": {"id": "p", "variables": {"n": {"type": "input_audio"}}}})),
+            refused("invalid_value", "session.prompt.variables.n.type")
+        );
+        assert_eq!(
+            ga(json!({"prompt": {"id": "p", "variables": {"n": {"type": "input_text"}}}})),
+            refused(
+                "missing_required_parameter",
+                "session.prompt.variables.n.text"
+            )
+        );
+        assert_eq!(
+            ga(
+                json!({"prompt": {"id": "p", "variables": {"n": {"type": "input_image", "image_url": "u"}}}})
+            ),
+            refused(
+                "missing_required_parameter",
+                "session.prompt.variables.n.detail"
+            )
+        );
+        assert_eq!(
+            ga(
+                json!({"prompt": {"id": "p", "variables": {"n": {"type": "input_file", "detail": "original"}}}})
+            ),
+            refused("invalid_value", "session.prompt.variables.n.detail")
+        );
+        assert_eq!(
+            ga(
+                json!({"prompt": {"id": "p", "variables": {"n": {"type": "input_text", "text": "t", "prompt_cache_breakpoint": {"ttl": "1h"}}}}})
+            ),
+            refused(
+                "missing_required_parameter",
+                "session.prompt.variables.n.prompt_cache_breakpoint.mode"
+            )
+        );
+    }
+
+    #[test]
+    fn tracing_shape_and_immutability() {
+        assert_eq!(
+            ga(json!({"tracing": {"workflow_name": "w", "group_id": "g", "metadata": {"a": [1]}}})),
+            OK
+        );
+        assert_eq!(
+            ga(json!({"tracing": {"metadata": 3}})),
+            refused("invalid_type", "session.tracing.metadata")
+        );
+        assert_eq!(
+            beta(&json!({"tracing": {"workflow": "w"}})),
+            refused("unknown_parameter", "session.tracing.workflow")
+        );
+        let mut s = SessionConfig::new(Dialect::Ga, "sess_1", "m", 0);
+        s.apply_update(&json!({"type": "realtime", "tracing": "auto"}))
+            .unwrap();
+        // Re-sending the same configuration is fine; changing it is not.
+        s.apply_update(&json!({"type": "realtime", "tracing": "auto"}))
+            .unwrap();
+        let e = s
+            .apply_update(&json!({"type": "realtime", "tracing": {"workflow_name": "w"}}))
+            .unwrap_err();
+        assert_eq!(
+            (e.code, e.param.as_deref()),
+            ("invalid_value", Some("session.tracing"))
+        );
+        assert_eq!(s.json()["tracing"], "auto");
+    }
+
+    #[test]
+    fn noise_reduction_and_speed() {
+        assert_eq!(
+            ga(
+                json!({"audio": {"input": {"noise_reduction": {"type": "far_field", "strength": 2.5}}}})
+            ),
+            OK
+        );
+        assert_eq!(
+            ga(json!({"audio": {"input": {"noise_reduction": {"strength": "high"}}}})),
+            refused(
+                "invalid_type",
+                "session.audio.input.noise_reduction.strength"
+            )
+        );
+        assert_eq!(
+            ga(json!({"audio": {"input": {"noise_reduction": {"type": "mid_field"}}}})),
+            refused("invalid_value", "session.audio.input.noise_reduction.type")
+        );
+        assert_eq!(
+            ga(
+                json!({"audio": {"input": {"noise_reduction": {"type": "near_field", "level": 1}}}})
+            ),
+            refused(
+                "unknown_parameter",
+                "session.audio.input.noise_reduction.level"
+            )
+        );
+        assert_eq!(
+            beta(&json!({"input_audio_noise_reduction": {"type": "near_field", "strength": 1}})),
+            refused(
+                "unknown_parameter",
+                "session.input_audio_noise_reduction.strength"
+            )
+        );
+        // Strength defaults to 1 when first enabled and is kept when an update omits it.
+        let mut s = SessionConfig::new(Dialect::Ga, "sess_1", "m", 0);
+        s.apply_update(&json!({"type": "realtime", "audio": {"input": {"noise_reduction": {"type": "near_field"}}}}))
+            .unwrap();
+        assert_eq!(
+            s.json()["audio"]["input"]["noise_reduction"]["strength"],
+            1.0
+        );
+        s.apply_update(&json!({"type": "realtime", "audio": {"input": {"noise_reduction": {"type": "near_field", "strength": 0.4}}}}))
+            .unwrap();
+        s.apply_update(&json!({"type": "realtime", "audio": {"input": {"noise_reduction": {"type": "far_field"}}}}))
+            .unwrap();
+        assert_eq!(
+            s.json()["audio"]["input"]["noise_reduction"]["strength"],
+            0.4
+        );
+        assert_eq!(
+            s.json()["audio"]["input"]["noise_reduction"]["type"],
+            "far_field"
+        );
+        s.apply_update(&json!({"type": "realtime", "audio": {"input": {"noise_reduction": null}}}))
+            .unwrap();
+        assert!(s.json()["audio"]["input"]["noise_reduction"].is_null());
+
+        assert_eq!(ga(json!({"audio": {"output": {"speed": 0.25}}})), OK);
+        assert_eq!(ga(json!({"audio": {"output": {"speed": 1.5}}})), OK);
+        assert_eq!(
+            ga(json!({"audio": {"output": {"speed": 1.6}}})),
+            refused("invalid_value", "session.audio.output.speed")
+        );
+        assert_eq!(
+            ga(json!({"audio": {"output": {"speed": "fast"}}})),
+            refused("invalid_type", "session.audio.output.speed")
+        );
+        assert_eq!(
+            beta(&json!({"speed": 0.2})),
+            refused("invalid_value", "session.speed")
+        );
+    }
+
+    #[test]
+    fn transcription_models_and_their_options() {
+        let t = |v: Value| ga(json!({"audio": {"input": {"transcription": v}}}));
+        let p = |k: &str| format!("session.audio.input.transcription.{k}");
+        // The model is a free string in the SDK (the literals are only the known values).
+        assert_eq!(
+            t(json!({"model": "gpt-realtime-whisper", "delay": "low"})),
+            OK
+        );
+        assert_eq!(t(json!({"model": "my-future-transcriber"})), OK);
+        assert_eq!(t(json!({"model": 1})), refused("invalid_type", &p("model")));
+        assert_eq!(
+            t(json!({"model": "gpt-4o-transcribe", "delay": "low"})),
+            refused("invalid_value", &p("delay"))
+        );
+        assert_eq!(
+            t(json!({"delay": "low"})),
+            refused("invalid_value", &p("delay"))
+        );
+        assert_eq!(
+            t(json!({"model": "gpt-realtime-whisper", "delay": "slow"})),
+            refused("invalid_value", &p("delay"))
+        );
+        assert_eq!(
+            t(json!({"model": "gpt-4o-transcribe", "prompt": "tech"})),
+            OK
+        );
+        assert_eq!(
+            t(json!({"model": "gpt-realtime-whisper", "prompt": "tech"})),
+            refused("invalid_value", &p("prompt"))
+        );
+        assert_eq!(
+            t(json!({"model": "gpt-transcribe", "keywords": ["Acme"], "languages": ["en", "de"]})),
+            OK
+        );
+        assert_eq!(
+            t(json!({"model": "gpt-live-transcribe", "keywords": ["Acme"]})),
+            OK
+        );
+        assert_eq!(
+            t(json!({"model": "whisper-1", "keywords": ["Acme"]})),
+            refused("invalid_value", &p("keywords"))
+        );
+        assert_eq!(
+            t(json!({"model": "gpt-4o-transcribe", "languages": ["en"]})),
+            refused("invalid_value", &p("languages"))
+        );
+        assert_eq!(
+            t(json!({"model": "gpt-transcribe", "keywords": [1]})),
+            refused("invalid_type", &format!("{}[0]", p("keywords")))
+        );
+        // Beta: {model, language, prompt} only.
+        assert_eq!(
+            beta(&json!({"input_audio_transcription": {"model": "anything", "prompt": "p"}})),
+            OK
+        );
+        assert_eq!(
+            beta(
+                &json!({"input_audio_transcription": {"model": "gpt-realtime-whisper", "delay": "low"}})
+            ),
+            refused(
+                "unknown_parameter",
+                "session.input_audio_transcription.delay"
+            )
+        );
+    }
+
+    #[test]
+    fn idle_timeout_only_on_ga_server_vad() {
+        let td = |v: Value| ga(json!({"audio": {"input": {"turn_detection": v}}}));
+        assert_eq!(
+            td(json!({"type": "server_vad", "idle_timeout_ms": 6000})),
+            OK
+        );
+        assert_eq!(
+            td(json!({"type": "server_vad", "idle_timeout_ms": null})),
+            OK
+        );
+        assert_eq!(
+            td(json!({"type": "semantic_vad", "idle_timeout_ms": 6000})),
+            refused(
+                "unknown_parameter",
+                "session.audio.input.turn_detection.idle_timeout_ms"
+            )
+        );
+        assert_eq!(
+            td(json!({"type": "server_vad", "idle_timeout_ms": "6s"})),
+            refused(
+                "invalid_type",
+                "session.audio.input.turn_detection.idle_timeout_ms"
+            )
+        );
+        assert_eq!(
+            beta(&json!({"turn_detection": {"type": "server_vad", "idle_timeout_ms": 6000}})),
+            refused(
+                "unknown_parameter",
+                "session.turn_detection.idle_timeout_ms"
+            )
+        );
+        assert_eq!(
+            beta(&json!({"turn_detection": {"type": "server_vad", "eagerness": "low"}})),
+            OK
+        );
+        let mut s = SessionConfig::new(Dialect::Ga, "sess_1", "m", 0);
+        assert_eq!(s.derived().turn_detection.unwrap().idle_timeout_ms, None);
+        s.apply_update(&json!({"type": "realtime", "audio": {"input": {"turn_detection": {"type": "server_vad", "idle_timeout_ms": 6000}}}}))
+            .unwrap();
+        assert_eq!(
+            s.derived().turn_detection.unwrap().idle_timeout_ms,
+            Some(6000)
+        );
+        let b = SessionConfig::new(Dialect::Beta, "sess_1", "m", 0);
+        assert!(b.json()["turn_detection"].get("idle_timeout_ms").is_none());
+    }
+
+    #[test]
+    fn tools_follow_the_models() {
+        assert_eq!(ga(json!({"tools": [{"type": "function"}]})), OK);
+        assert_eq!(
+            ga(
+                json!({"tools": [{"type": "mcp", "server_label": "s", "server_url": "https://m", "allowed_tools": {"read_only": true},
+                "require_approval": {"never": {"tool_names": ["a"]}}, "allowed_callers": ["direct"], "headers": {"x": "y"},
+                "connector_id": "connector_sharepoint", "defer_loading": true, "tunnel_id": "t"}]})
+            ),
+            OK
+        );
+        assert_eq!(
+            ga(json!({"tools": [{"type": "mcp"}]})),
+            refused(
+                "missing_required_parameter",
+                "session.tools[0].server_label"
+            )
+        );
+        assert_eq!(
+            ga(json!({"tools": [{"type": "mcp", "server_label": "s", "url": "u"}]})),
+            refused("unknown_parameter", "session.tools[0].url")
+        );
+        assert_eq!(
+            ga(
+                json!({"tools": [{"type": "mcp", "server_label": "s", "require_approval": "sometimes"}]})
+            ),
+            refused("invalid_value", "session.tools[0].require_approval")
+        );
+        assert_eq!(
+            ga(
+                json!({"tools": [{"type": "mcp", "server_label": "s", "connector_id": "connector_x"}]})
+            ),
+            refused("invalid_value", "session.tools[0].connector_id")
+        );
+        assert_eq!(
+            ga(
+                json!({"tools": [{"type": "mcp", "server_label": "s", "allowed_callers": ["robot"]}]})
+            ),
+            refused("invalid_value", "session.tools[0].allowed_callers[0]")
+        );
+    }
+
+    #[test]
+    fn beta_model_and_client_secret() {
+        assert_eq!(beta(&json!({"model": "gpt-4o-realtime-preview"})), OK);
+        assert_eq!(
+            beta(&json!({"model": "gpt-realtime-2"})),
+            refused("invalid_value", "session.model")
+        );
+        assert_eq!(ga(json!({"model": "gpt-realtime-2"})), OK);
+        assert_eq!(ga(json!({"model": "some-new-model"})), OK);
+        assert_eq!(
+            beta(
+                &json!({"client_secret": {"expires_after": {"anchor": "created_at", "seconds": 600}}})
+            ),
+            OK
+        );
+        assert_eq!(
+            beta(&json!({"client_secret": {"expires_after": {"seconds": 600}}})),
+            refused(
+                "missing_required_parameter",
+                "session.client_secret.expires_after.anchor"
+            )
+        );
+        let mut s = SessionConfig::new(Dialect::Beta, "sess_1", "m", 0);
+        s.apply_update(&json!({"client_secret": {"expires_after": {"anchor": "created_at"}}}))
+            .unwrap();
+        assert!(s.json().get("client_secret").is_none());
     }
 
     #[test]
