@@ -518,6 +518,7 @@ impl Conversation {
                 for f in self.items.call_added(&response_id) {
                     self.final_transcript(f);
                 }
+                self.record_preamble_times();
                 self.tools.name_seen(call_id, name);
             }
             ServerEvent::OutputItemAdded {
@@ -718,9 +719,7 @@ impl Conversation {
             if q.frame.item_id != self.last_heard {
                 self.last_heard.clone_from(&q.frame.item_id);
                 self.items.heard(&q.frame.item_id, now);
-                for d in self.items.take_measured() {
-                    histogram!(names::PREAMBLE_TO_ANSWER).record(d.as_secs_f64());
-                }
+                self.record_preamble_times();
             }
             q.frame.seq = self.out_seq;
             self.out_seq += 1;
@@ -908,6 +907,7 @@ impl Conversation {
         for f in self.items.response_done(&response.id) {
             self.final_transcript(f);
         }
+        self.record_preamble_times();
         self.out.host(Out::ResponseDone(pb::ResponseDone {
             response_id: response.id.clone(),
             status: response.status.clone(),
@@ -1096,6 +1096,13 @@ impl Conversation {
                 }];
                 self.release(&mut frames, now);
             }
+        }
+    }
+
+    /// Preamble → answer times the assistant items measured (as phases or first audio became known).
+    fn record_preamble_times(&mut self) {
+        for d in self.items.take_measured() {
+            histogram!(names::PREAMBLE_TO_ANSWER).record(d.as_secs_f64());
         }
     }
 

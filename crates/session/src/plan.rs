@@ -524,8 +524,8 @@ impl SessionPlan {
             }
             _ if prices.is_none() => {
                 return Err(StartError::Other(format!(
-                "budget_usd needs prices: {model} is not in the model table, so configure [prices] \
-                 in the sidecar's config file"
+                "budget_usd needs a price table: {model} is not in the model table, so configure \
+                 [prices] in the sidecar's config file"
             )))
             }
             b => Some((b, start.end_on_budget)),

@@ -360,3 +360,124 @@ async fn a_tool_result_racing_an_upstream_drop_reaches_the_next_session() {
     );
     assert!(create["response"]["metadata"]["voice_sidecar_create"].is_string());
 }
+
+#[tokio::test(start_paused = true)]
+async fn calls_spread_over_overlapping_responses_get_one_create_after_the_last_output() {
+    let (mut h, mut up) = Harness::start(start_with_tool(60_000)).await;
+    let rid = up.respond_to_text(&h.host, "two things please").await;
+    // Response 1: a preamble-only message and one call; done while the call runs.
+    up.call_and_end(&rid, "call_a", "{}").await;
+    let a = h.host.tool_call().await;
+    // Server VAD starts response 2 by itself; it makes another call.
+    let rid2 = up.created_untagged().await;
+    up.call_and_end(&rid2, "call_b", "{}").await;
+    let b = h.host.tool_call().await;
+    assert_eq!(
+        (a.call_id.as_str(), b.call_id.as_str()),
+        ("call_a", "call_b")
+    );
+    for id in ["call_a", "call_b"] {
+        h.host
+            .send(In::ToolResult(pb::ToolResult {
+                call_id: id.into(),
+                result: Some(pb::tool_result::Result::OutputJson("{}".into())),
+            }))
+            .await;
+        h.host.tool_finished().await;
+    }
+    let (create, before) = up.until("response.create").await;
+    let outputs = before
+        .iter()
+        .filter(|e| e["item"]["type"] == "function_call_output")
+        .count();
+    assert_eq!(outputs, 2, "both outputs before the one create: {before:?}");
+    let r3 = up.created_for(&create).await;
+    up.done(&r3, "completed", json!([])).await;
+    tokio::time::sleep(ms(3000)).await;
+    assert!(
+        up.drain_now()
+            .iter()
+            .all(|e| e["type"] != "response.create"),
+        "exactly one create for the round"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_model_near_its_shutdown_is_warned_once_and_the_session_goes_on() {
+    let defaults = voice_session::Defaults {
+        today: Some(voice_realtime::models::Date::new(2027, 1, 5)),
+        ..voice_session::Defaults::default()
+    };
+    let start = pb::SessionStart {
+        model: "gpt-realtime".into(),
+        ..start_with_tool(1000)
+    };
+    let (mut h, mut up) = Harness::start_with(start, &defaults).await;
+    let e = h.host.error("model_deprecated").await;
+    assert!(!e.retryable);
+    assert!(e.message.contains("2027-01-20"), "{}", e.message);
+    let rid = up.respond_to_text(&h.host, "still works?").await;
+    up.done(&rid, "completed", json!([])).await;
+    let done = h
+        .host
+        .until(|m| match m {
+            Out::ResponseDone(d) => Some(d.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(done.response_id, rid);
+    assert_eq!(
+        h.host
+            .seen
+            .iter()
+            .filter(|m| matches!(m, Out::Error(e) if e.code == "model_deprecated"))
+            .count(),
+        1
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unknown_model_gets_assumed_capabilities_and_logprobs_reach_the_host() {
+    let start = pb::SessionStart {
+        model: "my-azure-deployment".into(),
+        reasoning: Some(pb::Reasoning {
+            effort: pb::ReasoningEffort::Medium as i32,
+        }),
+        transcription: Some(pb::Transcription {
+            include_logprobs: true,
+            ..Default::default()
+        }),
+        ..start_with_tool(1000)
+    };
+    // Assumed like gpt-realtime-2 (the default): reasoning is accepted, and no deprecation.
+    let mut h = Harness::spawn(&start);
+    let mut up = h.connection().await;
+    let update = up.accept().await;
+    assert_eq!(update["session"]["reasoning"]["effort"], "medium");
+    assert_eq!(
+        update["session"]["include"][0],
+        "item.input_audio_transcription.logprobs"
+    );
+    up.send(
+        json!({"type": "conversation.item.input_audio_transcription.completed",
+        "event_id": "e1", "item_id": "u1", "content_index": 0, "transcript": "hello",
+        "logprobs": [{"token": "hello", "logprob": -0.25, "bytes": [104, 101, 108, 108, 111]}]}),
+    )
+    .await;
+    let t = h
+        .host
+        .until(|m| match m {
+            Out::Transcript(t) if t.r#final => Some(t.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(t.logprobs.len(), 1);
+    assert_eq!(t.logprobs[0].token, "hello");
+    assert!((t.logprobs[0].logprob + 0.25).abs() < 1e-9);
+    assert_eq!(t.logprobs[0].bytes, b"hello");
+    assert!(!h
+        .host
+        .seen
+        .iter()
+        .any(|m| matches!(m, Out::Error(e) if e.code == "model_deprecated")));
+}

@@ -341,7 +341,12 @@ impl Harness {
 
     /// Starts a session from `start` and accepts its first upstream connection.
     pub async fn start(start: pb::SessionStart) -> (Harness, Upstream) {
-        let mut h = Harness::spawn(&start);
+        Harness::start_with(start, &Defaults::default()).await
+    }
+
+    /// [`Harness::start`] with sidecar defaults of the test's choosing.
+    pub async fn start_with(start: pb::SessionStart, defaults: &Defaults) -> (Harness, Upstream) {
+        let mut h = Harness::spawn_with(&start, defaults);
         let mut up = h.connection().await;
         up.accept().await;
         match h.host.next().await {
@@ -352,6 +357,10 @@ impl Harness {
     }
 
     pub fn spawn(start: &pb::SessionStart) -> Harness {
+        Harness::spawn_with(start, &Defaults::default())
+    }
+
+    pub fn spawn_with(start: &pb::SessionStart, defaults: &Defaults) -> Harness {
         let (peers_tx, peers) = mpsc::unbounded_channel();
         let shutdown = CancellationToken::new();
         let mut ctx = SessionContext::new(
@@ -367,7 +376,7 @@ impl Harness {
         );
         ctx.connector = Arc::new(ScriptedConnector { peers: peers_tx });
         ctx.reconnect = ReconnectPolicy::default();
-        let plan = SessionPlan::from_start(start, &Defaults::default()).expect("valid start");
+        let plan = SessionPlan::from_start(start, defaults).expect("valid start");
         let (in_tx, in_rx) = mpsc::channel(64);
         let (out_tx, out_rx) = mpsc::channel(256);
         let task = tokio::spawn(run_session(
