@@ -230,13 +230,16 @@ async fn idle_timeout_fires_after_playback_and_reprompts() {
     let evs = c.until("response.done").await;
     let done_at = Instant::now();
     let playback = audio_ms(&evs, &c);
-    assert!(playback > 100, "the reply has audio ({playback} ms)");
+    assert!(playback > 150, "the reply has audio ({playback} ms)");
     // The client streams a second of silence: no speech, so the timer keeps running.
     c.append_audio(&silence(1000), WireAudioFormat::Pcm16).await;
     let evs = c.until("input_audio_buffer.timeout_triggered").await;
     let waited = done_at.elapsed();
+    // The client's clock starts when it *receives* response.done, after the simulator's did; allow
+    // for that delivery delay on a loaded machine (still far from firing at `idle` alone, which is
+    // what ignoring playback would do).
     assert!(
-        waited + Duration::from_millis(20) >= Duration::from_millis(idle + playback),
+        waited + Duration::from_millis(100) >= Duration::from_millis(idle + playback),
         "fired after {waited:?}, expected response.done + {playback} ms playback + {idle} ms"
     );
     assert!(of_type(&evs, "input_audio_buffer.speech_started").is_empty());
