@@ -290,7 +290,7 @@ async fn health_and_reflection_are_served() {
         );
     }
 
-    let mut refl = ServerReflectionClient::new(ch);
+    let mut refl = ServerReflectionClient::new(ch.clone());
     let req = ServerReflectionRequest {
         host: String::new(),
         message_request: Some(MessageRequest::ListServices(String::new())),
@@ -306,12 +306,41 @@ async fn health_and_reflection_are_served() {
         panic!("no service list")
     };
     let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-    for want in ["voice.v1.VoiceSidecar", "grpc.health.v1.Health"] {
+    for want in [
+        "voice.v1.VoiceSidecar",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+    ] {
         assert!(
             names.iter().any(|n| n == want),
             "{want} missing from {names:?}"
         );
     }
+
+    // A client that speaks only v1alpha.
+    use tonic_reflection::pb::v1alpha as alpha;
+    let mut refl = alpha::server_reflection_client::ServerReflectionClient::new(ch);
+    let req = alpha::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(
+            alpha::server_reflection_request::MessageRequest::ListServices(String::new()),
+        ),
+    };
+    let mut resp = refl
+        .server_reflection_info(tokio_stream::iter(vec![req]))
+        .await
+        .expect("v1alpha reflection is served")
+        .into_inner();
+    let Some(alpha::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
+        resp.message().await.unwrap().unwrap().message_response
+    else {
+        panic!("no v1alpha service list")
+    };
+    assert!(list
+        .service
+        .iter()
+        .any(|s| s.name == "voice.v1.VoiceSidecar"));
 }
 
 #[tokio::test]

@@ -95,11 +95,19 @@ async fn main() -> Result<()> {
     health_reporter
         .set_serving::<VoiceSidecarServer<service::Sidecar>>()
         .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(voice_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    // Both reflection versions: v1, and v1alpha for clients that speak only that (older grpcurl and
+    // grpcui builds, several IDE and API-tool plugins).
+    let reflection_builder = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(voice_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection = reflection_builder()
         .build_v1()
-        .context("building the reflection service")?;
+        .context("building the reflection service (v1)")?;
+    let reflection_alpha = reflection_builder()
+        .build_v1alpha()
+        .context("building the reflection service (v1alpha)")?;
 
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
@@ -145,6 +153,7 @@ async fn main() -> Result<()> {
         .initial_connection_window_size(CONNECTION_WINDOW)
         .add_service(health_svc)
         .add_service(reflection)
+        .add_service(reflection_alpha)
         .add_service(
             VoiceSidecarServer::new(svc)
                 .max_decoding_message_size(MAX_GRPC_MESSAGE)
