@@ -101,6 +101,11 @@ async fn main() -> Result<()> {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(voice_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            // Each version lists both reflection services.
+            .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(
+                tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+            )
     };
     let reflection = reflection_builder()
         .build_v1()
