@@ -7,6 +7,7 @@ use tonic_reflection::pb::v1::{
     server_reflection_client::ServerReflectionClient, server_reflection_request::MessageRequest,
     server_reflection_response::MessageResponse, ServerReflectionRequest,
 };
+use tonic_reflection::pb::v1alpha as alpha;
 use voice_e2e_tests::*;
 use voice_proto::v1 as pb;
 use voice_proto::v1::client_message::Message as In;
@@ -319,7 +320,6 @@ async fn health_and_reflection_are_served() {
     }
 
     // A client that speaks only v1alpha.
-    use tonic_reflection::pb::v1alpha as alpha;
     let mut refl = alpha::server_reflection_client::ServerReflectionClient::new(ch);
     let req = alpha::ServerReflectionRequest {
         host: String::new(),
@@ -354,6 +354,42 @@ async fn half_close_from_the_host_ends_the_session_and_the_upstream_socket() {
     let e = host.until_ended(Duration::from_secs(5)).await;
     assert_eq!(e.reason, "client_closed");
     sessions_drain(&sim).await;
+    // The sidecar closed the upstream socket with a normal close frame (RFC 6455), not by dropping it.
+    let closes = sim.closes();
+    assert_eq!(closes.len(), 1, "{closes:?}");
+    assert!(!closes[0].by_server);
+    assert_eq!(closes[0].client_code, Some(1000), "{closes:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_session_cap_is_answered_with_a_close_frame_and_reported_as_session_expired() {
+    let sim = start_sim(SimConfig {
+        session_max_duration_ms: Some(1500),
+        ..sim_config()
+    })
+    .await;
+    let sidecar = start_sidecar(&sim.base_url(), &[]).await;
+    let mut host = HostSession::open_started(sidecar.addr, start_16k()).await;
+    let e = host.until_error(Duration::from_secs(10)).await;
+    assert_eq!(e.code, "session_expired", "{e:?}");
+    assert!(e.retryable);
+    assert!(
+        e.message.contains("1001") && e.message.contains("maximum duration"),
+        "{}",
+        e.message
+    );
+    // Upstream's close got the sidecar's close frame back: the handshake completed (no 1006).
+    let cap = sim
+        .closes()
+        .into_iter()
+        .find(|c| c.by_server)
+        .expect("the simulator closed the capped session");
+    assert!(cap.client_code.is_some(), "{cap:?}");
+    // And the call goes on on a new upstream session.
+    let e = host.until_error(Duration::from_secs(10)).await;
+    assert_eq!(e.code, "upstream_resumed");
+    host.end().await;
+    host.until_ended(Duration::from_secs(5)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -63,11 +63,26 @@ pub struct Truncation {
     pub audio_end_ms: u64,
 }
 
+/// How a session's WebSocket ended (always recorded): who closed it, and whether the closing
+/// handshake completed (RFC 6455 §7) — a peer that drops the socket without a close frame is what
+/// upstream records as 1006 (abnormal closure).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloseRecord {
+    pub session_id: String,
+    /// True when the simulator closed first (session cap, shutdown), false when the client did.
+    pub by_server: bool,
+    /// The close code in the client's close frame (its own close, or its reply to ours); `None`
+    /// when the client sent none (abnormal closure).
+    pub client_code: Option<u16>,
+    pub client_reason: String,
+}
+
 pub(crate) struct Shared {
     pub config: SimConfig,
     pub counters: Counters,
     log: Mutex<VecDeque<LoggedClientEvent>>,
     truncations: Mutex<VecDeque<Truncation>>,
+    closes: Mutex<VecDeque<CloseRecord>>,
 }
 
 fn push_bounded<T>(m: &Mutex<VecDeque<T>>, cap: usize, v: T) {
@@ -87,6 +102,10 @@ impl Shared {
     pub fn record_truncation(&self, t: Truncation) {
         push_bounded(&self.truncations, self.config.log_capacity, t);
     }
+
+    pub fn record_close(&self, c: CloseRecord) {
+        push_bounded(&self.closes, self.config.log_capacity, c);
+    }
 }
 
 /// Entry point: `SimServer::bind(addr, config)`.
@@ -102,6 +121,7 @@ impl SimServer {
             counters: Counters::default(),
             log: Mutex::new(VecDeque::new()),
             truncations: Mutex::new(VecDeque::new()),
+            closes: Mutex::new(VecDeque::new()),
         });
         let (stop_tx, stop_rx) = watch::channel(false);
         let task = tokio::spawn(accept_loop(listener, shared.clone(), stop_rx));
@@ -204,6 +224,17 @@ impl SimHandle {
     pub fn events_log(&self) -> Vec<LoggedClientEvent> {
         self.shared
             .log
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    /// How sessions' sockets ended, oldest first.
+    pub fn closes(&self) -> Vec<CloseRecord> {
+        self.shared
+            .closes
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .iter()

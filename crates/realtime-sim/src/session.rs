@@ -18,7 +18,8 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::{header, HeaderValue, StatusCode};
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 use voice_realtime::{Dialect, WireAudioFormat};
@@ -26,7 +27,7 @@ use voice_realtime::{Dialect, WireAudioFormat};
 use crate::config::{ScriptStep, SimConfig};
 use crate::error::{HandshakeError, ProtocolError};
 use crate::protocol::{self, ClientEvent};
-use crate::server::{LoggedClientEvent, Shared, Truncation};
+use crate::server::{CloseRecord, LoggedClientEvent, Shared, Truncation};
 use crate::session_config::SessionConfig;
 use crate::synth::Utterance;
 use crate::vad::{InputAudio, VadEvent};
@@ -303,7 +304,28 @@ impl Session {
                 return;
             }
             if self.closing {
-                let _ = ws.close(None).await;
+                // The session cap, as upstream ends it: close 1001 with the reason, then wait for the
+                // client's close frame (the closing handshake).
+                let secs = self.shared.config.session_max_duration_ms.unwrap_or(0) as f64 / 1000.0;
+                let frame = CloseFrame {
+                    code: CloseCode::Away,
+                    reason: format!("Your session hit the maximum duration of {secs} seconds.")
+                        .into(),
+                };
+                let _ = ws.close(Some(frame)).await;
+                let reply = tokio::time::timeout(Duration::from_secs(2), async {
+                    loop {
+                        match ws.next().await {
+                            Some(Ok(Message::Close(f))) => return f,
+                            Some(Ok(_)) => {}
+                            None | Some(Err(_)) => return None,
+                        }
+                    }
+                })
+                .await
+                .ok()
+                .flatten();
+                self.record_close(true, reply);
                 return;
             }
             let deadline = [
@@ -324,7 +346,11 @@ impl Session {
                     return;
                 }
                 msg = ws.next() => match msg {
-                    None | Some(Err(_)) => return,
+                    None | Some(Err(_)) => {
+                        // Dropped without a close frame: an abnormal closure (1006).
+                        self.record_close(false, None);
+                        return;
+                    }
                     Some(Ok(Message::Text(t))) => self.on_text(t.as_str()),
                     Some(Ok(Message::Binary(b))) => {
                         self.shared.counters.events_in.fetch_add(1, Relaxed);
@@ -334,7 +360,8 @@ impl Session {
                             None,
                         ));
                     }
-                    Some(Ok(Message::Close(_))) => {
+                    Some(Ok(Message::Close(f))) => {
+                        self.record_close(false, f);
                         let _ = ws.close(None).await;
                         return;
                     }
@@ -348,6 +375,15 @@ impl Session {
                 () = &mut sleep, if deadline.is_some() => self.on_timer(Instant::now()),
             }
         }
+    }
+
+    fn record_close(&self, by_server: bool, client: Option<CloseFrame>) {
+        self.shared.record_close(CloseRecord {
+            session_id: self.id.clone(),
+            by_server,
+            client_code: client.as_ref().map(|f| u16::from(f.code)),
+            client_reason: client.map(|f| f.reason.to_string()).unwrap_or_default(),
+        });
     }
 
     async fn flush(&mut self, ws: &mut WebSocketStream<TcpStream>) -> Result<(), ()> {

@@ -47,8 +47,12 @@ pub enum RealtimeError {
     Rejected { url: String, status: u16 },
     #[error("timed out after {0:?} waiting for the upstream")]
     Timeout(Duration),
-    #[error("upstream closed the connection{}", .reason.as_ref().map(|r| format!(": {r}")).unwrap_or_default())]
-    Closed { reason: Option<String> },
+    #[error("upstream closed the connection{}{}", .code.map(|c| format!(" (close code {c})")).unwrap_or_default(), .reason.as_ref().map(|r| format!(": {r}")).unwrap_or_default())]
+    Closed {
+        /// The WebSocket close code upstream sent, if it sent a close frame (RFC 6455 §7.4).
+        code: Option<u16>,
+        reason: Option<String>,
+    },
     #[error("upstream protocol error: {0}")]
     Protocol(String),
     #[error("upstream refused the session: {0}")]
@@ -128,8 +132,11 @@ enum Transport {
 pub enum PeerMessage {
     /// A server event, as the JSON text upstream would send.
     Text(String),
-    /// The peer closes the connection (with an optional reason).
-    Close(Option<String>),
+    /// The peer closes the connection, with an optional close code and reason.
+    Close {
+        code: Option<u16>,
+        reason: Option<String>,
+    },
 }
 
 /// The far end of an in-memory connection: what a test scripts as "the upstream".
@@ -312,62 +319,103 @@ impl RealtimeConnection {
                 sink.send(Message::text(text))
                     .await
                     .map_err(|e| RealtimeError::Closed {
+                        code: None,
                         reason: Some(e.to_string()),
                     })
             }
             Transport::Memory { tx, .. } => {
                 tx.send(text).await.map_err(|_| RealtimeError::Closed {
+                    code: None,
                     reason: Some("the peer is gone".into()),
                 })
             }
         }
     }
 
-    /// Next server event. Pings are answered by tungstenite; non-text frames are a protocol error.
+    /// Next server event. Pings are answered by tungstenite; non-text frames are a protocol error. A
+    /// close frame from upstream is answered with ours before the socket is dropped (RFC 6455 §5.5.1:
+    /// otherwise upstream records an abnormal closure, 1006), and its code and reason are returned.
     pub async fn recv(&mut self) -> Result<ServerEvent, RealtimeError> {
         let stream = match &mut self.transport {
             Transport::Ws { stream, .. } => stream,
             Transport::Memory { rx, .. } => {
                 return match rx.recv().await {
                     Some(PeerMessage::Text(t)) => Ok(ServerEvent::parse(&t)?),
-                    Some(PeerMessage::Close(reason)) => Err(RealtimeError::Closed { reason }),
-                    None => Err(RealtimeError::Closed { reason: None }),
+                    Some(PeerMessage::Close { code, reason }) => {
+                        Err(RealtimeError::Closed { code, reason })
+                    }
+                    None => Err(RealtimeError::Closed {
+                        code: None,
+                        reason: None,
+                    }),
                 }
             }
         };
-        loop {
+        let frame = loop {
             match stream.next().await {
-                None => return Err(RealtimeError::Closed { reason: None }),
+                None => {
+                    return Err(RealtimeError::Closed {
+                        code: None,
+                        reason: None,
+                    })
+                }
                 Some(Err(e)) => {
                     return Err(RealtimeError::Closed {
+                        code: None,
                         reason: Some(e.to_string()),
                     })
                 }
                 Some(Ok(Message::Text(t))) => return Ok(ServerEvent::parse(t.as_str())?),
-                Some(Ok(Message::Close(frame))) => {
-                    return Err(RealtimeError::Closed {
-                        reason: frame.map(|f| format!("{} {}", u16::from(f.code), f.reason)),
-                    })
-                }
+                Some(Ok(Message::Close(frame))) => break frame,
                 Some(Ok(Message::Binary(_))) => {
                     return Err(RealtimeError::Protocol("unexpected binary frame".into()))
                 }
                 Some(Ok(_)) => {} // ping, pong or a raw frame: keep reading
             }
+        };
+        // tungstenite queued the reply to upstream's close frame; closing the sink sends it.
+        if let Transport::Ws { sink, .. } = &mut self.transport {
+            let _ = tokio::time::timeout(CLOSE_WAIT, sink.close()).await;
         }
+        Err(RealtimeError::Closed {
+            code: frame.as_ref().map(|f| u16::from(f.code)),
+            reason: frame
+                .map(|f| f.reason.to_string())
+                .filter(|r| !r.is_empty()),
+        })
     }
 
-    /// Closes the socket with a normal close frame.
+    /// Ends the session: a normal close frame (1000), then a brief wait for upstream's reply so the
+    /// closing handshake completes (RFC 6455 §7.1.2).
     pub async fn close(&mut self) {
         match &mut self.transport {
-            Transport::Ws { sink, .. } => {
-                let _ = sink.send(Message::Close(None)).await;
+            Transport::Ws { sink, stream } => {
+                use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+                use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+                let frame = CloseFrame {
+                    code: CloseCode::Normal,
+                    reason: "session ended".into(),
+                };
+                if sink.send(Message::Close(Some(frame))).await.is_err() {
+                    return;
+                }
+                let _ = tokio::time::timeout(CLOSE_WAIT, async {
+                    while let Some(Ok(m)) = stream.next().await {
+                        if matches!(m, Message::Close(_)) {
+                            break;
+                        }
+                    }
+                })
+                .await;
                 let _ = sink.close().await;
             }
             Transport::Memory { rx, .. } => rx.close(),
         }
     }
 }
+
+/// How long a closing handshake may take before the socket is dropped anyway.
+const CLOSE_WAIT: Duration = Duration::from_millis(500);
 
 fn install_crypto_provider() {
     // Several crates may race to install one; whoever wins, a provider is installed.

@@ -113,8 +113,9 @@ pub struct Conversation {
     user_turn_end: Option<Instant>,
     latency_by_response: HashMap<String, u32>,
     response_spans: HashMap<String, tracing::Span>,
-    /// Recent final transcripts, carried into a new upstream session after a reconnect.
-    context: VecDeque<(pb::Role, String)>,
+    /// Recent final transcripts and finished tool calls (with their outputs), carried into a new
+    /// upstream session after a reconnect.
+    context: VecDeque<ContextItem>,
     labels: Vec<metrics::Label>,
     started: Instant,
     /// The assistant's messages per response: phases, what was heard.
@@ -125,6 +126,8 @@ pub struct Conversation {
     quiet: Option<String>,
     /// Quiet-mode tool calls already answered (duplicate sightings).
     quiet_calls: VecDeque<String>,
+    /// Upstream said the session expired (its maximum duration): the coming close is that.
+    expired: bool,
 }
 
 impl Conversation {
@@ -173,6 +176,7 @@ impl Conversation {
             last_heard: String::new(),
             quiet: None,
             quiet_calls: VecDeque::new(),
+            expired: false,
         }
     }
 
@@ -257,6 +261,7 @@ impl Conversation {
             }
             Some(In::ToolResult(r)) => {
                 let create = self.tools.host_result(cx!(self), r, now, &mut self.out);
+                self.record_delivered_calls();
                 self.request_opt(create, now);
             }
             Some(In::Control(c)) => return self.on_control(c, now),
@@ -590,6 +595,13 @@ impl Conversation {
         }
         if code == "response_cancel_not_active" {
             // The server had already finished or cancelled it: nothing to tell anyone.
+            return;
+        }
+        if code == "session_expired" {
+            // The session hit upstream's maximum duration; the close that follows is reported
+            // (as session_expired) when the link drops.
+            info!(session_id = %self.id, message = %error.message, "upstream session expired");
+            self.expired = true;
             return;
         }
         counter!(names::UPSTREAM_ERRORS, "code" => bounded_code(&code)).increment(1);
@@ -1006,13 +1018,22 @@ impl Conversation {
         let create = self
             .tools
             .launch(cx!(self), call_id, name, arguments, now, &mut self.out);
+        self.record_delivered_calls();
         self.request_opt(create, now);
     }
 
     /// A callback call's future finished.
     pub fn on_tool_outcome(&mut self, o: ToolOutcome, now: Instant) {
         let create = self.tools.end(cx!(self), o, now, &mut self.out);
+        self.record_delivered_calls();
         self.request_opt(create, now);
+    }
+
+    /// Calls whose outputs the model has read become part of the context a reconnect carries.
+    fn record_delivered_calls(&mut self) {
+        for d in self.tools.take_delivered() {
+            self.push_context(ContextItem::Call(d));
+        }
     }
 
     // ----------------------------------------------------------------------------------------------
@@ -1044,6 +1065,7 @@ impl Conversation {
         for create in self.tools.expire(cx!(self), now, &mut self.out) {
             self.request(create, None, now);
         }
+        self.record_delivered_calls();
 
         if self.plan.guard.action != GuardAction::Off && self.tools.pending_count() > 0 {
             if let Some(at) = self.dead_air.guard_deadline(self.plan.guard.threshold) {
@@ -1171,7 +1193,11 @@ impl Conversation {
         if text.trim().is_empty() {
             return;
         }
-        self.context.push_back((role, text.to_string()));
+        self.push_context(ContextItem::Message(role, text.to_string()));
+    }
+
+    fn push_context(&mut self, item: ContextItem) {
+        self.context.push_back(item);
         while self.context.len() > MAX_CONTEXT_ITEMS {
             self.context.pop_front();
         }
@@ -1192,11 +1218,13 @@ impl Conversation {
         self.output.reset();
         self.upstream_item_audio = None;
         self.tools.orphan_all();
-        self.out.host_error(HostError::new(
-            Code::UpstreamDisconnected,
-            format!("{error}; reconnecting"),
-            true,
-        ));
+        let code = if std::mem::take(&mut self.expired) || is_expiry(error) {
+            Code::SessionExpired
+        } else {
+            Code::UpstreamDisconnected
+        };
+        self.out
+            .host_error(HostError::new(code, format!("{error}; reconnecting"), true));
     }
 
     /// A new upstream session is configured: carry the conversation forward, deliver results that
@@ -1206,7 +1234,7 @@ impl Conversation {
         let items: Vec<ClientEvent> = self
             .context
             .iter()
-            .map(|(r, t)| context_item(self.plan.dialect, *r, t))
+            .flat_map(|c| c.events(self.plan.dialect))
             .collect();
         for item in items {
             self.up(item);
@@ -1280,6 +1308,38 @@ impl Conversation {
     pub fn dead_air_ms(&self) -> u32 {
         millis(self.summary.dead_air)
     }
+}
+
+/// What a reconnect carries into the new upstream session.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ContextItem {
+    /// A final transcript (or text the host sent).
+    Message(pb::Role, String),
+    /// A tool call and the output the model read.
+    Call(crate::tool_calls::Delivered),
+}
+
+impl ContextItem {
+    /// The `conversation.item.create` events that restore it: a message; or the call and its
+    /// output as `function_call` + `function_call_output` items (both dialects take them), so the
+    /// model knows it already ran the tool and does not call it again.
+    fn events(&self, dialect: voice_realtime::Dialect) -> Vec<ClientEvent> {
+        match self {
+            ContextItem::Message(r, t) => vec![context_item(dialect, *r, t)],
+            ContextItem::Call(d) => vec![
+                ClientEvent::ItemCreate {
+                    item: json!({"type": "function_call", "call_id": d.call_id, "name": d.name,
+                        "arguments": d.arguments}),
+                },
+                ClientEvent::function_output(&d.call_id, &d.output),
+            ],
+        }
+    }
+}
+
+/// Upstream's close at its session cap: code 1001 (going away) with "maximum duration" in the reason.
+pub fn is_expiry(e: &RealtimeError) -> bool {
+    matches!(e, RealtimeError::Closed { code: Some(1001), reason: Some(r) } if r.contains("maximum duration"))
 }
 
 fn reason_name(r: &CreateReason) -> &'static str {

@@ -275,17 +275,17 @@ impl ResponseScheduler {
     }
 
     /// The upstream connection is gone: nothing is active any more; queued creates are kept, and a
-    /// create that was waiting for its acknowledgement is queued again. Returns whether a response
-    /// was active (cut off).
+    /// create that was waiting for its acknowledgement is queued again (it asks for the response
+    /// anew). Returns whether a running response was cut off with no create of ours to ask again.
     pub fn reset(&mut self) -> bool {
-        let was_active = self.is_active();
+        let cut_off = self.inflight.is_none() && self.running.is_some();
         if let Some(f) = self.inflight.take() {
             let mut c = f.create;
             c.attempts = c.attempts.saturating_sub(1);
             self.queue.push_front(c);
         }
         self.running = None;
-        was_active
+        cut_off
     }
 }
 

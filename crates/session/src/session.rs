@@ -410,9 +410,10 @@ impl SessionLoop {
                     debug!(error = %e, retry_in_ms = until.saturating_duration_since(now).as_millis() as u64, "reconnect attempt failed");
                     Ok(())
                 }
-                Next::GiveUp(why) => {
-                    Err(End::Upstream(RealtimeError::Closed { reason: Some(why) }))
-                }
+                Next::GiveUp(why) => Err(End::Upstream(RealtimeError::Closed {
+                    code: None,
+                    reason: Some(why),
+                })),
             },
         }
     }
@@ -448,11 +449,14 @@ impl SessionLoop {
             End::Upstream(e) => {
                 warn!(session_id = %self.conv.id, error = %e, "upstream connection lost");
                 counter!(names::UPSTREAM_ERRORS, "code" => "disconnected").increment(1);
-                self.conv.out.host_error(HostError::new(
-                    Code::UpstreamDisconnected,
-                    e.to_string(),
-                    e.is_retryable(),
-                ));
+                let code = if crate::conversation::is_expiry(e) {
+                    Code::SessionExpired
+                } else {
+                    Code::UpstreamDisconnected
+                };
+                self.conv
+                    .out
+                    .host_error(HostError::new(code, e.to_string(), e.is_retryable()));
             }
             other => info!(reason = other.reason(), "session ending"),
         }

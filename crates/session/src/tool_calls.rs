@@ -36,9 +36,19 @@ pub enum CallState {
     Orphaned,
 }
 
+/// A call whose output went to the model: what a reconnect replays so the model knows it ran.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Delivered {
+    pub call_id: String,
+    pub name: String,
+    pub arguments: String,
+    pub output: String,
+}
+
 #[derive(Debug)]
 struct Call {
     name: String,
+    arguments: String,
     started: Instant,
     /// In-stream calls only: when to stop waiting (a callback's timeout lives in its future).
     deadline: Option<Instant>,
@@ -73,6 +83,8 @@ pub struct ToolCalls {
     /// Names of the calls whose outputs were handed to the loop most recently (to word a note if
     /// the link drops before an output leaves).
     recent: VecDeque<(String, String)>,
+    /// Calls whose `function_call_output` was handed to the loop since `take_delivered`.
+    delivered: Vec<Delivered>,
 }
 
 impl ToolCalls {
@@ -147,6 +159,7 @@ impl ToolCalls {
         self.waiting_on = Some(name.clone());
         let mut call = Call {
             name: name.clone(),
+            arguments: arguments.clone(),
             started: now,
             deadline: None,
             state: CallState::Running,
@@ -233,6 +246,14 @@ impl ToolCalls {
             }
             (_, CallState::Running) => {
                 out.upstream(ClientEvent::function_output(&o.call_id, &o.output));
+                if self.delivered.len() < 64 {
+                    self.delivered.push(Delivered {
+                        call_id: o.call_id.clone(),
+                        name: o.name.clone(),
+                        arguments: call.arguments.clone(),
+                        output: o.output.clone(),
+                    });
+                }
                 self.recent.push_back((o.call_id.clone(), o.name.clone()));
                 if self.recent.len() > 64 {
                     self.recent.pop_front();
@@ -356,6 +377,11 @@ impl ToolCalls {
             .map_or("tool", |(_, n)| n.as_str());
         self.notes
             .push(format!("Result of the earlier {name} tool call: {output}"));
+    }
+
+    /// Calls delivered to the model since the last call (for the reconnect context).
+    pub fn take_delivered(&mut self) -> Vec<Delivered> {
+        std::mem::take(&mut self.delivered)
     }
 
     /// Results of orphaned calls that ended while the link was down.

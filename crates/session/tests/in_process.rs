@@ -481,3 +481,87 @@ async fn an_unknown_model_gets_assumed_capabilities_and_logprobs_reach_the_host(
         .iter()
         .any(|m| matches!(m, Out::Error(e) if e.code == "model_deprecated")));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_drop_right_after_a_tool_round_keeps_the_call_and_its_output_and_runs_nothing_twice() {
+    let (mut h, mut up) = Harness::start(start_with_tool(60_000)).await;
+    let rid = up.respond_to_text(&h.host, "what's the weather").await;
+    up.call_and_end(&rid, "call_1", r#"{"q":"Oslo"}"#).await;
+    h.host.tool_call().await;
+    h.host
+        .send(In::ToolResult(pb::ToolResult {
+            call_id: "call_1".into(),
+            result: Some(pb::tool_result::Result::OutputJson(r#"{"temp":21}"#.into())),
+        }))
+        .await;
+    // The round's create goes out; upstream drops before answering it.
+    let (_, before) = up.until("response.create").await;
+    assert!(before
+        .iter()
+        .any(|e| e["item"]["type"] == "function_call_output"));
+    up.close().await;
+    h.host.error("upstream_disconnected").await;
+    let mut next = h.connection().await;
+    next.accept().await;
+    let (create, seeded) = next.until("response.create").await;
+    let call = seeded
+        .iter()
+        .find(|e| e["item"]["type"] == "function_call")
+        .expect("the call is seeded as an item");
+    assert_eq!(call["item"]["call_id"], "call_1");
+    assert_eq!(call["item"]["name"], "lookup");
+    assert_eq!(call["item"]["arguments"], r#"{"q":"Oslo"}"#);
+    let output = seeded
+        .iter()
+        .find(|e| e["item"]["type"] == "function_call_output")
+        .expect("its output too");
+    assert_eq!(output["item"]["call_id"], "call_1");
+    assert_eq!(output["item"]["output"], r#"{"temp":21}"#);
+    let pos = |t: &str| seeded.iter().position(|e| e["item"]["type"] == t).unwrap();
+    assert!(pos("function_call") < pos("function_call_output"));
+    // One create asks for the answer; nothing runs twice.
+    let r = next.created_for(&create).await;
+    next.done(&r, "completed", json!([])).await;
+    tokio::time::sleep(ms(3000)).await;
+    assert!(next
+        .drain_now()
+        .iter()
+        .all(|e| e["type"] != "response.create"));
+    assert_eq!(
+        h.host
+            .seen
+            .iter()
+            .filter(|m| matches!(m, Out::ToolCall(_)))
+            .count(),
+        1
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_session_cap_is_reported_as_session_expired_and_the_call_goes_on() {
+    let (mut h, mut up) = Harness::start(start_with_tool(1000)).await;
+    up.send(json!({"type": "error", "event_id": "e9", "error": {"type": "invalid_request_error",
+        "code": "session_expired", "message": "Your session hit the maximum duration of 60 minutes."}}))
+        .await;
+    up.peer
+        .to_client
+        .send(voice_realtime::PeerMessage::Close {
+            code: Some(1001),
+            reason: Some("Your session hit the maximum duration of 60 minutes.".into()),
+        })
+        .await
+        .unwrap();
+    let e = h.host.error("session_expired").await;
+    assert!(e.retryable);
+    assert!(e.message.contains("1001"), "{}", e.message);
+    assert!(
+        !h.host
+            .seen
+            .iter()
+            .any(|m| matches!(m, Out::Error(e) if e.code == "upstream_error" || e.code == "upstream_disconnected")),
+        "one typed error, not a generic one"
+    );
+    let mut next = h.connection().await;
+    next.accept().await;
+    h.host.error("upstream_resumed").await;
+}

@@ -68,7 +68,10 @@ impl Upstream {
         let _ = self
             .peer
             .to_client
-            .send(PeerMessage::Close(Some("1011 test".into())))
+            .send(PeerMessage::Close {
+                code: Some(1011),
+                reason: Some("test".into()),
+            })
             .await;
     }
 
