@@ -195,6 +195,8 @@ struct AwaitingTools {
 
 struct ResponseOpts {
     in_band: bool,
+    /// Started by server VAD at the end of a user turn (not by a client `response.create`).
+    by_vad: bool,
     instructions: Option<String>,
     metadata: Value,
     tools: Option<Vec<String>>,
@@ -206,6 +208,7 @@ impl Default for ResponseOpts {
     fn default() -> Self {
         ResponseOpts {
             in_band: true,
+            by_vad: false,
             instructions: None,
             metadata: Value::Null,
             tools: None,
@@ -669,7 +672,10 @@ impl Session {
                     self.commit_user_audio(&item_id, audio_end_ms.saturating_sub(start), false);
                     if td.create_response {
                         if self.active.is_none() {
-                            self.start_response(ResponseOpts::default());
+                            self.start_response(ResponseOpts {
+                                by_vad: true,
+                                ..ResponseOpts::default()
+                            });
                         } else {
                             tracing::debug!(session = %self.id, "turn ended while a response is active; not starting another");
                         }
@@ -908,6 +914,7 @@ impl Session {
             .and_then(Value::as_array);
         ResponseOpts {
             in_band: p.get("conversation").and_then(Value::as_str) != Some("none"),
+            by_vad: false,
             instructions: p
                 .get("instructions")
                 .and_then(Value::as_str)
@@ -927,7 +934,13 @@ impl Session {
     fn plan(&mut self, opts: &ResponseOpts) -> (VecDeque<Planned>, Option<String>) {
         let shared = self.shared.clone();
         let config = &shared.config;
-        if opts.in_band {
+        // A user turn while tool outputs are still missing is answered as a new turn (a model may
+        // call more tools meanwhile); the follow-up waits for the outputs and the client's create.
+        let outputs_missing = self
+            .awaiting
+            .as_ref()
+            .is_some_and(|aw| aw.outputs.len() < aw.calls.len());
+        if opts.in_band && !(opts.by_vad && outputs_missing) {
             if let Some(aw) = self.awaiting.take() {
                 if aw.outputs.len() < aw.calls.len() {
                     tracing::info!(session = %self.id, got = aw.outputs.len(), expected = aw.calls.len(),
@@ -1202,11 +1215,21 @@ impl Session {
                 self.idle_from = Some(now + Duration::from_millis(r.out_audio_ms));
                 if r.in_band {
                     if let Some(then) = r.then.take() {
-                        self.awaiting = Some(AwaitingTools {
-                            calls: r.calls.clone(),
-                            outputs: HashMap::new(),
-                            then,
-                        });
+                        // Calls made while earlier ones are still open join them: the follow-up
+                        // (the latest step's) waits for every output.
+                        match self.awaiting.as_mut() {
+                            Some(aw) => {
+                                aw.calls.extend(r.calls.iter().cloned());
+                                aw.then = then;
+                            }
+                            None => {
+                                self.awaiting = Some(AwaitingTools {
+                                    calls: r.calls.clone(),
+                                    outputs: HashMap::new(),
+                                    then,
+                                });
+                            }
+                        }
                     }
                 }
                 false

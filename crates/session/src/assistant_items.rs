@@ -65,6 +65,9 @@ enum Out {
 struct Response {
     id: String,
     items: Vec<Out>,
+    /// Out of band (`conversation: "none"`, e.g. a holding line): its items are not in the
+    /// conversation, so they are never truncated or deleted there.
+    out_of_band: bool,
 }
 
 /// A final assistant transcript, ready for the host.
@@ -99,6 +102,7 @@ impl AssistantItems {
         self.responses.push_back(Response {
             id: rid.to_string(),
             items: Vec::new(),
+            out_of_band: false,
         });
         self.responses.back_mut().expect("just pushed")
     }
@@ -109,6 +113,21 @@ impl AssistantItems {
                 Out::Message(m) if m.id == item_id => Some(m),
                 _ => None,
             })
+        })
+    }
+
+    /// The response runs out of band (its items are not in the default conversation).
+    pub fn mark_out_of_band(&mut self, rid: &str) {
+        self.response(rid).out_of_band = true;
+    }
+
+    /// Whether the item belongs to an out-of-band response.
+    pub fn is_out_of_band(&self, item_id: &str) -> bool {
+        self.responses.iter().any(|r| {
+            r.out_of_band
+                && r.items
+                    .iter()
+                    .any(|i| matches!(i, Out::Message(m) if m.id == item_id))
         })
     }
 
@@ -248,7 +267,7 @@ impl AssistantItems {
         for r in self
             .responses
             .iter_mut()
-            .filter(|r| rids.contains(&r.id.as_str()))
+            .filter(|r| !r.out_of_band && rids.contains(&r.id.as_str()))
         {
             r.items.retain(|i| match i {
                 Out::Message(m) if !m.heard && Some(m.id.as_str()) != current => {
@@ -375,6 +394,17 @@ mod tests {
         a.response_done("r2");
         assert_eq!(a.take_measured(), [ms(1800)]);
         assert!(a.take_measured().is_empty());
+    }
+
+    #[test]
+    fn out_of_band_items_are_never_deleted_or_truncated() {
+        let mut a = AssistantItems::new();
+        a.message_added("hold", "h1", None);
+        a.message_added("hold", "h2", None);
+        a.mark_out_of_band("hold");
+        assert!(a.is_out_of_band("h1"));
+        assert!(!a.is_out_of_band("other"));
+        assert!(a.unheard(&["hold"], Some("h1")).is_empty());
     }
 
     #[test]

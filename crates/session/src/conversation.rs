@@ -505,6 +505,14 @@ impl Conversation {
                     .and_then(|m| m.get(TAG_KEY))
                     .and_then(|t| t.as_str());
                 self.scheduler.on_created(&response.id, tag, now);
+                let purpose = response
+                    .metadata
+                    .as_ref()
+                    .and_then(|m| m.get("purpose"))
+                    .and_then(|p| p.as_str());
+                if purpose == Some("holding_line") {
+                    self.items.mark_out_of_band(&response.id);
+                }
                 let span = tracing::info_span!(
                     "response",
                     response_id = %response.id,
@@ -840,7 +848,10 @@ impl Conversation {
         }
         self.playout.flush();
         self.output.reset();
-        if let Some((item_id, ms)) = p.truncate {
+        let truncate = p
+            .truncate
+            .filter(|(item, _)| !self.items.is_out_of_band(item));
+        if let Some((item_id, ms)) = truncate {
             self.up(ClientEvent::ItemTruncate {
                 item_id,
                 content_index: 0,
