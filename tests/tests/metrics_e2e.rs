@@ -1,6 +1,7 @@
 //! Metrics an SRE can trust: the simulator runs with scripted timing (a known delay to the first
 //! response audio, a tool with a known latency), and the scraped `/metrics` must hold those values
-//! within a stated tolerance; the scrape must also pass `promtool check metrics`.
+//! within a stated tolerance; the scrape must also pass `promtool check metrics`. A fresh sidecar
+//! exports every metric family from its first scrape.
 
 use serde_json::json;
 use std::time::Duration;
@@ -178,6 +179,11 @@ async fn scraped_metrics_match_scripted_timing() {
     );
 
     // promtool's lint on a real scrape.
+    promtool_check(&text);
+}
+
+/// `promtool check metrics` on a scrape (skipped only with VOICE_SKIP_PROMTOOL set).
+fn promtool_check(text: &str) {
     match std::process::Command::new("promtool").args(["check", "metrics"]).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn() {
         Ok(mut child) => {
             use std::io::Write;
@@ -187,6 +193,162 @@ async fn scraped_metrics_match_scripted_timing() {
         }
         Err(e) => assert!(std::env::var("VOICE_SKIP_PROMTOOL").is_ok(), "promtool not found ({e}): run scripts/bootstrap.sh --test, or set VOICE_SKIP_PROMTOOL=1"),
     }
+}
+
+/// The samples of `name` (exactly: a histogram's `_count` is asked for by that name), as (sorted
+/// labels, value).
+fn samples(text: &str, name: &str) -> Vec<(Vec<(String, String)>, f64)> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (n, lab) = match series.split_once('{') {
+                Some((n, rest)) => (n, rest.strip_suffix('}')?),
+                None => (series, ""),
+            };
+            if n != name {
+                return None;
+            }
+            let mut labels: Vec<(String, String)> = lab
+                .split(',')
+                .filter(|kv| !kv.is_empty())
+                .map(|kv| {
+                    let (k, v) = kv.split_once('=').unwrap();
+                    (k.to_string(), v.trim_matches('"').to_string())
+                })
+                .collect();
+            labels.sort();
+            Some((labels, value.parse().unwrap()))
+        })
+        .collect()
+}
+
+/// A fresh sidecar, before any session: every family of the telemetry table is on the first scrape
+/// with its HELP and TYPE; the series whose label values are known are there at zero; families
+/// labelled by tool name have no series; nothing else is exported; promtool accepts it.
+#[tokio::test]
+async fn every_family_is_exported_from_startup() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use voice_telemetry::{Kind, Series, FAMILIES};
+    let sim = start_sim(SimConfig::default()).await;
+    let (_sidecar, metrics_addr) = start_sidecar_with_metrics(&sim.base_url(), &[]).await;
+    let text = http_get(metrics_addr, "/metrics").await;
+
+    let types: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .collect();
+    assert_eq!(types.len(), FAMILIES.len(), "one TYPE per family:\n{text}");
+    let sample_name = |f: &voice_telemetry::Family| match f.kind {
+        Kind::Histogram => format!("{}_count", f.name),
+        Kind::Counter | Kind::Gauge => f.name.to_string(),
+    };
+    let has = |f: &voice_telemetry::Family, labels: &[(&str, &str)]| {
+        let mut want: Vec<(String, String)> = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        want.sort();
+        let found = samples(&text, &sample_name(f));
+        assert!(
+            found.iter().any(|(l, v)| *l == want && *v == 0.0),
+            "{} {labels:?} not exported at 0: {found:?}",
+            f.name
+        );
+    };
+    for f in FAMILIES {
+        assert!(
+            types.contains(&format!("{} {}", f.name, f.kind.as_str()).as_str()),
+            "no TYPE for {}",
+            f.name
+        );
+        assert!(
+            text.lines()
+                .any(|l| l == format!("# HELP {} {}", f.name, f.help)),
+            "no HELP for {}",
+            f.name
+        );
+        match f.series {
+            Series::Unlabelled => has(f, &[]),
+            Series::Values { key, values } => {
+                for v in values {
+                    has(f, &[(key, v)]);
+                }
+            }
+            Series::Sets(sets) => {
+                for labels in sets {
+                    has(f, labels);
+                }
+            }
+            Series::Session => assert!(
+                !samples(&text, &sample_name(f)).is_empty(),
+                "{} has no series",
+                f.name
+            ),
+            Series::Open => assert!(
+                !text
+                    .lines()
+                    .any(|l| !l.starts_with('#') && l.starts_with(f.name)),
+                "a series was invented for {}:\n{text}",
+                f.name
+            ),
+        }
+    }
+    // The session crate's label values, from the lists its code uses.
+    let family = |name| voice_telemetry::family(name).unwrap();
+    for outcome in voice_session::metrics::session_outcomes() {
+        has(
+            family(voice_telemetry::SESSIONS_TOTAL),
+            &[("outcome", outcome)],
+        );
+    }
+    for code in voice_session::Code::ALL {
+        has(
+            family(voice_telemetry::HOST_ERRORS),
+            &[("code", code.as_str())],
+        );
+    }
+    for code in voice_session::metrics::upstream_error_codes() {
+        has(family(voice_telemetry::UPSTREAM_ERRORS), &[("code", code)]);
+    }
+    has(family(voice_telemetry::SILENCE), &[("phase", "after_user")]);
+    has(family(voice_telemetry::SILENCE), &[("phase", "tool_call")]);
+    // Nothing observed, nothing counted: every sample is zero.
+    for l in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        assert!(l.ends_with(" 0"), "non-zero at startup: {l}");
+    }
+    // Every series is one of the table's families (a histogram's by its _bucket/_sum/_count).
+    for l in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let name = l.split(['{', ' ']).next().unwrap();
+        assert!(
+            FAMILIES.iter().any(|f| name == f.name
+                || (f.kind == Kind::Histogram
+                    && ["_bucket", "_sum", "_count"]
+                        .iter()
+                        .any(|s| name == format!("{}{s}", f.name)))),
+            "{name} is not in FAMILIES"
+        );
+    }
+    promtool_check(&text);
+
+    // Only /metrics is served.
+    let mut s = tokio::net::TcpStream::connect(metrics_addr).await.unwrap();
+    s.write_all(b"GET /other HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.unwrap();
+    assert!(
+        buf.starts_with(b"HTTP/1.1 404"),
+        "{}",
+        String::from_utf8_lossy(&buf)
+    );
 }
 
 #[tokio::test]

@@ -16,6 +16,9 @@ pub enum Anomaly {
 }
 
 impl Anomaly {
+    /// Every kind (the `voice_output_audio_anomalies_total{kind}` values).
+    pub const ALL: [Anomaly; 2] = [Anomaly::NearSilent, Anomaly::Clipped];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Anomaly::NearSilent => "near_silent",

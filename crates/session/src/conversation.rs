@@ -1406,35 +1406,37 @@ fn clamp_u32(x: u64) -> u32 {
     u32::try_from(x).unwrap_or(u32::MAX)
 }
 
+/// The upstream error codes `voice_upstream_errors_total{code}` names; any other counts as
+/// [`UPSTREAM_ERROR_OTHER`].
+pub const UPSTREAM_ERROR_CODES: &[&str] = &[
+    "invalid_value",
+    "invalid_event",
+    "missing_required_parameter",
+    "unknown_parameter",
+    "session_expired",
+    "rate_limit_exceeded",
+    "server_error",
+    "conversation_already_has_active_response",
+    "input_audio_buffer_commit_empty",
+    "invalid_tool_call_id",
+];
+pub const UPSTREAM_ERROR_OTHER: &str = "other";
+
 /// Upstream error codes as metric label values: known codes pass, anything else is "other".
 pub fn bounded_code(code: &str) -> &'static str {
-    const KNOWN: &[&str] = &[
-        "invalid_value",
-        "invalid_event",
-        "missing_required_parameter",
-        "unknown_parameter",
-        "session_expired",
-        "rate_limit_exceeded",
-        "server_error",
-        "conversation_already_has_active_response",
-        "input_audio_buffer_commit_empty",
-        "invalid_tool_call_id",
-    ];
-    KNOWN
+    UPSTREAM_ERROR_CODES
         .iter()
         .find(|k| **k == code)
         .copied()
-        .unwrap_or("other")
+        .unwrap_or(UPSTREAM_ERROR_OTHER)
 }
 
 fn bounded_status(s: &str) -> &'static str {
-    match s {
-        "completed" => "completed",
-        "cancelled" => "cancelled",
-        "failed" => "failed",
-        "incomplete" => "incomplete",
-        _ => "other",
-    }
+    names::RESPONSE_STATUSES
+        .iter()
+        .find(|k| **k == s)
+        .copied()
+        .unwrap_or(names::RESPONSE_STATUS_OTHER)
 }
 
 impl SessionPlan {

@@ -16,6 +16,9 @@ pub enum Phase {
 }
 
 impl Phase {
+    /// Every phase (the `voice_silence_seconds{phase}` values).
+    pub const ALL: [Phase; 2] = [Phase::AfterUser, Phase::ToolCall];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Phase::AfterUser => "after_user",

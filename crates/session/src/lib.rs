@@ -25,6 +25,7 @@
 //! | [`budget`] | estimated cost and the session budget |
 //! | [`summary`] | the session's figures for `SessionEnded.summary` |
 //! | [`error`] | every error code a host can receive (`Code`, checked against the proto) |
+//! | [`metrics`] | the metric label values this crate owns, registered at zero at startup |
 //! | [`plan`] | validating `SessionStart` into a `SessionPlan` |
 
 pub mod assistant_items;
@@ -34,6 +35,7 @@ pub mod budget;
 pub mod conversation;
 pub mod dead_air;
 pub mod error;
+pub mod metrics;
 pub mod outbox;
 pub mod plan;
 pub mod playout;
@@ -47,6 +49,7 @@ pub mod tools;
 pub mod upstream;
 
 pub use error::{Code, HostError};
+pub use metrics::register_metrics;
 pub use plan::{Defaults, Prices, SessionPlan, StartError};
 pub use session::{run_session, SessionContext, UpstreamSettings};
 pub use tools::ToolChannels;

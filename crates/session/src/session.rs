@@ -149,7 +149,7 @@ where
                     summary: None,
                 }))))
                 .await;
-            return "setup_failed";
+            return crate::metrics::SETUP_FAILED;
         }
     };
     let conv = Conversation::new(id, plan, input, output, Instant::now());
@@ -259,7 +259,7 @@ impl SessionLoop {
                 ev = recv(&mut self.link) => match ev {
                     Ok(ev) => self.conv.on_upstream(ev, Instant::now()),
                     Err(RealtimeError::Parse(e)) => {
-                        counter!(names::UPSTREAM_ERRORS, "code" => "bad_event").increment(1);
+                        counter!(names::UPSTREAM_ERRORS, "code" => crate::metrics::BAD_EVENT).increment(1);
                         warn!(session_id = %self.conv.id, error = %e, "unparseable upstream event ignored");
                         Ok(())
                     }
@@ -448,7 +448,8 @@ impl SessionLoop {
         match &end {
             End::Upstream(e) => {
                 warn!(session_id = %self.conv.id, error = %e, "upstream connection lost");
-                counter!(names::UPSTREAM_ERRORS, "code" => "disconnected").increment(1);
+                counter!(names::UPSTREAM_ERRORS, "code" => crate::metrics::DISCONNECTED)
+                    .increment(1);
                 let code = if crate::conversation::is_expiry(e) {
                     Code::SessionExpired
                 } else {

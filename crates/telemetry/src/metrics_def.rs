@@ -1,6 +1,9 @@
 //! Metric names, descriptions and bucket layouts, and the exporter that serves them on `/metrics`.
 
-use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+use crate::hot::Direction;
+use metrics::{
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Label, Unit,
+};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::net::SocketAddr;
 
@@ -49,162 +52,372 @@ const STALL_BUCKETS: &[f64] = &[
     0.0001, 0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 ];
 
+/// A family's Prometheus type (its `# TYPE` line).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+            Kind::Histogram => "histogram",
+        }
+    }
+}
+
+/// Which series of a family exist from the first scrape (registered at zero, never observed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Series {
+    /// No labels (or only the host's optional session labels): the unlabelled series.
+    Unlabelled,
+    /// One label whose values are a small fixed set this crate owns: one series per value.
+    Values {
+        key: &'static str,
+        values: &'static [&'static str],
+    },
+    /// Fixed label sets this crate owns: one series per set.
+    Sets(&'static [&'static [(&'static str, &'static str)]]),
+    /// Label values owned by the session crate (error codes, session outcomes, silence phases):
+    /// registered by `voice_session::register_metrics`.
+    Session,
+    /// Labels named by hosts (tool names): no series until the first observation, only
+    /// `# HELP`/`# TYPE` (added by [`crate::exposition::render`]).
+    Open,
+}
+
+/// One metric family: everything `/metrics` says about it before anything is observed.
+#[derive(Debug, Clone, Copy)]
+pub struct Family {
+    pub name: &'static str,
+    pub kind: Kind,
+    pub unit: Unit,
+    pub help: &'static str,
+    pub series: Series,
+}
+
+const DIRECTIONS: Series = Series::Values {
+    key: "direction",
+    values: &[Direction::In.as_str(), Direction::Out.as_str()],
+};
+
+/// `voice_tokens_total{kind}`: the usage fields of `response.done`.
+pub const TOKEN_KINDS: &[&str] = &[
+    "input_text",
+    "input_audio",
+    "input_cached",
+    "output_text",
+    "output_audio",
+];
+
+/// `voice_responses_total{status}` for a status none of [`RESPONSE_STATUSES`] names.
+pub const RESPONSE_STATUS_OTHER: &str = "other";
+/// `voice_responses_total{status}`: every value (upstream statuses outside the list count as other).
+pub const RESPONSE_STATUSES: &[&str] = &[
+    "completed",
+    "cancelled",
+    "failed",
+    "incomplete",
+    RESPONSE_STATUS_OTHER,
+];
+
+/// Every metric the sidecar exports. `describe_all`, the startup registration and the `/metrics`
+/// renderer all read this one table.
+pub const FAMILIES: &[Family] = &[
+    Family {
+        name: SESSIONS_ACTIVE,
+        kind: Kind::Gauge,
+        unit: Unit::Count,
+        help: "Voice sessions currently open.",
+        series: Series::Unlabelled,
+    },
+    Family {
+        name: SESSIONS_TOTAL,
+        kind: Kind::Counter,
+        unit: Unit::Count,
+        help: "Voice sessions ended, by outcome.",
+        series: Series::Session,
+    },
+    Family {
+        name: RESPONSE_LATENCY,
+        kind: Kind::Histogram,
+        unit: Unit::Seconds,
+        help: "Voice-to-voice latency: end of the user's speech to the first assistant audio.",
+        series: Series::Unlabelled,
+    },
+    Family {
+        name: SILENCE,
+        kind: Kind::Histogram,
+        unit: Unit::Seconds,
+        help: "Dead-air spans while the user waits with no assistant audio, by phase.",
+        series: Series::Session,
+    },
+    Family {
+        name: TOOL_CALL_DURATION,
+        kind: Kind::Histogram,
+        unit: Unit::Seconds,
+        help: "Tool call duration, by tool and outcome.",
+        series: Series::Open,
+    },
+    Family {
+        name: TOOL_CALLS_IN_FLIGHT,
+        kind: Kind::Gauge,
+        unit: Unit::Count,
+        help: "Tool calls currently running on hosts.",
+        series: Series::Unlabelled,
+    },
+    Family {
+        name: TOOL_CALLS_TOTAL,
+        kind: Kind::Counter,
+        unit: Unit::Count,
+        help: "Tool calls finished, by tool and outcome.",
+        series: Series::Open,
+    },
+    Family {
+        name: UPSTREAM_CONNECT,
+        kind: Kind::Histogram,
+        unit: Unit::Seconds,
+        help: "Time to open and initialize an upstream Realtime session.",
+        series: Series::Unlabelled,
+    },
+    Family {
+        name: UPSTREAM_RECONNECTS,
+        kind: Kind::Counter,
+        unit: Unit::Count,
+        help: "Upstream reconnects after a dropped connection.",
+        series: Series::Unlabelled,
+    },
+    Family {
+        name: UPSTREAM_ERRORS,
+        kind: Kind::Counter,
+        unit: Unit::Count,
+        help: "Upstream error events and failures, by code.",
+        series: Series::Session,
+    },
+    Family {
+        name: UPSTREAM_EVENTS_UNKNOWN,
+        kind: Kind::Counter,
+        unit: Unit::Count,
+        help: "Upstream events this build does not know.",
+        series: Series::Unlabelled,
+    },
+    Family {
+        name: AUDIO_FRAMES,
+        kind: Kind::Counter,
+        unit: Unit::Count,
+        help: "Audio frames handled, by direction (in: host to model, out: model to host).",
+        series: DIRECTIONS,
+    },
+    Family {
+        name: AUDIO_BYTES,
+        kind: Kind::Counter,
+        unit: Unit::Bytes,
+        help: "Audio bytes received from or sent to hosts, by direction.",
+        series: DIRECTIONS,
+    },
+    Family {
+        name: FRAME_PROCESSING,
+        kind: Kind::Histogram,
+        unit: Unit::Seconds,
+        help: "Time spent inside the sidecar per audio frame, by direction.",
+        series: DIRECTIONS,
+    },
+    Family {
+        name: INTERRUPTIONS,
+        kind: Kind::Counter,
+        unit: Unit::Count,
+        help: "Barge-ins: the user spoke over assistant audio.",
+        series: Series::Unlabelled,
+    },
+    Family {
+        name: TOKENS,
+        kind: Kind::Counter,
+        unit: Unit::Count,
+        help: "Tokens used, from response.done usage, by kind.",
+        series: Series::Values {
+            key: "kind",
+            values: TOKEN_KINDS,
+        },
+    },
+    Family {
+        name: HOST_ERRORS,
+        kind: Kind::Counter,
+        unit: Unit::Count,
+        help: "Errors reported to hosts on the stream, by code.",
+        series: Series::Session,
+    },
+    Family {
+        name: RESPONSES_TOTAL,
+        kind: Kind::Counter,
+        unit: Unit::Count,
+        help: "Model responses finished, by status.",
+        series: Series::Values {
+            key: "status",
+            values: RESPONSE_STATUSES,
+        },
+    },
+    Family {
+        name: DEAD_AIR,
+        kind: Kind::Histogram,
+        unit: Unit::Seconds,
+        help: "Dead air the caller heard, by cause (model, tool, reconnect, underrun) and tool.",
+        // cause="tool" is labelled with the tool's name: no series until a tool is waited on.
+        series: Series::Sets(&[
+            &[("cause", "model"), ("tool", "")],
+            &[("cause", "underrun"), ("tool", "")],
+            &[("cause", "reconnect"), ("tool", "")],
+        ]),
+    },
+    Family {
+        name: AUDIO_ANOMALIES,
+        kind: Kind::Counter,
+        unit: Unit::Count,
+        help: "Assistant audio near-silent or clipped for longer than the threshold, by kind.",
+        series: Series::Session,
+    },
+    Family {
+        name: COST,
+        kind: Kind::Counter,
+        unit: Unit::Count,
+        help: "Estimated spend from token usage and the configured price table, in millionths of a US dollar.",
+        series: Series::Unlabelled,
+    },
+    Family {
+        name: BUDGET_EXCEEDED,
+        kind: Kind::Counter,
+        unit: Unit::Count,
+        help: "Sessions that went over their cost budget.",
+        series: Series::Unlabelled,
+    },
+    Family {
+        name: PREAMBLE_TO_ANSWER,
+        kind: Kind::Histogram,
+        unit: Unit::Seconds,
+        help: "First audio of a preamble message (\"let me check\") to the first audio of the answer.",
+        series: Series::Unlabelled,
+    },
+    Family {
+        name: IDLE_TIMEOUTS,
+        kind: Kind::Counter,
+        unit: Unit::Count,
+        help: "Times the user stayed silent past server_vad.idle_timeout_ms and the model re-prompted.",
+        series: Series::Unlabelled,
+    },
+    Family {
+        name: QUIET_MODE,
+        kind: Kind::Counter,
+        unit: Unit::Count,
+        help: "Quiet-mode changes, by how (model_tool, wake_phrase, host) and state (on, off).",
+        series: Series::Sets(&[
+            &[("how", "model_tool"), ("state", "on")],
+            &[("how", "wake_phrase"), ("state", "off")],
+            &[("how", "host"), ("state", "off")],
+        ]),
+    },
+    Family {
+        name: QUIET_SUPPRESSED,
+        kind: Kind::Counter,
+        unit: Unit::Count,
+        help: "Responses the sidecar did not ask for because the session was in quiet mode.",
+        series: Series::Unlabelled,
+    },
+    Family {
+        name: MODEL_DEPRECATED,
+        kind: Kind::Counter,
+        unit: Unit::Count,
+        help: "Sessions started on a model past or within 30 days of its shutdown date.",
+        series: Series::Unlabelled,
+    },
+    Family {
+        name: AUDIO_DROPPED,
+        kind: Kind::Counter,
+        unit: Unit::Count,
+        help: "Host audio frames dropped, by reason (upstream_down: while the upstream reconnects).",
+        series: Series::Values {
+            key: "reason",
+            values: &["upstream_down"],
+        },
+    },
+    Family {
+        name: HOST_STALL,
+        kind: Kind::Histogram,
+        unit: Unit::Seconds,
+        help: "Time a session waited because the host's stream was full (the host is not reading its Converse responses).",
+        series: Series::Unlabelled,
+    },
+];
+
+/// The table entry for `name`.
+pub fn family(name: &str) -> Option<&'static Family> {
+    FAMILIES.iter().find(|f| f.name == name)
+}
+
 /// Registers help texts and units for every metric.
 pub fn describe_all() {
-    describe_gauge!(
-        SESSIONS_ACTIVE,
-        Unit::Count,
-        "Voice sessions currently open."
-    );
-    describe_counter!(
-        SESSIONS_TOTAL,
-        Unit::Count,
-        "Voice sessions ended, by outcome."
-    );
-    describe_histogram!(
-        RESPONSE_LATENCY,
-        Unit::Seconds,
-        "Voice-to-voice latency: end of the user's speech to the first assistant audio."
-    );
-    describe_histogram!(
-        SILENCE,
-        Unit::Seconds,
-        "Dead-air spans while the user waits with no assistant audio, by phase."
-    );
-    describe_histogram!(
-        TOOL_CALL_DURATION,
-        Unit::Seconds,
-        "Tool call duration, by tool and outcome."
-    );
-    describe_gauge!(
-        TOOL_CALLS_IN_FLIGHT,
-        Unit::Count,
-        "Tool calls currently running on hosts."
-    );
-    describe_counter!(
-        TOOL_CALLS_TOTAL,
-        Unit::Count,
-        "Tool calls finished, by tool and outcome."
-    );
-    describe_histogram!(
-        UPSTREAM_CONNECT,
-        Unit::Seconds,
-        "Time to open and initialize an upstream Realtime session."
-    );
-    describe_counter!(
-        UPSTREAM_RECONNECTS,
-        Unit::Count,
-        "Upstream reconnects after a dropped connection."
-    );
-    describe_counter!(
-        UPSTREAM_ERRORS,
-        Unit::Count,
-        "Upstream error events and failures, by code."
-    );
-    describe_counter!(
-        UPSTREAM_EVENTS_UNKNOWN,
-        Unit::Count,
-        "Upstream events this build does not know."
-    );
-    describe_counter!(
-        AUDIO_FRAMES,
-        Unit::Count,
-        "Audio frames handled, by direction (in: host to model, out: model to host)."
-    );
-    describe_counter!(
-        AUDIO_BYTES,
-        Unit::Bytes,
-        "Audio bytes received from or sent to hosts, by direction."
-    );
-    describe_histogram!(
-        FRAME_PROCESSING,
-        Unit::Seconds,
-        "Time spent inside the sidecar per audio frame, by direction."
-    );
-    describe_counter!(
-        INTERRUPTIONS,
-        Unit::Count,
-        "Barge-ins: the user spoke over assistant audio."
-    );
-    describe_counter!(
-        TOKENS,
-        Unit::Count,
-        "Tokens used, from response.done usage, by kind."
-    );
-    describe_counter!(
-        HOST_ERRORS,
-        Unit::Count,
-        "Errors reported to hosts on the stream, by code."
-    );
-    describe_counter!(
-        RESPONSES_TOTAL,
-        Unit::Count,
-        "Model responses finished, by status."
-    );
-    describe_histogram!(
-        DEAD_AIR,
-        Unit::Seconds,
-        "Dead air the caller heard, by cause (model, tool, reconnect, underrun) and tool."
-    );
-    describe_counter!(
-        AUDIO_ANOMALIES,
-        Unit::Count,
-        "Assistant audio near-silent or clipped for longer than the threshold, by kind."
-    );
-    describe_counter!(
-        COST,
-        Unit::Count,
-        "Estimated spend from token usage and the configured price table, in millionths of a US dollar."
-    );
-    describe_counter!(
-        BUDGET_EXCEEDED,
-        Unit::Count,
-        "Sessions that went over their cost budget."
-    );
-    describe_histogram!(
-        PREAMBLE_TO_ANSWER,
-        Unit::Seconds,
-        "First audio of a preamble message (\"let me check\") to the first audio of the answer."
-    );
-    describe_counter!(
-        IDLE_TIMEOUTS,
-        Unit::Count,
-        "Times the user stayed silent past server_vad.idle_timeout_ms and the model re-prompted."
-    );
-    describe_counter!(
-        QUIET_MODE,
-        Unit::Count,
-        "Quiet-mode changes, by how (model_tool, wake_phrase, host) and state (on, off)."
-    );
-    describe_counter!(
-        QUIET_SUPPRESSED,
-        Unit::Count,
-        "Responses the sidecar did not ask for because the session was in quiet mode."
-    );
-    describe_counter!(
-        MODEL_DEPRECATED,
-        Unit::Count,
-        "Sessions started on a model past or within 30 days of its shutdown date."
-    );
-    describe_counter!(
-        AUDIO_DROPPED,
-        Unit::Count,
-        "Host audio frames dropped, by reason (upstream_down: while the upstream reconnects)."
-    );
-    describe_histogram!(
-        HOST_STALL,
-        Unit::Seconds,
-        "Time a session waited because the host's stream was full (the host is not reading its Converse responses)."
-    );
+    for f in FAMILIES {
+        match f.kind {
+            Kind::Counter => describe_counter!(f.name, f.unit, f.help),
+            Kind::Gauge => describe_gauge!(f.name, f.unit, f.help),
+            Kind::Histogram => describe_histogram!(f.name, f.unit, f.help),
+        }
+    }
+}
+
+/// Registers one series of the family `name` with the installed recorder, so it is exported (at zero)
+/// before anything is recorded. Only registers a handle: no value is recorded, no observation made.
+///
+/// # Panics
+/// If `name` is not in [`FAMILIES`].
+pub fn register_series(name: &'static str, labels: &[(&'static str, &'static str)]) {
+    let f = family(name).unwrap_or_else(|| panic!("{name} is not in FAMILIES"));
+    let labels: Vec<Label> = labels.iter().map(|&(k, v)| Label::new(k, v)).collect();
+    match f.kind {
+        Kind::Counter => drop(counter!(f.name, labels)),
+        Kind::Gauge => drop(gauge!(f.name, labels)),
+        Kind::Histogram => drop(histogram!(f.name, labels)),
+    }
+}
+
+/// Registers every series whose label values this crate knows ([`Series::Unlabelled`],
+/// [`Series::Values`], [`Series::Sets`]).
+pub fn register_known_series() {
+    for f in FAMILIES {
+        match f.series {
+            Series::Unlabelled => register_series(f.name, &[]),
+            Series::Values { key, values } => {
+                for v in values {
+                    register_series(f.name, &[(key, v)]);
+                }
+            }
+            Series::Sets(sets) => {
+                for labels in sets {
+                    register_series(f.name, labels);
+                }
+            }
+            Series::Session | Series::Open => {}
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum TelemetryError {
     #[error("could not start the Prometheus exporter on {addr}: {reason}")]
     Exporter { addr: SocketAddr, reason: String },
+    #[error("could not listen for /metrics on {addr}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the Prometheus exporter on {addr} needs a Tokio runtime")]
+    NoRuntime { addr: SocketAddr },
 }
 
-fn builder() -> PrometheusBuilder {
+pub(crate) fn builder() -> PrometheusBuilder {
     let mut b = PrometheusBuilder::new();
     for name in [
         RESPONSE_LATENCY,
@@ -225,21 +438,29 @@ fn builder() -> PrometheusBuilder {
 }
 
 /// Installs the global recorder and serves `/metrics` on `addr` (needs a Tokio runtime).
+///
+/// Every family in [`FAMILIES`] is on the first scrape: the series this crate knows are registered
+/// at zero here, the session crate's with `voice_session::register_metrics`, and families with no
+/// series yet (tool-named labels) are listed by their `# HELP`/`# TYPE` lines
+/// ([`crate::exposition::render`]).
 pub fn install_prometheus(addr: SocketAddr) -> Result<(), TelemetryError> {
-    builder()
-        .with_http_listener(addr)
-        .install()
-        .map_err(|e| TelemetryError::Exporter {
-            addr,
-            reason: e.to_string(),
-        })?;
-    describe_all();
-    crate::hot::pin_frame_metrics();
+    // The listener and the upkeep task are spawned on the caller's runtime.
+    tokio::runtime::Handle::try_current().map_err(|_| TelemetryError::NoRuntime { addr })?;
+    let listener = std::net::TcpListener::bind(addr)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        .and_then(tokio::net::TcpListener::from_std)
+        .map_err(|source| TelemetryError::Listen { addr, source })?;
+    let handle = install_recorder().map_err(|e| match e {
+        TelemetryError::Exporter { reason, .. } => TelemetryError::Exporter { addr, reason },
+        other => other,
+    })?;
+    crate::exposition::spawn(listener, handle);
     Ok(())
 }
 
-/// Installs the global recorder without a listener and returns a handle that renders the text format
-/// (for tests and embedding).
+/// Installs the global recorder without a listener and returns a handle (for tests and embedding).
+/// Render with [`crate::exposition::render`] (the handle's own `render` leaves out families with no
+/// series), and call `run_upkeep` on the handle periodically (as the listener above does).
 pub fn install_recorder() -> Result<PrometheusHandle, TelemetryError> {
     let h = builder()
         .install_recorder()
@@ -249,5 +470,47 @@ pub fn install_recorder() -> Result<PrometheusHandle, TelemetryError> {
         })?;
     describe_all();
     crate::hot::pin_frame_metrics();
+    register_known_series();
     Ok(h)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn every_name_defined_here_is_in_the_table_once() {
+        let defined: Vec<&str> = include_str!("metrics_def.rs")
+            .lines()
+            .filter(|l| l.starts_with("pub const ") && l.contains(": &str = \"voice_"))
+            .filter_map(|l| l.split('"').nth(1))
+            .collect();
+        let in_table: Vec<&str> = FAMILIES.iter().map(|f| f.name).collect();
+        assert_eq!(
+            in_table.iter().collect::<HashSet<_>>().len(),
+            in_table.len(),
+            "a family is listed twice"
+        );
+        let mut a = defined.clone();
+        let mut b = in_table.clone();
+        a.sort_unstable();
+        b.sort_unstable();
+        assert_eq!(a, b, "metric name constants and FAMILIES differ");
+    }
+
+    #[test]
+    fn names_follow_the_prometheus_conventions() {
+        for f in FAMILIES {
+            match f.kind {
+                Kind::Counter => assert!(f.name.ends_with("_total"), "{}", f.name),
+                Kind::Gauge => assert!(!f.name.ends_with("_total"), "{}", f.name),
+                Kind::Histogram => {}
+            }
+            if f.unit == Unit::Seconds {
+                assert!(f.name.ends_with("_seconds"), "{}", f.name);
+            }
+            assert!(!f.help.is_empty() && !f.help.contains('\n'), "{}", f.name);
+        }
+    }
 }

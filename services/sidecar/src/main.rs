@@ -28,6 +28,7 @@ async fn main() -> Result<()> {
     voice_telemetry::init_tracing(cfg.log_format, &cfg.log).map_err(anyhow::Error::msg)?;
     if let Some(addr) = cfg.metrics_listen {
         voice_telemetry::install_prometheus(addr)?;
+        voice_session::register_metrics();
         info!(%addr, "Prometheus metrics on /metrics");
     }
 
