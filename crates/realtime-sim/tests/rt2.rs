@@ -208,6 +208,18 @@ fn audio_ms(evs: &[Value], c: &Client) -> u64 {
     decode_deltas(evs, c.audio_delta_type(), WireAudioFormat::Pcm16).len() as u64 / 24
 }
 
+/// Reads events until `quiet_ms` pass without one: none may be an idle timeout.
+async fn assert_no_idle_timeout(c: &mut Client, quiet_ms: u64) {
+    let mut extra = Vec::new();
+    while let Some(e) = c.try_recv(Duration::from_millis(quiet_ms)).await {
+        extra.push(e);
+    }
+    assert!(
+        of_type(&extra, "input_audio_buffer.timeout_triggered").is_empty(),
+        "{extra:?}"
+    );
+}
+
 #[tokio::test]
 async fn idle_timeout_fires_after_playback_and_reprompts() {
     let sim = start(SimConfig {
@@ -280,14 +292,7 @@ async fn idle_timeout_fires_after_playback_and_reprompts() {
     ))
     .await;
     c.until("session.updated").await;
-    let mut extra = Vec::new();
-    while let Some(e) = c.try_recv(Duration::from_millis(600)).await {
-        extra.push(e);
-    }
-    assert!(
-        of_type(&extra, "input_audio_buffer.timeout_triggered").is_empty(),
-        "{extra:?}"
-    );
+    assert_no_idle_timeout(&mut c, 600).await;
     sim.shutdown().await;
 }
 
@@ -363,14 +368,7 @@ async fn no_idle_timeout_without_server_vad_idle_setting() {
     c.until("session.updated").await;
     c.send(json!({"type": "response.create"})).await;
     c.until("response.done").await;
-    let mut extra = Vec::new();
-    while let Some(e) = c.try_recv(Duration::from_millis(400)).await {
-        extra.push(e);
-    }
-    assert!(
-        of_type(&extra, "input_audio_buffer.timeout_triggered").is_empty(),
-        "{extra:?}"
-    );
+    assert_no_idle_timeout(&mut c, 400).await;
     sim.shutdown().await;
 }
 
