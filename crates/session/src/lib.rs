@@ -26,11 +26,13 @@
 //! | [`summary`] | the session's figures for `SessionEnded.summary` |
 //! | [`error`] | every error code a host can receive (`Code`, checked against the proto) |
 //! | [`plan`] | validating `SessionStart` into a `SessionPlan` |
+//! | [`callback_allow`] | which tool-host addresses a session may name (`--tool-host-allow`) |
 
 pub mod assistant_items;
 pub mod audio_check;
 pub mod barge_in;
 pub mod budget;
+pub mod callback_allow;
 pub mod conversation;
 pub mod dead_air;
 pub mod error;
@@ -46,6 +48,7 @@ pub mod tool_calls;
 pub mod tools;
 pub mod upstream;
 
+pub use callback_allow::CallbackAllowlist;
 pub use error::{Code, HostError};
 pub use plan::{Defaults, Prices, SessionPlan, StartError};
 pub use session::{run_session, SessionContext, UpstreamSettings};

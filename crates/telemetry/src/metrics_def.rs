@@ -33,6 +33,11 @@ pub const IDLE_TIMEOUTS: &str = "voice_idle_timeouts_total";
 pub const QUIET_MODE: &str = "voice_quiet_mode_total";
 pub const QUIET_SUPPRESSED: &str = "voice_quiet_suppressed_responses_total";
 pub const MODEL_DEPRECATED: &str = "voice_model_deprecated_sessions_total";
+pub const HOST_STALLED: &str = "voice_host_stalled_sessions";
+pub const PENDING_STARTS: &str = "voice_pending_starts";
+pub const ADMISSION_REFUSED: &str = "voice_admission_refused_total";
+pub const TOOL_CHANNELS: &str = "voice_tool_channels";
+pub const TOOL_CHANNEL_EVICTIONS: &str = "voice_tool_channel_evictions_total";
 
 /// Voice-to-voice and dead air: tens of milliseconds to tens of seconds.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -195,6 +200,31 @@ pub fn describe_all() {
         HOST_STALL,
         Unit::Seconds,
         "Time a session waited because the host's stream was full (the host is not reading its Converse responses)."
+    );
+    describe_gauge!(
+        HOST_STALLED,
+        Unit::Count,
+        "Sessions waiting right now because their host is not reading its Converse stream."
+    );
+    describe_gauge!(
+        PENDING_STARTS,
+        Unit::Count,
+        "Converse streams open and waiting for their SessionStart (bounded by --max-pending-starts)."
+    );
+    describe_counter!(
+        ADMISSION_REFUSED,
+        Unit::Count,
+        "Converse streams refused before a session began, by reason (start_timeout, pending_evicted, max_sessions, draining, message_too_large, bad_message)."
+    );
+    describe_gauge!(
+        TOOL_CHANNELS,
+        Unit::Count,
+        "Tool-host gRPC channels cached (bounded by --max-tool-channels)."
+    );
+    describe_counter!(
+        TOOL_CHANNEL_EVICTIONS,
+        Unit::Count,
+        "Tool-host channels closed because the cache was full (least recently used first)."
     );
 }
 
