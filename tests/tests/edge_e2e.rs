@@ -380,7 +380,7 @@ async fn callback_addresses_outside_the_allowlist_are_refused() {
         ..start()
     };
     // Default: loopback and --tool-host only.
-    let sidecar = start_sidecar(
+    let (sidecar, metrics_addr) = start_sidecar_with_metrics(
         &sim.base_url(),
         &["--tool-host", "http://tools.internal:7000"],
     )
@@ -401,6 +401,16 @@ async fn callback_addresses_outside_the_allowlist_are_refused() {
         let host = HostSession::open(sidecar.addr, with(good)).await;
         assert!(host.is_ok(), "{good}: {:?}", host.err());
     }
+    let text = http_get(metrics_addr, "/metrics").await;
+    assert_eq!(
+        metric(
+            &text,
+            "voice_admission_refused_total",
+            &[("reason", "callback_not_allowed")]
+        ),
+        3.0,
+        "{text}"
+    );
     drop(sidecar);
     // An explicit list replaces the loopback default.
     let sidecar = start_sidecar(&sim.base_url(), &["--tool-host-allow", "tools.svc:50061"]).await;

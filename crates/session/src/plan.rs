@@ -609,9 +609,11 @@ fn validate_address(a: &str, allow: &crate::CallbackAllowlist) -> Result<(), Sta
             "tool_routing.callback_address {a:?} must be an http:// or https:// URL"
         )));
     }
-    allow
-        .check(a)
-        .map_err(|e| StartError::Tool(format!("tool_routing.callback_address: {e}")))
+    allow.check(a).map_err(|e| {
+        metrics::counter!(voice_telemetry::ADMISSION_REFUSED, "reason" => "callback_not_allowed")
+            .increment(1);
+        StartError::Tool(format!("tool_routing.callback_address: {e}"))
+    })
 }
 
 #[cfg(test)]

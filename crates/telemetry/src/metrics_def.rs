@@ -214,7 +214,7 @@ pub fn describe_all() {
     describe_counter!(
         ADMISSION_REFUSED,
         Unit::Count,
-        "Converse streams refused before a session began, by reason (start_timeout, pending_evicted, max_sessions, draining, message_too_large, bad_message)."
+        "Converse streams refused before a session began, by reason (start_timeout, pending_evicted, max_sessions, draining, invalid_start, callback_not_allowed, message_too_large, bad_message)."
     );
     describe_gauge!(
         TOOL_CHANNELS,

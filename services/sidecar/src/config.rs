@@ -326,3 +326,40 @@ impl Config {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(args: &[&str]) -> Result<Config> {
+        let mut all = vec!["voice-sidecar", "--backend", "sim"];
+        all.extend_from_slice(args);
+        Config::load(&Args::parse_from(all))
+    }
+
+    #[test]
+    fn edge_limits_have_defaults_and_are_checked() {
+        let c = load(&[]).unwrap();
+        assert_eq!(c.max_pending_starts, 64);
+        assert_eq!(c.start_timeout, Duration::from_millis(5000));
+        assert_eq!(c.max_message_bytes, 4 * 1024 * 1024);
+        assert_eq!(c.max_tool_channels, 64);
+        assert!(c.tool_host_allow.check("http://127.0.0.1:1").is_ok());
+        assert!(c.tool_host_allow.check("http://10.0.0.1:1").is_err());
+        let c = load(&[
+            "--tool-host",
+            "http://th:9",
+            "--tool-host-allow",
+            "a.svc:1,b.svc",
+        ])
+        .unwrap();
+        for ok in ["http://th:9", "http://a.svc:1", "http://b.svc:2"] {
+            assert!(c.tool_host_allow.check(ok).is_ok(), "{ok}");
+        }
+        assert!(c.tool_host_allow.check("http://127.0.0.1:1").is_err());
+        assert!(load(&["--max-pending-starts", "0"]).is_err());
+        assert!(load(&["--start-timeout-ms", "0"]).is_err());
+        assert!(load(&["--max-message-bytes", "1000"]).is_err());
+        assert!(load(&["--tool-host-allow", "http://x:notaport"]).is_err());
+    }
+}

@@ -195,8 +195,12 @@ impl pb::voice_sidecar_server::VoiceSidecar for Sidecar {
                 "the first message of a Converse stream must be SessionStart",
             ));
         };
-        let plan = SessionPlan::from_start(&start, &self.defaults)
-            .map_err(|e| Status::invalid_argument(format!("invalid SessionStart: {e}")))?;
+        let plan = SessionPlan::from_start(&start, &self.defaults).map_err(|e| {
+            refused(
+                "invalid_start",
+                Status::invalid_argument(format!("invalid SessionStart: {e}")),
+            )
+        })?;
         if self.draining.is_cancelled() {
             return Err(shutting_down());
         }
