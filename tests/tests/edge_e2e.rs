@@ -284,6 +284,7 @@ async fn an_oversized_tool_result_on_the_stream_finishes_the_call_and_says_why()
     let f = host.until_tool_call_finished(Duration::from_secs(5)).await;
     assert_eq!(f.call_id, call.call_id);
     assert_eq!(f.status, pb::ToolStatus::Cancelled as i32);
+    assert!(f.error.contains("message_too_large"), "{}", f.error);
     let ended = host.until_ended(Duration::from_secs(5)).await;
     assert_eq!(ended.reason, "message_too_large");
 }

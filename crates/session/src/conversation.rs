@@ -1335,7 +1335,7 @@ impl Conversation {
     /// summary.
     pub fn finish(&mut self, reason: &'static str, now: Instant) {
         self.link_up = false;
-        self.tools.cancel_all(cx!(self), now, &mut self.out);
+        self.tools.cancel_all(cx!(self), now, &mut self.out, reason);
         let summary = self.summary.to_pb(
             now.saturating_duration_since(self.started),
             self.budget.cost_usd(),
