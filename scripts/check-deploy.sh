@@ -73,6 +73,11 @@ KNOWN = {
     "voice_quiet_mode_total": "counter",
     "voice_quiet_suppressed_responses_total": "counter",
     "voice_model_deprecated_sessions_total": "counter",
+    "voice_host_stalled_sessions": "gauge",
+    "voice_pending_starts": "gauge",
+    "voice_admission_refused_total": "counter",
+    "voice_tool_channels": "gauge",
+    "voice_tool_channel_evictions_total": "counter",
 }
 errors = []
 

@@ -558,30 +558,57 @@ fn b64decode(s: &str) -> Vec<u8> {
         .expect("upstream audio is base64")
 }
 
-#[tokio::test]
-async fn sigterm_ends_live_sessions_after_the_grace_period() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_as_kubernetes_expects() {
     let sim = start_sim(sim_config()).await;
-    let mut sidecar = start_sidecar(&sim.base_url(), &["--shutdown-grace-secs", "1"]).await;
+    let mut sidecar = start_sidecar(&sim.base_url(), &["--shutdown-grace-secs", "5"]).await;
     let mut host = HostSession::open_started(sidecar.addr, start_16k()).await;
     let t0 = std::time::Instant::now();
     sidecar.terminate();
-    // New sessions are refused while draining.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    // (Either the connection or the stream is refused.)
-    let refused = match pb::voice_sidecar_client::VoiceSidecarClient::connect(format!(
-        "http://{}",
-        sidecar.addr
-    ))
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // During the grace period the listener still answers: a probe on a new connection sees
+    // NOT_SERVING (overall and for the service) ...
+    let ch = tonic::transport::Channel::from_shared(format!("http://{}", sidecar.addr))
+        .unwrap()
+        .connect()
+        .await
+        .expect("the listener stays open while draining");
+    let mut health = tonic_health::pb::health_client::HealthClient::new(ch.clone());
+    for service in ["", "voice.v1.VoiceSidecar"] {
+        let r = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .expect("health answers while draining")
+            .into_inner();
+        assert_eq!(
+            r.status,
+            tonic_health::pb::health_check_response::ServingStatus::NotServing as i32,
+            "{service:?}"
+        );
+    }
+    // ... and a new Converse stream gets UNAVAILABLE ...
+    let err = HostSession::open_with(
+        pb::voice_sidecar_client::VoiceSidecarClient::new(ch),
+        start_16k(),
+    )
     .await
-    {
-        Err(_) => true,
-        Ok(c) => HostSession::open_with(c, start_16k()).await.is_err(),
-    };
-    assert!(refused, "a draining sidecar must refuse new sessions");
+    .err()
+    .expect("a draining sidecar refuses new sessions");
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    // ... while the live session goes on: a whole turn.
+    host.send_text("still there?").await;
+    let done = host.until_response_done(Duration::from_secs(10)).await;
+    assert_eq!(done.status, "completed");
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "the turn ran within the grace period"
+    );
     let e = host.until_ended(Duration::from_secs(10)).await;
     assert_eq!(e.reason, "shutdown");
     assert!(
-        t0.elapsed() >= Duration::from_millis(900),
+        t0.elapsed() >= Duration::from_millis(4900),
         "the grace period was not honoured"
     );
     // The process exits by itself even though this host keeps its request stream open.
@@ -734,7 +761,22 @@ async fn a_host_that_stops_reading_loses_nothing_and_the_stall_is_measured() {
     host.send_text("talk for a while").await;
     // Read until the reply starts, then stop reading while it streams.
     let mut audio: Vec<pb::AudioFrame> = vec![host.until_audio(Duration::from_secs(10)).await];
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // While the host is stuck, the stall is visible (not only once it ends).
+    let t_stop = std::time::Instant::now();
+    let mut stalled_now = 0.0;
+    while t_stop.elapsed() < Duration::from_millis(2500) && stalled_now < 1.0 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        stalled_now = metric(
+            &http_get(metrics_addr, "/metrics").await,
+            "voice_host_stalled_sessions",
+            &[],
+        );
+    }
+    assert_eq!(
+        stalled_now, 1.0,
+        "the stuck session is not visible while it is stuck"
+    );
+    tokio::time::sleep(Duration::from_secs(3).saturating_sub(t_stop.elapsed())).await;
     let next = |m: Option<pb::ServerMessage>| m.and_then(|m| m.message);
     let done = loop {
         let m = tokio::time::timeout(Duration::from_secs(20), host.rx.message())
@@ -760,6 +802,7 @@ async fn a_host_that_stops_reading_loses_nothing_and_the_stall_is_measured() {
         "host received {ms} ms of audio, the reply was {expected_ms} ms"
     );
     let text = http_get(metrics_addr, "/metrics").await;
+    assert_eq!(metric(&text, "voice_host_stalled_sessions", &[]), 0.0);
     let stalls = metric(&text, "voice_host_stall_seconds_count", &[]);
     let stalled = metric(&text, "voice_host_stall_seconds_sum", &[]);
     assert!(stalls >= 1.0, "the stall was not recorded:\n{text}");

@@ -63,6 +63,10 @@ pub enum End {
     HostClosed,
     HostRequested,
     HostGone,
+    /// The host sent a message over the gRPC size limit (the stream cannot be read past it).
+    MessageTooLarge,
+    /// The host sent bytes that do not decode as a `ClientMessage`.
+    BadMessage,
     Shutdown,
     Budget,
     Upstream(RealtimeError),
@@ -74,6 +78,8 @@ impl End {
             End::HostClosed => "client_closed",
             End::HostRequested => "client_end",
             End::HostGone => "host_gone",
+            End::MessageTooLarge => "message_too_large",
+            End::BadMessage => "invalid_message",
             End::Shutdown => "shutdown",
             End::Budget => "budget_exceeded",
             End::Upstream(RealtimeError::Closed { .. }) => "upstream_closed",
@@ -113,6 +119,9 @@ pub struct Conversation {
     user_turn_end: Option<Instant>,
     latency_by_response: HashMap<String, u32>,
     response_spans: HashMap<String, tracing::Span>,
+    /// Responses seen in `response.created` and not yet done (bounded): a `response.done` for any
+    /// other response starts none of its function calls.
+    created_responses: std::collections::VecDeque<String>,
     /// Recent final transcripts and finished tool calls (with their outputs), carried into a new
     /// upstream session after a reconnect.
     context: VecDeque<ContextItem>,
@@ -169,6 +178,7 @@ impl Conversation {
             user_turn_end: None,
             latency_by_response: HashMap::new(),
             response_spans: HashMap::new(),
+            created_responses: std::collections::VecDeque::new(),
             context: VecDeque::new(),
             labels,
             started: now,
@@ -505,6 +515,10 @@ impl Conversation {
                     .and_then(|m| m.get(TAG_KEY))
                     .and_then(|t| t.as_str());
                 self.scheduler.on_created(&response.id, tag, now);
+                if self.created_responses.len() >= MAX_RESPONSE_SPANS {
+                    self.created_responses.pop_front();
+                }
+                self.created_responses.push_back(response.id.clone());
                 let purpose = response
                     .metadata
                     .as_ref()
@@ -881,7 +895,24 @@ impl Conversation {
         response: &voice_realtime::ResponseInfo,
         now: Instant,
     ) -> Result<(), End> {
-        for item in &response.output {
+        let created = match self
+            .created_responses
+            .iter()
+            .position(|r| *r == response.id)
+        {
+            Some(i) => self.created_responses.remove(i).is_some(),
+            None => false,
+        };
+        if !created
+            && response
+                .output
+                .iter()
+                .any(|i| matches!(i, Item::FunctionCall { .. }))
+        {
+            counter!(names::UPSTREAM_ERRORS, "code" => "unknown_response").increment(1);
+            debug!(response_id = %response.id, "response.done for a response never created: its function calls are not run");
+        }
+        for item in response.output.iter().filter(|_| created) {
             if let Item::FunctionCall {
                 call_id,
                 name,
@@ -1304,7 +1335,7 @@ impl Conversation {
     /// summary.
     pub fn finish(&mut self, reason: &'static str, now: Instant) {
         self.link_up = false;
-        self.tools.cancel_all(cx!(self), now, &mut self.out);
+        self.tools.cancel_all(cx!(self), now, &mut self.out, reason);
         let summary = self.summary.to_pb(
             now.saturating_duration_since(self.started),
             self.budget.cost_usd(),

@@ -13,6 +13,7 @@ pub enum Code {
     // The host's messages.
     InvalidMessage,
     InvalidControl,
+    MessageTooLarge,
     InvalidAudioFormat,
     // The host's audio (one per `voice_audio::AudioError`).
     OddByteCount,
@@ -51,6 +52,7 @@ impl Code {
     pub const ALL: &'static [Code] = &[
         Code::InvalidMessage,
         Code::InvalidControl,
+        Code::MessageTooLarge,
         Code::InvalidAudioFormat,
         Code::OddByteCount,
         Code::MisalignedFrame,
@@ -83,6 +85,7 @@ impl Code {
         match self {
             Code::InvalidMessage => "invalid_message",
             Code::InvalidControl => "invalid_control",
+            Code::MessageTooLarge => "message_too_large",
             Code::InvalidAudioFormat => "invalid_audio_format",
             Code::OddByteCount => "odd_byte_count",
             Code::MisalignedFrame => "misaligned_frame",

@@ -27,11 +27,13 @@
 //! | [`error`] | every error code a host can receive (`Code`, checked against the proto) |
 //! | [`metrics`] | the metric label values this crate owns, registered at zero at startup |
 //! | [`plan`] | validating `SessionStart` into a `SessionPlan` |
+//! | [`callback_allow`] | which tool-host addresses a session may name (`--tool-host-allow`) |
 
 pub mod assistant_items;
 pub mod audio_check;
 pub mod barge_in;
 pub mod budget;
+pub mod callback_allow;
 pub mod conversation;
 pub mod dead_air;
 pub mod error;
@@ -48,6 +50,7 @@ pub mod tool_calls;
 pub mod tools;
 pub mod upstream;
 
+pub use callback_allow::CallbackAllowlist;
 pub use error::{Code, HostError};
 pub use metrics::register_metrics;
 pub use plan::{Defaults, Prices, SessionPlan, StartError};

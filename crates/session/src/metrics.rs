@@ -28,8 +28,10 @@ pub const SETUP_CODES: &[Code] = &[
 ];
 
 /// One `End` of each kind, for their `reason()` strings (the `voice_sessions_total` outcomes).
-fn every_end() -> [End; 7] {
+fn every_end() -> [End; 9] {
     let ends = [
+        End::MessageTooLarge,
+        End::BadMessage,
         End::HostClosed,
         End::HostRequested,
         End::HostGone,
@@ -44,7 +46,9 @@ fn every_end() -> [End; 7] {
     // A new `End` variant fails to compile here until it is added above.
     for e in &ends {
         match e {
-            End::HostClosed
+            End::MessageTooLarge
+            | End::BadMessage
+            | End::HostClosed
             | End::HostRequested
             | End::HostGone
             | End::Shutdown

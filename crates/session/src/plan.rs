@@ -33,6 +33,8 @@ pub struct Defaults {
     pub dialect: Dialect,
     /// Default `ToolHost` address for callback mode.
     pub tool_host: Option<String>,
+    /// Which `tool_routing.callback_address` values a session may name.
+    pub callback_allow: crate::CallbackAllowlist,
     pub tool_timeout: Duration,
     /// Largest input audio frame accepted, in bytes.
     pub max_frame_bytes: usize,
@@ -93,6 +95,7 @@ impl Default for Defaults {
             model: voice_realtime::models::DEFAULT_MODEL.into(),
             dialect: Dialect::Ga,
             tool_host: None,
+            callback_allow: crate::CallbackAllowlist::default(),
             tool_timeout: Duration::from_secs(10),
             max_frame_bytes: 64 * 1024,
             max_tool_output_bytes: 64 * 1024,
@@ -389,7 +392,7 @@ impl SessionPlan {
         let route = match start.tool_routing.as_ref().and_then(|r| r.route.as_ref()) {
             Some(pb::tool_routing::Route::InStream(true)) => ToolRoute::InStream,
             Some(pb::tool_routing::Route::CallbackAddress(a)) if !a.is_empty() => {
-                validate_address(a)?;
+                validate_address(a, &d.callback_allow)?;
                 ToolRoute::Callback(a.clone())
             }
             _ => match &d.tool_host {
@@ -600,14 +603,17 @@ impl SessionPlan {
     }
 }
 
-fn validate_address(a: &str) -> Result<(), StartError> {
-    if a.starts_with("http://") || a.starts_with("https://") {
-        Ok(())
-    } else {
-        Err(StartError::Tool(format!(
+fn validate_address(a: &str, allow: &crate::CallbackAllowlist) -> Result<(), StartError> {
+    if !(a.starts_with("http://") || a.starts_with("https://")) {
+        return Err(StartError::Tool(format!(
             "tool_routing.callback_address {a:?} must be an http:// or https:// URL"
-        )))
+        )));
     }
+    allow.check(a).map_err(|e| {
+        metrics::counter!(voice_telemetry::ADMISSION_REFUSED, "reason" => "callback_not_allowed")
+            .increment(1);
+        StartError::Tool(format!("tool_routing.callback_address: {e}"))
+    })
 }
 
 #[cfg(test)]
@@ -636,6 +642,40 @@ mod tests {
         assert!(p.config.instructions.contains("Before you call a tool"));
         assert!(p.config.transcription.is_some());
         assert_eq!(p.route, ToolRoute::Unroutable);
+    }
+
+    #[test]
+    fn callback_addresses_must_be_in_the_allowlist() {
+        let with = |addr: &str| pb::SessionStart {
+            tool_routing: Some(pb::ToolRouting {
+                route: Some(pb::tool_routing::Route::CallbackAddress(addr.into())),
+            }),
+            ..start()
+        };
+        let d = Defaults::default();
+        let p = SessionPlan::from_start(&with("http://127.0.0.1:50061"), &d).unwrap();
+        assert_eq!(
+            p.route,
+            ToolRoute::Callback("http://127.0.0.1:50061".into())
+        );
+        for bad in [
+            "http://10.0.0.5:22",
+            "http://169.254.169.254",
+            "127.0.0.1:1",
+        ] {
+            let e = SessionPlan::from_start(&with(bad), &d)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("callback_address"), "{bad}: {e}");
+        }
+        let d = Defaults {
+            callback_allow: crate::CallbackAllowlist::new(&[], Some("http://tools.svc:7000"))
+                .unwrap(),
+            ..Defaults::default()
+        };
+        assert!(SessionPlan::from_start(&with("http://tools.svc:7000"), &d).is_ok());
+        let e = SessionPlan::from_start(&with("http://127.0.0.1:7000"), &d).unwrap_err();
+        assert!(e.to_string().contains("allowlist"), "{e}");
     }
 
     #[test]

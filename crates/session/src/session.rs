@@ -185,6 +185,54 @@ fn seed_of(id: &str) -> u64 {
     h.finish()
 }
 
+/// What a failed host stream means for the host, if it is the host's fault: the session's end and the
+/// error that explains it.
+fn host_stream_error(status: &Status) -> Option<(End, HostError)> {
+    let msg = status.message();
+    if status.code() == tonic::Code::OutOfRange && msg.contains("message length too large") {
+        return Some((
+            End::MessageTooLarge,
+            HostError::new(
+                Code::MessageTooLarge,
+                format!(
+                    "a message over the sidecar's gRPC message limit (--max-message-bytes) was refused \
+                     ({msg}); the stream cannot be read past it, so the session ends"
+                ),
+                false,
+            ),
+        ));
+    }
+    if status.code() == tonic::Code::Internal
+        && (msg.contains("failed to decode") || msg.contains("compression flag"))
+    {
+        return Some((
+            End::BadMessage,
+            HostError::new(
+                Code::InvalidMessage,
+                format!("a message is not a valid ClientMessage ({msg}); the session ends"),
+                false,
+            ),
+        ));
+    }
+    None
+}
+
+/// Counts a session in `voice_host_stalled_sessions` while it waits for its host to read.
+struct StalledGuard;
+
+impl StalledGuard {
+    fn enter() -> StalledGuard {
+        gauge!(names::HOST_STALLED).increment(1.0);
+        StalledGuard
+    }
+}
+
+impl Drop for StalledGuard {
+    fn drop(&mut self) {
+        gauge!(names::HOST_STALLED).decrement(1.0);
+    }
+}
+
 fn server(m: Out) -> pb::ServerMessage {
     pb::ServerMessage { message: Some(m) }
 }
@@ -247,10 +295,7 @@ impl SessionLoop {
                 () = shutdown.cancelled() => Err(End::Shutdown),
                 msg = inbound.next() => match msg {
                     None => Err(End::HostClosed),
-                    Some(Err(status)) => {
-                        debug!(%status, "host stream failed");
-                        Err(End::HostGone)
-                    }
+                    Some(Err(status)) => Err(self.host_stream_failed(&status)),
                     Some(Ok(pb::ClientMessage { message: Some(pb::client_message::Message::Audio(f)) })) => {
                         tokio::task::unconstrained(self.on_audio(f)).await
                     }
@@ -284,6 +329,22 @@ impl SessionLoop {
             };
             if let Err(end) = r {
                 return end;
+            }
+        }
+    }
+
+    /// The host's stream yielded an error. A message over the size limit or undecodable bytes leave
+    /// the stream unreadable past them: the host is told why before the session ends.
+    fn host_stream_failed(&mut self, status: &Status) -> End {
+        match host_stream_error(status) {
+            Some((end, e)) => {
+                warn!(session_id = %self.conv.id, code = e.code.as_str(), message = %e.message, "host message refused: ending the session");
+                self.conv.out.host_error(e);
+                end
+            }
+            None => {
+                debug!(%status, "host stream failed");
+                End::HostGone
             }
         }
     }
@@ -427,7 +488,10 @@ impl SessionLoop {
             // record how long, so a slow host shows up as such and not as sidecar latency.
             Err(TrySendError::Full(m)) => {
                 let t0 = Instant::now();
+                // Visible while it lasts (the histogram below records it only when it ends).
+                let stalled = StalledGuard::enter();
                 let r = self.host.send(m).await.map_err(|_| End::HostGone);
+                drop(stalled);
                 let waited = t0.elapsed();
                 histogram!(names::HOST_STALL).record(waited.as_secs_f64());
                 if waited >= Duration::from_secs(1) && !self.host_stall_warned {

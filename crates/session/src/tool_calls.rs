@@ -391,7 +391,8 @@ impl ToolCalls {
 
     /// The session is ending: every running call ends as cancelled (the loop drops their futures,
     /// so hosts see their RPCs cancelled).
-    pub fn cancel_all(&mut self, cx: Ctx<'_>, now: Instant, out: &mut Outbox) {
+    /// Ends every open call as cancelled, naming why the session ended.
+    pub fn cancel_all(&mut self, cx: Ctx<'_>, now: Instant, out: &mut Outbox, reason: &str) {
         let mut ids: Vec<(String, String, Instant)> = self
             .calls
             .iter()
@@ -403,7 +404,7 @@ impl ToolCalls {
                 &id,
                 &name,
                 ToolStatus::Cancelled,
-                "the session ended".into(),
+                format!("the session ended ({reason})"),
                 now.saturating_duration_since(started),
             );
             self.end(cx, o, now, out);
@@ -638,7 +639,12 @@ mod tests {
         let (mut t, mut out, now) = (ToolCalls::new(), Outbox::default(), Instant::now());
         start(&mut t, &plan, "r1", "c1", r#"{"q":"x"}"#, now, &mut out);
         let _ = drained(&mut out);
-        t.cancel_all(cx(&plan, true), now + Duration::from_millis(5), &mut out);
+        t.cancel_all(
+            cx(&plan, true),
+            now + Duration::from_millis(5),
+            &mut out,
+            "client_end",
+        );
         let (host, up) = drained(&mut out);
         assert_eq!(host, ["finished:TOOL_STATUS_CANCELLED"]);
         assert!(

@@ -278,20 +278,64 @@ pub fn outcome_from_answer(
     }
 }
 
+/// Tool-host channels cached at once unless configured otherwise (`--max-tool-channels`).
+pub const DEFAULT_MAX_TOOL_CHANNELS: usize = 64;
+
 /// One lazily-connected channel per tool-host address, shared by all sessions (HTTP/2 multiplexes
-/// parallel calls on it).
-#[derive(Debug, Clone, Default)]
+/// parallel calls on it). Bounded: past `capacity` addresses the least recently used channel is
+/// dropped (calls running on it keep their clone and finish); the count is the
+/// `voice_tool_channels` gauge, evictions `voice_tool_channel_evictions_total`.
+#[derive(Debug, Clone)]
 pub struct ToolChannels {
-    inner: Arc<Mutex<HashMap<String, Channel>>>,
+    inner: Arc<Mutex<ChannelCache>>,
+}
+
+#[derive(Debug)]
+struct ChannelCache {
+    capacity: usize,
+    /// Address → (channel, last use).
+    map: HashMap<String, (Channel, u64)>,
+    tick: u64,
+}
+
+impl Default for ToolChannels {
+    fn default() -> Self {
+        ToolChannels::new(DEFAULT_MAX_TOOL_CHANNELS)
+    }
 }
 
 impl ToolChannels {
-    pub fn channel(&self, addr: &str) -> Result<Channel, String> {
-        let mut map = self
-            .inner
+    pub fn new(capacity: usize) -> ToolChannels {
+        ToolChannels {
+            inner: Arc::new(Mutex::new(ChannelCache {
+                capacity: capacity.max(1),
+                map: HashMap::new(),
+                tick: 0,
+            })),
+        }
+    }
+
+    /// Channels cached now.
+    pub fn len(&self) -> usize {
+        self.lock().map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ChannelCache> {
+        self.inner
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(c) = map.get(addr) {
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub fn channel(&self, addr: &str) -> Result<Channel, String> {
+        let mut cache = self.lock();
+        cache.tick += 1;
+        let tick = cache.tick;
+        if let Some((c, used)) = cache.map.get_mut(addr) {
+            *used = tick;
             return Ok(c.clone());
         }
         let ep = Endpoint::from_shared(addr.to_string())
@@ -299,9 +343,37 @@ impl ToolChannels {
             .connect_timeout(Duration::from_secs(2))
             .tcp_nodelay(true);
         let ch = ep.connect_lazy();
-        map.insert(addr.to_string(), ch.clone());
+        // A linear scan: the cache is small (tens of addresses) and a miss is rare.
+        while cache.map.len() >= cache.capacity {
+            let Some(oldest) = cache
+                .map
+                .iter()
+                .min_by_key(|(_, (_, used))| *used)
+                .map(|(k, _)| k.clone())
+            else {
+                break;
+            };
+            cache.map.remove(&oldest);
+            metrics::counter!(voice_telemetry::TOOL_CHANNEL_EVICTIONS).increment(1);
+        }
+        cache.map.insert(addr.to_string(), (ch.clone(), tick));
+        #[allow(clippy::cast_precision_loss)]
+        metrics::gauge!(voice_telemetry::TOOL_CHANNELS).set(cache.map.len() as f64);
         Ok(ch)
     }
+}
+
+/// tonic's status for a response over the client's decoding limit.
+fn is_too_large(status: &tonic::Status) -> bool {
+    status.code() == tonic::Code::OutOfRange
+        && status.message().contains("message length too large")
+        || status.code() == tonic::Code::ResourceExhausted
+            && status.message().contains("size limit")
+}
+
+/// The decoding limit for a tool host's answer: the output limit plus room for the envelope.
+fn answer_limit(max_bytes: usize) -> usize {
+    max_bytes.saturating_add(1024)
 }
 
 /// Runs one call on a `ToolHost` over gRPC. Dropping the future cancels the RPC (the host sees the
@@ -328,7 +400,9 @@ pub async fn invoke_callback(
             )
         }
     };
-    let mut client = pb::tool_host_client::ToolHostClient::new(ch);
+    // An answer over the limit is refused by tonic before it is buffered whole.
+    let mut client = pb::tool_host_client::ToolHostClient::new(ch)
+        .max_decoding_message_size(answer_limit(max_bytes));
     let mut req = tonic::Request::new(invocation);
     req.set_timeout(timeout);
     let res = tokio::time::timeout(timeout, client.invoke(req)).await;
@@ -339,6 +413,13 @@ pub async fn invoke_callback(
             tonic::Code::DeadlineExceeded | tonic::Code::Cancelled if elapsed >= timeout => {
                 timeout_outcome(&call_id, &name, timeout, elapsed)
             }
+            _ if is_too_large(&status) => ToolOutcome::failed(
+                &call_id,
+                &name,
+                ToolStatus::InvalidOutput,
+                format!("the tool returned more than the {max_bytes}-byte output limit"),
+                elapsed,
+            ),
             tonic::Code::Unavailable => ToolOutcome::failed(
                 &call_id,
                 &name,
@@ -446,5 +527,35 @@ mod tests {
             outcome_from_answer("c", "t", Err("boom".into()), 100, d).status,
             ToolStatus::Error
         );
+    }
+
+    #[test]
+    fn too_large_answers_are_recognized() {
+        let s = tonic::Status::out_of_range(
+            "Error, decoded message length too large: found 9 bytes, the limit is: 5 bytes",
+        );
+        assert!(is_too_large(&s));
+        assert!(!is_too_large(&tonic::Status::out_of_range(
+            "the host's own"
+        )));
+        assert!(!is_too_large(&tonic::Status::internal("length too large")));
+        assert_eq!(answer_limit(usize::MAX), usize::MAX);
+    }
+
+    #[tokio::test]
+    async fn the_channel_cache_is_bounded_and_keeps_recent_addresses() {
+        let c = ToolChannels::new(2);
+        c.channel("http://127.0.0.1:1").unwrap();
+        c.channel("http://127.0.0.1:2").unwrap();
+        c.channel("http://127.0.0.1:1").unwrap(); // :1 is now the most recent
+        c.channel("http://127.0.0.1:3").unwrap(); // evicts :2
+        assert_eq!(c.len(), 2);
+        let cache = c.lock();
+        assert!(cache.map.contains_key("http://127.0.0.1:1"));
+        assert!(cache.map.contains_key("http://127.0.0.1:3"));
+        assert!(!cache.map.contains_key("http://127.0.0.1:2"));
+        drop(cache);
+        assert!(c.channel("not a url").is_err());
+        assert_eq!(c.len(), 2);
     }
 }

@@ -565,3 +565,22 @@ async fn the_session_cap_is_reported_as_session_expired_and_the_call_goes_on() {
     next.accept().await;
     h.host.error("upstream_resumed").await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_response_done_for_a_response_never_created_runs_none_of_its_calls() {
+    let (mut h, mut up) = Harness::start(start_with_tool(1000)).await;
+    up.done(
+        "resp_ghost",
+        "completed",
+        json!([{"type": "function_call", "id": "item_ghost", "call_id": "call_ghost",
+            "name": "lookup", "arguments": "{}", "status": "completed"}]),
+    )
+    .await;
+    let rid = up.respond_to_text(&h.host, "look it up").await;
+    up.call_and_end(&rid, "call_1", "{}").await;
+    let c = h.host.tool_call().await;
+    assert_eq!(
+        c.call_id, "call_1",
+        "the ghost response's call must not run"
+    );
+}

@@ -36,6 +36,11 @@ pub const IDLE_TIMEOUTS: &str = "voice_idle_timeouts_total";
 pub const QUIET_MODE: &str = "voice_quiet_mode_total";
 pub const QUIET_SUPPRESSED: &str = "voice_quiet_suppressed_responses_total";
 pub const MODEL_DEPRECATED: &str = "voice_model_deprecated_sessions_total";
+pub const HOST_STALLED: &str = "voice_host_stalled_sessions";
+pub const PENDING_STARTS: &str = "voice_pending_starts";
+pub const ADMISSION_REFUSED: &str = "voice_admission_refused_total";
+pub const TOOL_CHANNELS: &str = "voice_tool_channels";
+pub const TOOL_CHANNEL_EVICTIONS: &str = "voice_tool_channel_evictions_total";
 
 /// Voice-to-voice and dead air: tens of milliseconds to tens of seconds.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -347,6 +352,53 @@ pub const FAMILIES: &[Family] = &[
         kind: Kind::Histogram,
         unit: Unit::Seconds,
         help: "Time a session waited because the host's stream was full (the host is not reading its Converse responses).",
+        series: Series::Unlabelled,
+    },
+    Family {
+        name: HOST_STALLED,
+        kind: Kind::Gauge,
+        unit: Unit::Count,
+        help: "Sessions waiting right now because their host is not reading its Converse stream.",
+        series: Series::Unlabelled,
+    },
+    Family {
+        name: PENDING_STARTS,
+        kind: Kind::Gauge,
+        unit: Unit::Count,
+        help: "Converse streams open and waiting for their SessionStart (bounded by --max-pending-starts).",
+        series: Series::Unlabelled,
+    },
+    Family {
+        name: ADMISSION_REFUSED,
+        kind: Kind::Counter,
+        unit: Unit::Count,
+        help: "Converse streams refused before a session began, by reason (start_timeout, pending_evicted, max_sessions, draining, invalid_start, callback_not_allowed, message_too_large, bad_message).",
+        series: Series::Values {
+            key: "reason",
+            values: &[
+                "start_timeout",
+                "pending_evicted",
+                "max_sessions",
+                "draining",
+                "invalid_start",
+                "callback_not_allowed",
+                "message_too_large",
+                "bad_message",
+            ],
+        },
+    },
+    Family {
+        name: TOOL_CHANNELS,
+        kind: Kind::Gauge,
+        unit: Unit::Count,
+        help: "Tool-host gRPC channels cached (bounded by --max-tool-channels).",
+        series: Series::Unlabelled,
+    },
+    Family {
+        name: TOOL_CHANNEL_EVICTIONS,
+        kind: Kind::Counter,
+        unit: Unit::Count,
+        help: "Tool-host channels closed because the cache was full (least recently used first).",
         series: Series::Unlabelled,
     },
 ];

@@ -77,6 +77,24 @@ pub struct Args {
     /// On SIGTERM, how long live sessions may continue before they are ended, seconds.
     #[arg(long, env = "VOICE_SIDECAR_SHUTDOWN_GRACE_SECS")]
     pub shutdown_grace_secs: Option<u64>,
+    /// Streams waiting for their `SessionStart` at once (they never count against --max-sessions);
+    /// past it the oldest waiting stream is refused with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "VOICE_SIDECAR_MAX_PENDING_STARTS")]
+    pub max_pending_starts: Option<usize>,
+    /// How long a new stream may take to send its `SessionStart`, milliseconds.
+    #[arg(long, env = "VOICE_SIDECAR_START_TIMEOUT_MS")]
+    pub start_timeout_ms: Option<u64>,
+    /// Largest gRPC message accepted from a host (or a tool host), bytes.
+    #[arg(long, env = "VOICE_SIDECAR_MAX_MESSAGE_BYTES")]
+    pub max_message_bytes: Option<usize>,
+    /// Callback addresses a `SessionStart` may name in `tool_routing.callback_address`: a
+    /// comma-separated list of `host`, `host:port`, `loopback`, or `*` (anything). Default:
+    /// `loopback`; the --tool-host address is always allowed.
+    #[arg(long, env = "VOICE_SIDECAR_TOOL_HOST_ALLOW", value_delimiter = ',')]
+    pub tool_host_allow: Option<Vec<String>>,
+    /// Tool-host channels kept open at once (least recently used closed first).
+    #[arg(long, env = "VOICE_SIDECAR_MAX_TOOL_CHANNELS")]
+    pub max_tool_channels: Option<usize>,
     /// Simulator script/config (JSON or TOML) for `--backend sim`.
     #[arg(long, env = "VOICE_SIDECAR_SIM_CONFIG")]
     pub sim_config: Option<PathBuf>,
@@ -102,6 +120,11 @@ pub struct FileConfig {
     pub max_tool_output_bytes: Option<usize>,
     pub max_sessions: Option<usize>,
     pub shutdown_grace_secs: Option<u64>,
+    pub max_pending_starts: Option<usize>,
+    pub start_timeout_ms: Option<u64>,
+    pub max_message_bytes: Option<usize>,
+    pub tool_host_allow: Option<Vec<String>>,
+    pub max_tool_channels: Option<usize>,
     pub sim_config: Option<PathBuf>,
     /// US dollars per million tokens, for cost metrics and session budgets (file only).
     pub prices: Option<PricesConfig>,
@@ -143,6 +166,11 @@ pub struct Config {
     pub max_tool_output_bytes: usize,
     pub max_sessions: usize,
     pub shutdown_grace: Duration,
+    pub max_pending_starts: usize,
+    pub start_timeout: Duration,
+    pub max_message_bytes: usize,
+    pub tool_host_allow: voice_session::CallbackAllowlist,
+    pub max_tool_channels: usize,
     pub sim_config: Option<PathBuf>,
     pub prices: Option<voice_session::Prices>,
 }
@@ -228,6 +256,26 @@ impl Config {
         if max_frame_bytes < 160 {
             bail!("--max-frame-bytes must be at least 160");
         }
+        let max_message_bytes = pick!(max_message_bytes).unwrap_or(4 * 1024 * 1024);
+        if max_message_bytes < max_frame_bytes.saturating_add(1024) {
+            bail!(
+                "--max-message-bytes ({max_message_bytes}) must be at least --max-frame-bytes ({max_frame_bytes}) + 1024"
+            );
+        }
+        let tool_host = pick!(tool_host);
+        let tool_host_allow = voice_session::CallbackAllowlist::new(
+            &pick!(tool_host_allow).unwrap_or_else(|| vec!["loopback".to_string()]),
+            tool_host.as_deref(),
+        )
+        .map_err(|e| anyhow::anyhow!("--tool-host-allow: {e}"))?;
+        let max_pending_starts = pick!(max_pending_starts).unwrap_or(64);
+        if max_pending_starts == 0 {
+            bail!("--max-pending-starts must be at least 1");
+        }
+        let start_timeout_ms = pick!(start_timeout_ms).unwrap_or(5000);
+        if !(1..=600_000).contains(&start_timeout_ms) {
+            bail!("--start-timeout-ms must be within 1..=600000, got {start_timeout_ms}");
+        }
         Ok(Config {
             listen: pick!(listen).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 50051))),
             backend,
@@ -241,12 +289,17 @@ impl Config {
             metrics_listen,
             log_format,
             log: pick!(log).unwrap_or_else(|| "info".into()),
-            tool_host: pick!(tool_host),
+            tool_host,
             tool_timeout: Duration::from_millis(pick!(tool_timeout_ms).unwrap_or(10_000).max(1)),
             max_frame_bytes,
             max_tool_output_bytes: pick!(max_tool_output_bytes).unwrap_or(64 * 1024),
             max_sessions: pick!(max_sessions).unwrap_or(2000).max(1),
             shutdown_grace: Duration::from_secs(pick!(shutdown_grace_secs).unwrap_or(20)),
+            max_pending_starts,
+            start_timeout: Duration::from_millis(start_timeout_ms),
+            max_message_bytes,
+            tool_host_allow,
+            max_tool_channels: pick!(max_tool_channels).unwrap_or(64).max(1),
             sim_config: pick!(sim_config),
             prices: match file.prices {
                 None => None,
@@ -271,5 +324,42 @@ impl Config {
                 }
             },
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(args: &[&str]) -> Result<Config> {
+        let mut all = vec!["voice-sidecar", "--backend", "sim"];
+        all.extend_from_slice(args);
+        Config::load(&Args::parse_from(all))
+    }
+
+    #[test]
+    fn edge_limits_have_defaults_and_are_checked() {
+        let c = load(&[]).unwrap();
+        assert_eq!(c.max_pending_starts, 64);
+        assert_eq!(c.start_timeout, Duration::from_millis(5000));
+        assert_eq!(c.max_message_bytes, 4 * 1024 * 1024);
+        assert_eq!(c.max_tool_channels, 64);
+        assert!(c.tool_host_allow.check("http://127.0.0.1:1").is_ok());
+        assert!(c.tool_host_allow.check("http://10.0.0.1:1").is_err());
+        let c = load(&[
+            "--tool-host",
+            "http://th:9",
+            "--tool-host-allow",
+            "a.svc:1,b.svc",
+        ])
+        .unwrap();
+        for ok in ["http://th:9", "http://a.svc:1", "http://b.svc:2"] {
+            assert!(c.tool_host_allow.check(ok).is_ok(), "{ok}");
+        }
+        assert!(c.tool_host_allow.check("http://127.0.0.1:1").is_err());
+        assert!(load(&["--max-pending-starts", "0"]).is_err());
+        assert!(load(&["--start-timeout-ms", "0"]).is_err());
+        assert!(load(&["--max-message-bytes", "1000"]).is_err());
+        assert!(load(&["--tool-host-allow", "http://x:notaport"]).is_err());
     }
 }

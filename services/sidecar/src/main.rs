@@ -16,9 +16,9 @@ use voice_proto::v1::voice_sidecar_server::VoiceSidecarServer;
 use voice_realtime::ApiKey;
 use voice_session::{Defaults, SessionContext, ToolChannels, UpstreamSettings};
 
-/// Hard gRPC message cap; audio frames are held to the (smaller) configured frame limit with a typed
-/// error on the stream, this only stops abuse.
-const MAX_GRPC_MESSAGE: usize = 4 * 1024 * 1024;
+/// Cap on messages the sidecar sends; what it accepts is `--max-message-bytes` (audio frames are held
+/// to the smaller `--max-frame-bytes` with a typed error on the stream).
+const MAX_GRPC_ENCODE: usize = 4 * 1024 * 1024;
 /// HTTP/2 connection-level receive window (see `Server::builder` below).
 const CONNECTION_WINDOW: u32 = 4 * 1024 * 1024;
 
@@ -66,7 +66,7 @@ async fn main() -> Result<()> {
             connect_timeout: Duration::from_secs(10),
             max_message_bytes: 16 * 1024 * 1024,
         },
-        ToolChannels::default(),
+        ToolChannels::new(cfg.max_tool_channels),
         shutdown.clone(),
         Duration::from_secs(15),
     ));
@@ -74,6 +74,7 @@ async fn main() -> Result<()> {
         model: cfg.model.clone(),
         dialect: cfg.dialect,
         tool_host: cfg.tool_host.clone(),
+        callback_allow: cfg.tool_host_allow.clone(),
         tool_timeout: cfg.tool_timeout,
         max_frame_bytes: cfg.max_frame_bytes,
         max_tool_output_bytes: cfg.max_tool_output_bytes,
@@ -89,6 +90,9 @@ async fn main() -> Result<()> {
         defaults,
         sessions: sessions.clone(),
         max_sessions: cfg.max_sessions,
+        pending: Arc::new(service::PendingStarts::new(cfg.max_pending_starts)),
+        start_timeout: cfg.start_timeout,
+        max_message_bytes: cfg.max_message_bytes,
         draining: draining.clone(),
     };
 
@@ -123,6 +127,9 @@ async fn main() -> Result<()> {
 
     let grace = cfg.shutdown_grace;
     let max_sessions = cfg.max_sessions;
+    // On SIGTERM the listener stays open (health answers NOT_SERVING, new Converse streams get
+    // UNAVAILABLE, live sessions go on) until the last live session has ended or the grace period is
+    // over; only then does the server stop accepting connections and the sessions get `shutdown`.
     let stop = {
         let shutdown = shutdown.clone();
         async move {
@@ -135,19 +142,19 @@ async fn main() -> Result<()> {
             health_reporter
                 .set_not_serving::<VoiceSidecarServer<service::Sidecar>>()
                 .await;
-            let live = sessions.clone();
-            tokio::spawn(async move {
-                let deadline = tokio::time::Instant::now() + grace;
-                while live.available_permits() < max_sessions
-                    && tokio::time::Instant::now() < deadline
-                {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                if live.available_permits() < max_sessions {
-                    warn!("grace period over: ending live sessions");
-                }
-                shutdown.cancel();
-            });
+            health_reporter
+                .set_service_status("", tonic_health::ServingStatus::NotServing)
+                .await;
+            let deadline = tokio::time::Instant::now() + grace;
+            while sessions.available_permits() < max_sessions
+                && tokio::time::Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            if sessions.available_permits() < max_sessions {
+                warn!("grace period over: ending live sessions");
+            }
+            shutdown.cancel();
         }
     };
 
@@ -162,8 +169,8 @@ async fn main() -> Result<()> {
         .add_service(reflection_alpha)
         .add_service(
             VoiceSidecarServer::new(svc)
-                .max_decoding_message_size(MAX_GRPC_MESSAGE)
-                .max_encoding_message_size(MAX_GRPC_MESSAGE),
+                .max_decoding_message_size(cfg.max_message_bytes)
+                .max_encoding_message_size(MAX_GRPC_ENCODE.max(cfg.max_message_bytes)),
         )
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
