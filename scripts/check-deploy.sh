@@ -73,6 +73,9 @@ KNOWN = {
     "voice_quiet_mode_total": "counter",
     "voice_quiet_suppressed_responses_total": "counter",
     "voice_model_deprecated_sessions_total": "counter",
+    "voice_limits_hit_total": "counter",
+    "voice_log_suppressed_total": "counter",
+    "voice_label_values_overflowed_total": "counter",
 }
 errors = []
 

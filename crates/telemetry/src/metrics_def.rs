@@ -33,6 +33,9 @@ pub const IDLE_TIMEOUTS: &str = "voice_idle_timeouts_total";
 pub const QUIET_MODE: &str = "voice_quiet_mode_total";
 pub const QUIET_SUPPRESSED: &str = "voice_quiet_suppressed_responses_total";
 pub const MODEL_DEPRECATED: &str = "voice_model_deprecated_sessions_total";
+pub const LIMITS_HIT: &str = "voice_limits_hit_total";
+pub const LOG_SUPPRESSED: &str = "voice_log_suppressed_total";
+pub const LABELS_OVERFLOWED: &str = "voice_label_values_overflowed_total";
 
 /// Voice-to-voice and dead air: tens of milliseconds to tens of seconds.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -189,7 +192,22 @@ pub fn describe_all() {
     describe_counter!(
         AUDIO_DROPPED,
         Unit::Count,
-        "Host audio frames dropped, by reason (upstream_down: while the upstream reconnects)."
+        "Host audio frames dropped, by reason (upstream_down: while the upstream reconnects; too_fast: ahead of real time past the burst allowance)."
+    );
+    describe_counter!(
+        LIMITS_HIT,
+        Unit::Count,
+        "Times a per-session limit bit, by limit (tool_rounds, response_rate, control_rate, input_audio_rate)."
+    );
+    describe_counter!(
+        LOG_SUPPRESSED,
+        Unit::Count,
+        "Repeated warnings of one session left out of the log (reported as a suppressed count)."
+    );
+    describe_counter!(
+        LABELS_OVERFLOWED,
+        Unit::Count,
+        "Session label values reported as `other` (the label key already had its maximum of distinct values)."
     );
     describe_histogram!(
         HOST_STALL,
