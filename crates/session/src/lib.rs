@@ -25,7 +25,9 @@
 //! | [`budget`] | estimated cost and the session budget |
 //! | [`summary`] | the session's figures for `SessionEnded.summary` |
 //! | [`error`] | every error code a host can receive (`Code`, checked against the proto) |
-//! | [`plan`] | validating `SessionStart` into a `SessionPlan` |
+//! | [`plan`] | validating `SessionStart` into a `SessionPlan`; the bounds on what a start may cost |
+//! | [`limits`] | per-session limits: tool rounds per turn, create and Control rates, input audio real time, repeated warnings |
+//! | [`labels`] | host metric labels with bounded cardinality |
 
 pub mod assistant_items;
 pub mod audio_check;
@@ -34,6 +36,8 @@ pub mod budget;
 pub mod conversation;
 pub mod dead_air;
 pub mod error;
+pub mod labels;
+pub mod limits;
 pub mod outbox;
 pub mod plan;
 pub mod playout;
@@ -47,7 +51,8 @@ pub mod tools;
 pub mod upstream;
 
 pub use error::{Code, HostError};
-pub use plan::{Defaults, Prices, SessionPlan, StartError};
+pub use limits::Limits;
+pub use plan::{Defaults, Prices, SessionPlan, StartError, StartLimits};
 pub use session::{run_session, SessionContext, UpstreamSettings};
 pub use tools::ToolChannels;
 pub use upstream::{Connect, Policy as ReconnectPolicy, WebSocketConnector};
