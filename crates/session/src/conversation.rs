@@ -1086,6 +1086,8 @@ impl Conversation {
 
     /// Hands the next queued `response.create` to the loop, if nothing is active and the link is up.
     fn pump(&mut self, now: Instant) {
+        // A create held back by the rate asks again below (a stale wait would spin the timer).
+        self.create_wait = None;
         if !self.link_up || self.create_queued {
             return;
         }
@@ -1134,7 +1136,6 @@ impl Conversation {
                 self.scheduler.put_back(c);
                 return;
             }
-            self.create_wait = None;
             debug!(reason = ?c.reason, "response.create");
             self.create_queued = true;
             self.out.push(Action::CreateResponse(c));

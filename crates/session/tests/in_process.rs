@@ -667,6 +667,19 @@ async fn response_creates_are_rate_limited_and_held_back_not_lost() {
     let waited = t0.elapsed();
     assert!(waited >= ms(25_000), "held back {waited:?}");
     assert!(create["response"].is_object());
+    let rid = up.created_for(&create).await;
+    up.done(&rid, "completed", json!([])).await;
+
+    // A create held back when the link drops waits for the new session (and its token), no spin.
+    h.host
+        .control(pb::control::Action::SendText("q3".into()))
+        .await;
+    tokio::time::sleep(ms(100)).await;
+    up.close().await;
+    let mut up2 = h.connection().await;
+    up2.accept().await;
+    let (create, _) = up2.until("response.create").await;
+    assert!(create["response"].is_object());
 }
 
 #[tokio::test(start_paused = true)]
