@@ -774,3 +774,38 @@ async fn a_host_that_stops_reading_loses_nothing_and_the_stall_is_measured() {
 fn sim_speech_ms(text: &str, ms_per_char: u64) -> u64 {
     text.chars().count() as u64 * ms_per_char
 }
+
+#[tokio::test]
+async fn starts_over_a_configured_limit_are_refused_naming_the_flag() {
+    let sim = start_sim(sim_config()).await;
+    let sidecar = start_sidecar(
+        &sim.base_url(),
+        &["--max-tools", "2", "--max-instructions-bytes", "100"],
+    )
+    .await;
+    let tool = |name: &str| pb::ToolDefinition {
+        name: name.into(),
+        ..Default::default()
+    };
+    let many_tools = pb::SessionStart {
+        tools: vec![tool("a"), tool("b"), tool("c")],
+        ..start_16k()
+    };
+    let long_instructions = pb::SessionStart {
+        instructions: "x".repeat(101),
+        ..start_16k()
+    };
+    for (start, flag) in [
+        (many_tools, "--max-tools"),
+        (long_instructions, "--max-instructions-bytes"),
+    ] {
+        let Err(err) = HostSession::open(sidecar.addr, start).await else {
+            panic!("a start over {flag} was admitted");
+        };
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        assert!(err.message().contains(flag), "{}", err.message());
+    }
+    // Within the limits, a session starts.
+    let host = HostSession::open_started(sidecar.addr, start_16k()).await;
+    host.end().await;
+}
