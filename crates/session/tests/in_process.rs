@@ -785,3 +785,37 @@ async fn input_audio_faster_than_real_time_is_held_to_real_time_plus_the_burst()
         .count();
     assert!(appended >= 49, "real-time audio passes: {appended}");
 }
+
+/// Counts WARN events (and those that report suppressed warnings).
+struct WarnCount {
+    all: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for WarnCount {
+    fn on_event(&self, e: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        if *e.metadata().level() == tracing::Level::WARN {
+            self.all.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn twenty_thousand_unparseable_events_write_a_handful_of_warnings() {
+    use tracing_subscriber::layer::SubscriberExt;
+    let all = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let subscriber = tracing_subscriber::registry().with(WarnCount { all: all.clone() });
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let (mut h, mut up) = Harness::start(start_with_tool(5000)).await;
+    for i in 0..20_000 {
+        up.send(json!({"not_an_event": i})).await;
+    }
+    // The session is still fine.
+    let rid = up.respond_to_text(&h.host, "still there?").await;
+    up.done(&rid, "completed", json!([])).await;
+    h.host.control(pb::control::Action::End(pb::Empty {})).await;
+    h.host.ended().await;
+    let _ = h.task.await;
+    let warns = all.load(std::sync::atomic::Ordering::Relaxed);
+    // Five per 10 s window, plus the suppressed-count summary at the end.
+    assert!((2..=10).contains(&warns), "{warns} warnings logged");
+}
