@@ -82,6 +82,9 @@ KNOWN = {
     "voice_admission_refused_total": "counter",
     "voice_tool_channels": "gauge",
     "voice_tool_channel_evictions_total": "counter",
+    "voice_limits_hit_total": "counter",
+    "voice_log_suppressed_total": "counter",
+    "voice_label_values_overflowed_total": "counter",
 }
 errors = []
 

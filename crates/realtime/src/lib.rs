@@ -16,4 +16,6 @@ pub use client_events::ClientEvent;
 pub use dialect::{Dialect, WireAudioFormat};
 pub use secret::ApiKey;
 pub use server_events::{ApiError, Item, Logprob, ParseError, ResponseInfo, ServerEvent, Usage};
-pub use session_config::{SessionConfig, ToolSpec, Transcription, TurnDetection};
+pub use session_config::{
+    session_update_diff, SessionConfig, ToolSpec, Transcription, TurnDetection,
+};

@@ -291,6 +291,48 @@ impl SessionConfig {
     }
 }
 
+/// The fields of `new` (a `session` object from [`SessionConfig::to_json`]) that differ from `old`,
+/// for a `session.update` that changes only them; `None` when nothing changed. Top-level fields are
+/// compared whole, except `audio` (GA), whose `input` and `output` are compared separately. `type`
+/// is always kept (GA requires it). A reconnect sends the full configuration, never this.
+pub fn session_update_diff(old: &Value, new: &Value) -> Option<Value> {
+    let (Some(o), Some(n)) = (old.as_object(), new.as_object()) else {
+        return (old != new).then(|| new.clone());
+    };
+    let mut out = Map::new();
+    for (k, v) in n {
+        if k == "type" || o.get(k) == Some(v) {
+            continue;
+        }
+        match (
+            k.as_str(),
+            o.get(k).and_then(Value::as_object),
+            v.as_object(),
+        ) {
+            ("audio", Some(oa), Some(na)) => {
+                let sub: Map<String, Value> = na
+                    .iter()
+                    .filter(|(sk, sv)| oa.get(*sk) != Some(*sv))
+                    .map(|(sk, sv)| (sk.clone(), sv.clone()))
+                    .collect();
+                if !sub.is_empty() {
+                    out.insert(k.clone(), Value::Object(sub));
+                }
+            }
+            _ => {
+                out.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    if out.is_empty() {
+        return None;
+    }
+    if let Some(t) = n.get("type") {
+        out.insert("type".into(), t.clone());
+    }
+    Some(Value::Object(out))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -344,5 +386,27 @@ mod tests {
         );
         c.turn_detection = TurnDetection::Disabled;
         assert!(c.to_json(Dialect::Beta)["turn_detection"].is_null());
+    }
+
+    #[test]
+    fn a_diff_carries_only_the_changed_fields() {
+        let mut c = cfg();
+        c.instructions = "x".repeat(100_000);
+        c.turn_detection = TurnDetection::ServerVadDefault;
+        for dialect in [Dialect::Ga, Dialect::Beta] {
+            let old = c.to_json(dialect);
+            let mut d = c.clone();
+            d.listen_only = true;
+            let diff = session_update_diff(&old, &d.to_json(dialect)).expect("a change");
+            let text = diff.to_string();
+            assert!(text.len() < 1000, "{dialect:?}: {text}");
+            assert!(!text.contains("xxxx"), "instructions not resent");
+            assert!(text.contains("create_response"), "{text}");
+            if dialect == Dialect::Ga {
+                assert_eq!(diff["type"], "realtime");
+                assert!(diff["audio"].get("output").is_none(), "{text}");
+            }
+            assert_eq!(session_update_diff(&old, &old), None);
+        }
     }
 }

@@ -13,6 +13,9 @@ use crate::barge_in::{self, Situation, EARCON_ITEM};
 use crate::budget::Budget;
 use crate::dead_air::{Closed, DeadAir, Phase};
 use crate::error::{Code, HostError};
+use crate::limits::{
+    AudioBudget, RoundVerdict, TokenBucket, ToolRoundCap, Warn, WarnLimiter, CREATE_BURST,
+};
 use crate::outbox::{Action, Outbox};
 use crate::plan::{self, GuardAction, SessionPlan, QUIET_TOOL};
 use crate::playout::{Playout, QueuedFrame};
@@ -30,7 +33,9 @@ use tracing::{debug, info, warn};
 use voice_audio::{InputPipeline, OutFrame, OutputPipeline};
 use voice_proto::v1 as pb;
 use voice_proto::v1::server_message::Message as Out;
-use voice_realtime::{ClientEvent, Item, RealtimeError, ServerEvent, TurnDetection};
+use voice_realtime::{
+    session_update_diff, ClientEvent, Item, RealtimeError, ServerEvent, TurnDetection,
+};
 use voice_telemetry as names;
 
 /// What tool calls need from the conversation, borrowed field by field (so `self.tools` and
@@ -44,6 +49,11 @@ macro_rules! cx {
         }
     };
 }
+
+/// Told to the model (a system message, with `tool_choice: "none"`) when a turn runs out of tool rounds.
+pub const TOOLS_OFF_MESSAGE: &str = "Tools are unavailable for the rest of this turn: too many tool \
+calls in a row. Do not call any tool. Tell the caller briefly what you could not do, and ask how to \
+continue.";
 
 const HOLDING_LINE_INSTRUCTIONS: &str =
     "The caller has been waiting in silence while a tool runs. \
@@ -137,6 +147,24 @@ pub struct Conversation {
     quiet_calls: VecDeque<String>,
     /// Upstream said the session expired (its maximum duration): the coming close is that.
     expired: bool,
+    /// Automatic tool rounds this turn.
+    round_cap: ToolRoundCap,
+    /// `response.create` rate, and when a held-back create may go.
+    creates: TokenBucket,
+    create_wait: Option<Instant>,
+    /// The host has been told this turn that creates are held back.
+    create_limited: bool,
+    /// `Control` rate; the host has been told since the last Control that passed.
+    controls: TokenBucket,
+    control_limited: bool,
+    /// Input audio held to real time plus a burst; the host has been told once.
+    audio_budget: AudioBudget,
+    audio_too_fast_told: bool,
+    /// The `session` object upstream has now (what a `session.update` diff is taken against).
+    sent_session: serde_json::Value,
+    /// Repeated upstream-error and audio-anomaly warnings.
+    warn_upstream: WarnLimiter,
+    warn_anomaly: WarnLimiter,
 }
 
 impl Conversation {
@@ -152,8 +180,30 @@ impl Conversation {
             .iter()
             .map(|(k, v)| metrics::Label::new(k.clone(), v.clone()))
             .collect();
+        let limits = plan.limits;
+        let creates_per_sec = f64::from(limits.response_creates_per_minute.max(1)) / 60.0;
+        let controls_per_sec = f64::from(limits.controls_per_second.max(1));
         Conversation {
             id,
+            round_cap: ToolRoundCap::new(limits.max_tool_rounds_per_turn),
+            creates: TokenBucket::new(
+                CREATE_BURST.min(limits.response_creates_per_minute.max(1)),
+                creates_per_sec,
+                now,
+            ),
+            create_wait: None,
+            create_limited: false,
+            controls: TokenBucket::new(
+                limits.controls_per_second.max(1).saturating_mul(2),
+                controls_per_sec,
+                now,
+            ),
+            control_limited: false,
+            audio_budget: AudioBudget::new(limits.audio_burst, now),
+            audio_too_fast_told: false,
+            sent_session: plan.config.to_json(plan.dialect),
+            warn_upstream: WarnLimiter::new(),
+            warn_anomaly: WarnLimiter::new(),
             playout: Playout::new(plan.pacing_lead),
             budget: Budget::new(plan.prices, plan.budget),
             plan,
@@ -239,7 +289,7 @@ impl Conversation {
 
     /// Converts one host audio frame; returns the wire bytes for upstream (empty when the codec
     /// holds them back). Bad audio becomes a typed error for the host.
-    pub fn input_audio(&mut self, f: &pb::AudioFrame) -> Option<&[u8]> {
+    pub fn input_audio(&mut self, f: &pb::AudioFrame, now: Instant) -> Option<&[u8]> {
         names::count_frame(names::Direction::In, f.data.len());
         self.wire_buf.clear();
         let seq = (f.seq != 0).then_some(f.seq);
@@ -247,7 +297,31 @@ impl Conversation {
             self.out.host_error(HostError::audio(&e));
             return None;
         }
+        // Audio is billed by the second: ahead of real time past the burst, the excess is dropped.
+        let audio = self.plan.wire_in.duration_of(self.wire_buf.len());
+        if !self.audio_budget.admit(audio, now) {
+            self.audio_too_fast(audio);
+            return None;
+        }
         Some(&self.wire_buf)
+    }
+
+    #[cold]
+    fn audio_too_fast(&mut self, audio: Duration) {
+        counter!(names::AUDIO_DROPPED, "reason" => "too_fast").increment(1);
+        counter!(names::LIMITS_HIT, "limit" => "input_audio_rate").increment(1);
+        if !std::mem::replace(&mut self.audio_too_fast_told, true) {
+            warn!(session_id = %self.id, "input audio faster than real time: the excess is dropped (reported once per session)");
+            self.out.host_error(HostError::new(
+                Code::InputAudioTooFast,
+                format!(
+                    "input audio arrives faster than real time: audio more than {} ms ahead is dropped ({} ms just now; reported once)",
+                    self.plan.limits.audio_burst.as_millis(),
+                    audio.as_millis()
+                ),
+                true,
+            ));
+        }
     }
 
     /// Every host message but audio (which the loop sends on its hot path through `input_audio`).
@@ -262,7 +336,7 @@ impl Conversation {
             )),
             Some(In::Audio(f)) => {
                 // The loop sends audio itself; here only for completeness (tests).
-                if let Some(w) = self.input_audio(&f) {
+                if let Some(w) = self.input_audio(&f, now) {
                     if !w.is_empty() {
                         let audio = w.to_vec();
                         self.up(ClientEvent::InputAudioAppend { audio });
@@ -288,6 +362,29 @@ impl Conversation {
 
     fn on_control(&mut self, c: pb::Control, now: Instant) -> Result<(), End> {
         use pb::control::Action as A;
+        if !matches!(c.action, Some(A::End(_))) {
+            if !self.controls.take(now) {
+                counter!(names::LIMITS_HIT, "limit" => "control_rate").increment(1);
+                if !std::mem::replace(&mut self.control_limited, true) {
+                    self.out.host_error(HostError::new(
+                        Code::ControlRateLimited,
+                        format!(
+                            "Controls arrive faster than {} per second: this one and further ones are dropped until the rate falls",
+                            self.plan.limits.controls_per_second
+                        ),
+                        true,
+                    ));
+                }
+                return Ok(());
+            }
+            self.control_limited = false;
+        }
+        if matches!(
+            c.action,
+            Some(A::Commit(_) | A::SendText(_) | A::Respond(_))
+        ) {
+            self.new_turn();
+        }
         match c.action {
             None => self
                 .out
@@ -386,9 +483,23 @@ impl Conversation {
         Ok(())
     }
 
+    /// Tells upstream what changed in the configuration: only the changed fields (a reconnect
+    /// sends the whole configuration).
     fn push_session_update(&mut self) {
-        let session = self.plan.config.to_json(self.plan.dialect);
-        self.up(ClientEvent::SessionUpdate { session });
+        let full = self.plan.config.to_json(self.plan.dialect);
+        if !self.link_up {
+            return;
+        }
+        if let Some(session) = session_update_diff(&self.sent_session, &full) {
+            self.up(ClientEvent::SessionUpdate { session });
+        }
+        self.sent_session = full;
+    }
+
+    /// The user spoke or the host sent input: the tool-round count and the create notice start over.
+    fn new_turn(&mut self) {
+        self.round_cap.new_turn();
+        self.create_limited = false;
     }
 
     // ----------------------------------------------------------------------------------------------
@@ -499,6 +610,7 @@ impl Conversation {
                 audio_end_ms,
             } => {
                 self.summary.turns += 1;
+                self.new_turn();
                 if !self.plan.config.listen_only {
                     self.user_turn_end = Some(now);
                     self.dead_air.user_turn_ended(now);
@@ -627,7 +739,9 @@ impl Conversation {
             return;
         }
         counter!(names::UPSTREAM_ERRORS, "code" => bounded_code(&code)).increment(1);
-        warn!(session_id = %self.id, code = %code, message = %error.message, "upstream error");
+        if let Warn::Log { suppressed } = self.warn_upstream.check(now) {
+            warn!(session_id = %self.id, code = %code, message = %error.message, suppressed, "upstream error");
+        }
         let message = if code.is_empty() {
             error.message
         } else {
@@ -806,7 +920,9 @@ impl Conversation {
                 .feed(wire.iter().map(|&b| g711::alaw_to_linear(b)), duration),
         };
         if let Some(a) = found {
-            warn!(session_id = %self.id, kind = a.as_str(), "assistant audio anomaly");
+            if let Warn::Log { suppressed } = self.warn_anomaly.check(Instant::now()) {
+                warn!(session_id = %self.id, kind = a.as_str(), suppressed, "assistant audio anomaly");
+            }
             counter!(names::AUDIO_ANOMALIES, "kind" => a.as_str()).increment(1);
         }
     }
@@ -1001,6 +1117,8 @@ impl Conversation {
 
     /// Hands the next queued `response.create` to the loop, if nothing is active and the link is up.
     fn pump(&mut self, now: Instant) {
+        // A create held back by the rate asks again below (a stale wait would spin the timer).
+        self.create_wait = None;
         if !self.link_up || self.create_queued {
             return;
         }
@@ -1018,11 +1136,66 @@ impl Conversation {
                 debug!(reason = ?c.reason, "quiet mode: response not requested");
                 continue;
             }
+            let mut c = c;
+            if matches!(c.reason, CreateReason::ToolRound(_)) && !c.round_counted {
+                c.round_counted = true;
+                match self.round_cap.next_round() {
+                    RoundVerdict::Allow => {}
+                    RoundVerdict::LastWithoutTools => self.tools_off(&mut c),
+                    RoundVerdict::Refuse => {
+                        debug!(reason = ?c.reason, "tool rounds capped this turn: no response asked for");
+                        continue;
+                    }
+                }
+            }
+            if !self.creates.take(now) {
+                let at = self.creates.ready_at(now);
+                self.create_wait = Some(at);
+                counter!(names::LIMITS_HIT, "limit" => "response_rate").increment(1);
+                if !std::mem::replace(&mut self.create_limited, true) {
+                    warn!(session_id = %self.id, "response.create rate reached: held back");
+                    self.out.host_error(HostError::new(
+                        Code::ResponseRateLimited,
+                        format!(
+                            "more than {} responses per minute: the next one is held back {} ms",
+                            self.plan.limits.response_creates_per_minute,
+                            at.saturating_duration_since(now).as_millis()
+                        ),
+                        true,
+                    ));
+                }
+                self.scheduler.put_back(c);
+                return;
+            }
             debug!(reason = ?c.reason, "response.create");
             self.create_queued = true;
             self.out.push(Action::CreateResponse(c));
             break;
         }
+    }
+
+    /// The first tool round past the cap: the model is told once that tools are off for this turn
+    /// (a system message, and `tool_choice: "none"` on this create); the host gets a typed error.
+    fn tools_off(&mut self, c: &mut PendingCreate) {
+        let cap = self.plan.limits.max_tool_rounds_per_turn;
+        counter!(names::LIMITS_HIT, "limit" => "tool_rounds").increment(1);
+        warn!(session_id = %self.id, cap, "tool rounds capped for this turn: tools are off until the user speaks");
+        self.up(ClientEvent::ItemCreate {
+            item: json!({"type": "message", "role": "system",
+                "content": [{"type": "input_text", "text": TOOLS_OFF_MESSAGE}]}),
+        });
+        let mut body = c.response.take().unwrap_or_else(|| json!({}));
+        if let Some(o) = body.as_object_mut() {
+            o.insert("tool_choice".into(), json!("none"));
+        }
+        c.response = Some(body);
+        self.out.host_error(HostError::new(
+            Code::ToolRoundsCapped,
+            format!(
+                "{cap} automatic tool rounds without user input: tools are off for the rest of this turn"
+            ),
+            true,
+        ));
     }
 
     /// The loop sent a create with this event id.
@@ -1092,6 +1265,7 @@ impl Conversation {
             guard,
             self.tools.next_deadline(),
             self.scheduler.deadline(),
+            self.create_wait,
         ]
         .into_iter()
         .flatten()
@@ -1273,6 +1447,8 @@ impl Conversation {
     /// came in meanwhile, ask again for a response that was cut off.
     pub fn on_link_resumed(&mut self, gap: Duration, now: Instant) {
         self.link_up = true;
+        // The new session was configured in full.
+        self.sent_session = self.plan.config.to_json(self.plan.dialect);
         let items: Vec<ClientEvent> = self
             .context
             .iter()

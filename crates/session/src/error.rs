@@ -45,6 +45,11 @@ pub enum Code {
     BudgetExceeded,
     // The model.
     ModelDeprecated,
+    // Per-session limits.
+    ToolRoundsCapped,
+    ResponseRateLimited,
+    ControlRateLimited,
+    InputAudioTooFast,
 }
 
 impl Code {
@@ -79,6 +84,10 @@ impl Code {
         Code::ToolUnknownCall,
         Code::BudgetExceeded,
         Code::ModelDeprecated,
+        Code::ToolRoundsCapped,
+        Code::ResponseRateLimited,
+        Code::ControlRateLimited,
+        Code::InputAudioTooFast,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -112,6 +121,10 @@ impl Code {
             Code::ToolUnknownCall => "tool_unknown_call",
             Code::BudgetExceeded => "budget_exceeded",
             Code::ModelDeprecated => "model_deprecated",
+            Code::ToolRoundsCapped => "tool_rounds_capped",
+            Code::ResponseRateLimited => "response_rate_limited",
+            Code::ControlRateLimited => "control_rate_limited",
+            Code::InputAudioTooFast => "input_audio_too_fast",
         }
     }
 

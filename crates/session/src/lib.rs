@@ -26,8 +26,10 @@
 //! | [`summary`] | the session's figures for `SessionEnded.summary` |
 //! | [`error`] | every error code a host can receive (`Code`, checked against the proto) |
 //! | [`metrics`] | the metric label values this crate owns, registered at zero at startup |
-//! | [`plan`] | validating `SessionStart` into a `SessionPlan` |
+//! | [`plan`] | validating `SessionStart` into a `SessionPlan`; the bounds on what a start may cost |
 //! | [`callback_allow`] | which tool-host addresses a session may name (`--tool-host-allow`) |
+//! | [`limits`] | per-session limits: tool rounds per turn, create and Control rates, input audio real time, repeated warnings |
+//! | [`labels`] | host metric labels with bounded cardinality |
 
 pub mod assistant_items;
 pub mod audio_check;
@@ -37,6 +39,8 @@ pub mod callback_allow;
 pub mod conversation;
 pub mod dead_air;
 pub mod error;
+pub mod labels;
+pub mod limits;
 pub mod metrics;
 pub mod outbox;
 pub mod plan;
@@ -52,8 +56,9 @@ pub mod upstream;
 
 pub use callback_allow::CallbackAllowlist;
 pub use error::{Code, HostError};
+pub use limits::Limits;
 pub use metrics::register_metrics;
-pub use plan::{Defaults, Prices, SessionPlan, StartError};
+pub use plan::{Defaults, Prices, SessionPlan, StartError, StartLimits};
 pub use session::{run_session, SessionContext, UpstreamSettings};
 pub use tools::ToolChannels;
 pub use upstream::{Connect, Policy as ReconnectPolicy, WebSocketConnector};

@@ -4,6 +4,7 @@
 //! checked here, before any upstream socket opens, so the host gets one precise INVALID_ARGUMENT instead
 //! of a half-started session.
 
+use crate::limits::Limits;
 use crate::session_fields::{self, FieldError, Model};
 use crate::tools::{ToolDef, ToolRegistry};
 use std::collections::BTreeMap;
@@ -47,6 +48,133 @@ pub struct Defaults {
     pub unknown_model_like: String,
     /// The date deprecation is judged on (`None`: today, UTC). For tests.
     pub today: Option<voice_realtime::models::Date>,
+    /// Per-session limits on rounds, rates and input audio.
+    pub limits: Limits,
+    /// What a `SessionStart` may cost.
+    pub start_limits: StartLimits,
+    /// Distinct values per host label key in metrics (the rest are reported as `other`).
+    pub max_label_values: usize,
+}
+
+/// Bounds on a `SessionStart`: each is refused with INVALID_ARGUMENT naming the limit (its flag).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StartLimits {
+    /// Declared tools (`--max-tools`).
+    pub max_tools: usize,
+    /// One tool's `parameters_json_schema`, bytes (`--max-tool-schema-bytes`).
+    pub max_schema_bytes: usize,
+    /// Nesting depth of one tool schema, objects and arrays (`--max-tool-schema-depth`).
+    pub max_schema_depth: usize,
+    /// `instructions` (and a custom preamble), bytes (`--max-instructions-bytes`).
+    pub max_instructions_bytes: usize,
+    /// The whole encoded `SessionStart`, bytes (`--max-start-bytes`).
+    pub max_start_bytes: usize,
+}
+
+impl Default for StartLimits {
+    fn default() -> Self {
+        StartLimits {
+            max_tools: 64,
+            max_schema_bytes: 16 * 1024,
+            max_schema_depth: 16,
+            max_instructions_bytes: 64 * 1024,
+            max_start_bytes: 256 * 1024,
+        }
+    }
+}
+
+impl StartLimits {
+    /// Checks the start against every bound before anything is parsed or compiled.
+    pub fn check(&self, start: &pb::SessionStart) -> Result<(), StartError> {
+        use prost::Message;
+        let over = |what: &str, flag: &str, got: usize, max: usize| {
+            Err(StartError::Limit(format!(
+                "{what} is {got}, over the limit of {max} ({flag})"
+            )))
+        };
+        let size = start.encoded_len();
+        if size > self.max_start_bytes {
+            return over(
+                "SessionStart size in bytes",
+                "--max-start-bytes",
+                size,
+                self.max_start_bytes,
+            );
+        }
+        if start.tools.len() > self.max_tools {
+            return over(
+                "the number of tools",
+                "--max-tools",
+                start.tools.len(),
+                self.max_tools,
+            );
+        }
+        if start.instructions.len() > self.max_instructions_bytes {
+            return over(
+                "instructions size in bytes",
+                "--max-instructions-bytes",
+                start.instructions.len(),
+                self.max_instructions_bytes,
+            );
+        }
+        if let Some(p) = &start.preamble {
+            if p.custom_text.len() > self.max_instructions_bytes {
+                return over(
+                    "preamble.custom_text size in bytes",
+                    "--max-instructions-bytes",
+                    p.custom_text.len(),
+                    self.max_instructions_bytes,
+                );
+            }
+        }
+        for t in &start.tools {
+            let n = t.parameters_json_schema.len();
+            if n > self.max_schema_bytes {
+                return over(
+                    &format!("tool {:?} schema size in bytes", t.name),
+                    "--max-tool-schema-bytes",
+                    n,
+                    self.max_schema_bytes,
+                );
+            }
+            let depth = json_depth(&t.parameters_json_schema);
+            if depth > self.max_schema_depth {
+                return over(
+                    &format!("tool {:?} schema nesting depth", t.name),
+                    "--max-tool-schema-depth",
+                    depth,
+                    self.max_schema_depth,
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Nesting depth of JSON text (objects and arrays), from the bytes: no parse, no recursion.
+pub fn json_depth(text: &str) -> usize {
+    let (mut depth, mut max, mut in_str, mut esc) = (0usize, 0usize, false, false);
+    for b in text.bytes() {
+        if in_str {
+            match (esc, b) {
+                (true, _) => esc = false,
+                (false, b'\\') => esc = true,
+                (false, b'"') => in_str = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_str = true,
+            b'{' | b'[' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
 }
 
 /// US dollars per million tokens, by kind.
@@ -103,6 +231,9 @@ impl Default for Defaults {
             prices: None,
             unknown_model_like: voice_realtime::models::DEFAULT_MODEL.into(),
             today: None,
+            limits: Limits::default(),
+            start_limits: StartLimits::default(),
+            max_label_values: 50,
         }
     }
 }
@@ -180,6 +311,8 @@ pub struct SessionPlan {
     pub deprecation: Option<String>,
     /// The model may put the session in quiet mode through the built-in [`QUIET_TOOL`].
     pub quiet_mode: bool,
+    /// Per-session limits on rounds, rates and input audio.
+    pub limits: Limits,
 }
 
 /// The built-in tool the model calls to enter quiet mode (`SessionStart.quiet_mode`).
@@ -216,6 +349,9 @@ pub enum StartError {
     Field(#[from] FieldError),
     #[error("model: {0}")]
     Model(String),
+    /// A bound on what a start may cost (the message names the limit's flag).
+    #[error("limit: {0}")]
+    Limit(String),
     #[error("{0}")]
     Other(String),
 }
@@ -347,6 +483,7 @@ fn labels(
 
 impl SessionPlan {
     pub fn from_start(start: &pb::SessionStart, d: &Defaults) -> Result<SessionPlan, StartError> {
+        d.start_limits.check(start)?;
         let in_pb = start.input_format.unwrap_or_default();
         let input = host_format(&in_pb).map_err(StartError::InputFormat)?;
         let output = match &start.output_format {
@@ -591,7 +728,7 @@ impl SessionPlan {
             route,
             pacing_lead,
             guard,
-            labels: labels(&start.labels)?,
+            labels: crate::labels::bounded(labels(&start.labels)?, d.max_label_values),
             max_frame_bytes: d.max_frame_bytes,
             max_tool_output_bytes: d.max_tool_output_bytes,
             prices,
@@ -599,6 +736,7 @@ impl SessionPlan {
             model_info,
             deprecation,
             quiet_mode: start.quiet_mode,
+            limits: d.limits,
         })
     }
 }
@@ -733,5 +871,152 @@ mod tests {
     fn preamble_modes() {
         assert_eq!(PreambleMode::Off.apply("x"), "x");
         assert_eq!(PreambleMode::Custom("P".into()).apply("x"), "x\n\nP");
+    }
+
+    #[test]
+    fn each_start_limit_is_refused_naming_its_flag() {
+        let tool = |name: &str, schema: String| pb::ToolDefinition {
+            name: name.into(),
+            parameters_json_schema: schema,
+            ..Default::default()
+        };
+        let d = Defaults {
+            tool_host: Some("http://127.0.0.1:1".into()),
+            ..Defaults::default()
+        };
+        let refused = |s: &pb::SessionStart| match SessionPlan::from_start(s, &d) {
+            Err(e @ StartError::Limit(_)) => e.to_string(),
+            other => panic!("expected a limit, got {other:?}"),
+        };
+        let mut s = start();
+        s.tools = (0..65)
+            .map(|i| tool(&format!("t{i}"), String::new()))
+            .collect();
+        assert!(refused(&s).contains("--max-tools"));
+
+        let mut s = start();
+        s.instructions = "x".repeat(64 * 1024 + 1);
+        assert!(refused(&s).contains("--max-instructions-bytes"));
+
+        let mut s = start();
+        let big = format!(
+            r#"{{"type":"object","description":"{}"}}"#,
+            "d".repeat(16 * 1024)
+        );
+        s.tools = vec![tool("big", big)];
+        assert!(refused(&s).contains("--max-tool-schema-bytes"));
+
+        let mut s = start();
+        let deep = format!(
+            r#"{{"type":"object","x":{}{}}}"#,
+            "[".repeat(20),
+            "]".repeat(20)
+        );
+        s.tools = vec![tool("deep", deep)];
+        assert!(refused(&s).contains("--max-tool-schema-depth"));
+
+        let mut s = start();
+        s.tools = (0..20)
+            .map(|i| {
+                tool(
+                    &format!("t{i}"),
+                    format!(
+                        r#"{{"type":"object","description":"{}"}}"#,
+                        "d".repeat(15_000)
+                    ),
+                )
+            })
+            .collect();
+        assert!(refused(&s).contains("--max-start-bytes"));
+
+        // The largest allowed start is accepted.
+        let mut s = start();
+        s.instructions = "x".repeat(64 * 1024);
+        s.tools = (0..12)
+            .map(|i| {
+                tool(
+                    &format!("t{i}"),
+                    format!(
+                        r#"{{"type":"object","description":"{}"}}"#,
+                        "d".repeat(15_000)
+                    ),
+                )
+            })
+            .collect();
+        assert!(SessionPlan::from_start(&s, &d).is_ok());
+    }
+
+    #[test]
+    fn json_depth_counts_nesting_outside_strings() {
+        assert_eq!(json_depth(r#"{"a":[1,{"b":"[[[{{{"}]}"#), 3);
+        assert_eq!(json_depth(r#"{"a":"\"[["}"#), 1);
+        assert_eq!(json_depth("1"), 0);
+    }
+
+    #[test]
+    fn sessions_declaring_the_same_schema_share_its_compiled_form() {
+        let schema = r#"{"type":"object","properties":{"shared_cache_probe":{"type":"string"}}}"#;
+        let a = ToolDef::new("a", "", schema, Duration::from_secs(1)).unwrap();
+        let b = ToolDef::new("b", "", schema, Duration::from_secs(1)).unwrap();
+        assert!(a.shares_validator_with(&b));
+    }
+
+    /// Resident memory, bytes (Linux).
+    fn rss() -> Option<usize> {
+        let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+        let pages: usize = statm.split_whitespace().nth(1)?.parse().ok()?;
+        Some(pages * 4096)
+    }
+
+    /// The largest start the default limits allow, with every schema distinct (nothing shared by the
+    /// cache): 64 KiB of instructions and 64 tools of ~3 KB schemas with ~100 properties each.
+    fn largest_start(seed: usize) -> pb::SessionStart {
+        let mut s = start();
+        s.instructions = "x".repeat(64 * 1024 - 100);
+        s.tools = (0..64)
+            .map(|t| {
+                let props: Vec<String> = (0..95)
+                    .map(|p| format!(r#""s{seed}t{t}p{p}":{{"type":"string"}}"#))
+                    .collect();
+                pb::ToolDefinition {
+                    name: format!("t{t}"),
+                    parameters_json_schema: format!(
+                        r#"{{"type":"object","properties":{{{}}}}}"#,
+                        props.join(",")
+                    ),
+                    ..Default::default()
+                }
+            })
+            .collect();
+        s.tool_routing = Some(pb::ToolRouting {
+            route: Some(pb::tool_routing::Route::InStream(true)),
+        });
+        s
+    }
+
+    /// Memory held per session for the largest allowed start (the README's bound): measured over 40
+    /// plans held at once.
+    #[test]
+    fn the_largest_allowed_start_stays_within_the_documented_memory_bound() {
+        use prost::Message;
+        let first = largest_start(0);
+        assert!(first.encoded_len() <= StartLimits::default().max_start_bytes);
+        let d = Defaults::default();
+        // Warm up allocator arenas and lazies.
+        drop(SessionPlan::from_start(&first, &d).expect("the largest start is allowed"));
+        let Some(before) = rss() else { return };
+        let n = 40;
+        let plans: Vec<SessionPlan> = (1..=n)
+            .map(|i| SessionPlan::from_start(&largest_start(i), &d).expect("allowed"))
+            .collect();
+        let after = rss().unwrap_or(before);
+        let per = after.saturating_sub(before) / n;
+        eprintln!(
+            "largest allowed start: {} bytes encoded, ~{} KiB resident per plan",
+            first.encoded_len(),
+            per / 1024
+        );
+        assert!(per < 20 * 1024 * 1024, "{per} bytes per plan");
+        drop(plans);
     }
 }

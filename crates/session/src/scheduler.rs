@@ -57,6 +57,8 @@ pub struct PendingCreate {
     attempts: u32,
     /// Not to be sent before this (retry backoff).
     not_before: Option<Instant>,
+    /// The tool-round cap has judged this create (retries and resends are not counted again).
+    pub(crate) round_counted: bool,
 }
 
 impl PendingCreate {
@@ -66,6 +68,7 @@ impl PendingCreate {
             response,
             attempts: 0,
             not_before: None,
+            round_counted: false,
         }
     }
 

@@ -10,6 +10,7 @@
 
 use crate::conversation::{Conversation, End};
 use crate::error::{Code, HostError};
+use crate::limits::{Warn, WarnLimiter};
 use crate::outbox::{Action, Invocation};
 use crate::plan::SessionPlan;
 use crate::scheduler::tagged_response;
@@ -170,6 +171,7 @@ where
         connecting: None,
         tools: FuturesUnordered::new(),
         host_stall_warned: false,
+        bad_events: WarnLimiter::new(),
     };
     s.conv.start();
     let end = s.run(&mut inbound).await;
@@ -249,6 +251,8 @@ struct SessionLoop {
     tools: FuturesUnordered<BoxFuture<'static, ToolOutcome>>,
     /// A long host stall has been logged (once per session: a stuck host would flood the log).
     host_stall_warned: bool,
+    /// Unparseable upstream events: a few warnings per window, the rest counted.
+    bad_events: WarnLimiter,
 }
 
 async fn recv(
@@ -305,7 +309,9 @@ impl SessionLoop {
                     Ok(ev) => self.conv.on_upstream(ev, Instant::now()),
                     Err(RealtimeError::Parse(e)) => {
                         counter!(names::UPSTREAM_ERRORS, "code" => crate::metrics::BAD_EVENT).increment(1);
-                        warn!(session_id = %self.conv.id, error = %e, "unparseable upstream event ignored");
+                        if let Warn::Log { suppressed } = self.bad_events.check(Instant::now()) {
+                            warn!(session_id = %self.conv.id, error = %e, suppressed, "unparseable upstream event ignored");
+                        }
                         Ok(())
                     }
                     Err(e) => self.link_lost(e),
@@ -352,7 +358,7 @@ impl SessionLoop {
     /// The hot path: a host frame converted and sent upstream in one go.
     async fn on_audio(&mut self, f: pb::AudioFrame) -> Result<(), End> {
         let t0 = std::time::Instant::now();
-        let Some(wire) = self.conv.input_audio(&f) else {
+        let Some(wire) = self.conv.input_audio(&f, Instant::now()) else {
             return Ok(());
         };
         if wire.is_empty() {
@@ -538,6 +544,10 @@ impl SessionLoop {
         }
         if let Some(mut conn) = self.link.take() {
             conn.close().await;
+        }
+        let suppressed = self.bad_events.take_suppressed();
+        if suppressed > 0 {
+            warn!(session_id = %self.conv.id, suppressed, "unparseable upstream events ignored and not logged");
         }
         info!(reason, "session ended");
         reason

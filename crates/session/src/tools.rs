@@ -17,7 +17,53 @@ pub struct ToolDef {
     pub description: String,
     pub schema: Value,
     pub timeout: Duration,
-    validator: jsonschema::Validator,
+    /// Shared between every session that declares the same schema text ([`compiled`]).
+    validator: Arc<jsonschema::Validator>,
+}
+
+/// Schema text the cache of compiled schemas holds at most, bytes. Compiled, a schema takes tens of
+/// times its text (~70× for one with hundreds of properties); entries no live session uses are evicted
+/// first, and past the bound schemas are compiled per session and not cached.
+pub const SCHEMA_CACHE_BYTES: usize = 1024 * 1024;
+
+#[derive(Default)]
+struct SchemaCache {
+    map: HashMap<String, Arc<jsonschema::Validator>>,
+    bytes: usize,
+}
+
+fn schema_cache() -> &'static Mutex<SchemaCache> {
+    static CACHE: std::sync::OnceLock<Mutex<SchemaCache>> = std::sync::OnceLock::new();
+    CACHE.get_or_init(|| Mutex::new(SchemaCache::default()))
+}
+
+/// The compiled validator of a schema, from the process-wide cache keyed by the schema text (sessions
+/// that declare the same tool share one), or compiled now and cached.
+fn compiled(key: &str, schema: &Value) -> Result<Arc<jsonschema::Validator>, String> {
+    if let Some(v) = schema_cache()
+        .lock()
+        .ok()
+        .and_then(|c| c.map.get(key).cloned())
+    {
+        return Ok(v);
+    }
+    let v = Arc::new(jsonschema::validator_for(schema).map_err(|e| e.to_string())?);
+    if let Ok(mut c) = schema_cache().lock() {
+        if c.bytes + key.len() > SCHEMA_CACHE_BYTES {
+            c.map.retain(|_, v| Arc::strong_count(v) > 1);
+            c.bytes = c.map.keys().map(String::len).sum();
+        }
+        if c.bytes + key.len() <= SCHEMA_CACHE_BYTES && !c.map.contains_key(key) {
+            c.bytes += key.len();
+            c.map.insert(key.to_string(), v.clone());
+        }
+    }
+    Ok(v)
+}
+
+/// Compiled schemas in the cache (tests, metrics).
+pub fn schema_cache_len() -> usize {
+    schema_cache().lock().map_or(0, |c| c.map.len())
 }
 
 impl std::fmt::Debug for ToolDef {
@@ -55,7 +101,7 @@ impl ToolDef {
         if schema.get("type").and_then(Value::as_str) != Some("object") {
             return Err(format!("tool {name:?}: parameters_json_schema must be an object schema (\"type\": \"object\")"));
         }
-        let validator = jsonschema::validator_for(&schema)
+        let validator = compiled(schema_json.trim(), &schema)
             .map_err(|e| format!("tool {name:?}: invalid JSON Schema: {e}"))?;
         if timeout.is_zero() || timeout > Duration::from_secs(600) {
             return Err(format!(
@@ -69,6 +115,13 @@ impl ToolDef {
             timeout,
             validator,
         })
+    }
+}
+
+impl ToolDef {
+    /// Whether two definitions use one compiled schema (the cache shares it).
+    pub fn shares_validator_with(&self, other: &ToolDef) -> bool {
+        Arc::ptr_eq(&self.validator, &other.validator)
     }
 }
 

@@ -584,3 +584,257 @@ async fn a_response_done_for_a_response_never_created_runs_none_of_its_calls() {
         "the ghost response's call must not run"
     );
 }
+
+/// Client events until `kind` arrives or `limit` of (paused) time passes without it.
+async fn until_or_none(
+    up: &mut support::Upstream,
+    kind: &str,
+    limit: Duration,
+) -> Option<(serde_json::Value, Vec<serde_json::Value>)> {
+    tokio::time::timeout(limit, up.until(kind)).await.ok()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_runaway_tool_loop_gets_at_most_cap_plus_one_creates_and_tools_off_once() {
+    let cap = 3;
+    let defaults = voice_session::Defaults {
+        limits: voice_session::Limits {
+            max_tool_rounds_per_turn: cap,
+            ..voice_session::Limits::default()
+        },
+        ..voice_session::Defaults::default()
+    };
+    let (mut h, mut up) = Harness::start_with(start_with_tool(5000), &defaults).await;
+    let mut rid = up.respond_to_text(&h.host, "loop forever").await;
+    // Upstream answers every output with another call whose arguments fail the schema.
+    let mut round_creates = Vec::new();
+    for i in 0..20 {
+        up.call_and_end(&rid, &format!("bad{i}"), r#"{"q": 5}"#)
+            .await;
+        let Some((create, before)) = until_or_none(&mut up, "response.create", ms(30_000)).await
+        else {
+            break;
+        };
+        round_creates.push((create.clone(), before));
+        rid = up.created_for(&create).await;
+    }
+    assert_eq!(
+        round_creates.len(),
+        cap as usize + 1,
+        "cap rounds, then one without tools, then none"
+    );
+    let (last, before) = round_creates.last().unwrap();
+    assert_eq!(last["response"]["tool_choice"], "none", "{last}");
+    assert!(
+        before
+            .iter()
+            .any(|e| e["type"] == "conversation.item.create"
+                && e["item"]["role"] == "system"
+                && e["item"]["content"][0]["text"]
+                    .as_str()
+                    .is_some_and(|t| t.contains("Tools are unavailable"))),
+        "the model is told tools are off: {before:?}"
+    );
+    for (c, _) in &round_creates[..cap as usize] {
+        assert!(c["response"].get("tool_choice").is_none(), "{c}");
+    }
+    // Drain what the host got so far.
+    while let Ok(Some(Ok(m))) = tokio::time::timeout(ms(10), h.host.rx.recv()).await {
+        h.host.seen.extend(m.message);
+    }
+    let capped = h
+        .host
+        .seen
+        .iter()
+        .filter(|m| matches!(m, Out::Error(e) if e.code == "tool_rounds_capped"))
+        .count();
+    assert_eq!(capped, 1, "the host is told once");
+
+    // The user speaks: a new turn, tool rounds are allowed again.
+    up.speech_started().await;
+    up.speech_stopped().await;
+    let rid = up.created_untagged().await;
+    up.call_and_end(&rid, "after_user", r#"{"q": 5}"#).await;
+    let (create, _) = until_or_none(&mut up, "response.create", ms(30_000))
+        .await
+        .expect("a round after the user spoke gets its create");
+    assert!(create["response"].get("tool_choice").is_none(), "{create}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn response_creates_are_rate_limited_and_held_back_not_lost() {
+    let defaults = voice_session::Defaults {
+        limits: voice_session::Limits {
+            response_creates_per_minute: 2,
+            ..voice_session::Limits::default()
+        },
+        ..voice_session::Defaults::default()
+    };
+    let (mut h, mut up) = Harness::start_with(start_with_tool(5000), &defaults).await;
+    // The bucket holds 2: two creates go at once, the third waits ~30 s.
+    for i in 0..2 {
+        let rid = up.respond_to_text(&h.host, &format!("q{i}")).await;
+        up.done(&rid, "completed", json!([])).await;
+    }
+    let t0 = Instant::now();
+    h.host
+        .control(pb::control::Action::SendText("q2".into()))
+        .await;
+    let e = h.host.error("response_rate_limited").await;
+    assert!(e.retryable);
+    let (create, _) = up.until("response.create").await;
+    let waited = t0.elapsed();
+    assert!(waited >= ms(25_000), "held back {waited:?}");
+    assert!(create["response"].is_object());
+    let rid = up.created_for(&create).await;
+    up.done(&rid, "completed", json!([])).await;
+
+    // A create held back when the link drops waits for the new session (and its token), no spin.
+    h.host
+        .control(pb::control::Action::SendText("q3".into()))
+        .await;
+    tokio::time::sleep(ms(100)).await;
+    up.close().await;
+    let mut up2 = h.connection().await;
+    up2.accept().await;
+    let (create, _) = up2.until("response.create").await;
+    assert!(create["response"].is_object());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_control_that_changes_one_setting_sends_only_that_setting() {
+    let mut start = start_with_tool(5000);
+    start.instructions = "i".repeat(200_000 / 4);
+    let (mut h, mut up) = Harness::start(start).await;
+    h.host.control(pb::control::Action::ListenOnly(true)).await;
+    let (u, _) = up.until("session.update").await;
+    let text = u.to_string();
+    assert!(
+        text.len() < 2000,
+        "only the changed fields: {} bytes",
+        text.len()
+    );
+    assert!(!text.contains("iiii"), "instructions are not resent");
+    assert_eq!(u["session"]["type"], "realtime");
+    // The same setting again changes nothing: nothing is sent.
+    h.host.control(pb::control::Action::ListenOnly(true)).await;
+    h.host.control(pb::control::Action::ListenOnly(false)).await;
+    let (u2, _) = up.until("session.update").await;
+    assert!(u2.to_string().len() < 2000);
+    // A reconnect still configures the new session in full.
+    up.close().await;
+    let mut up2 = h.connection().await;
+    let full = up2.accept().await;
+    assert!(
+        full.to_string().contains("iiii"),
+        "the reconnect sends the full config"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn controls_are_rate_limited_with_one_error() {
+    let (mut h, mut up) = Harness::start(start_with_tool(5000)).await;
+    // Default: 10 per second, bursts of 20. 100 toggles at once: most are dropped.
+    for i in 0..100 {
+        h.host
+            .control(pb::control::Action::ListenOnly(i % 2 == 0))
+            .await;
+    }
+    let e = h.host.error("control_rate_limited").await;
+    assert!(e.retryable);
+    tokio::time::sleep(ms(100)).await;
+    let updates = up
+        .drain_now()
+        .into_iter()
+        .filter(|e| e["type"] == "session.update")
+        .count();
+    assert!(updates <= 20, "{updates} updates");
+    while let Ok(Some(Ok(m))) = tokio::time::timeout(ms(10), h.host.rx.recv()).await {
+        h.host.seen.extend(m.message);
+    }
+    let errors = h
+        .host
+        .seen
+        .iter()
+        .filter(|m| matches!(m, Out::Error(e) if e.code == "control_rate_limited"))
+        .count();
+    assert_eq!(errors, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn input_audio_faster_than_real_time_is_held_to_real_time_plus_the_burst() {
+    let (mut h, mut up) = Harness::start(start_with_tool(5000)).await;
+    // PCM16 24 kHz mono: 20 ms = 960 bytes. 10 s of audio at once; the burst is 2 s.
+    let frame = vec![0u8; 960];
+    for _ in 0..500 {
+        h.host
+            .send(In::Audio(pb::AudioFrame {
+                data: frame.clone(),
+                ..Default::default()
+            }))
+            .await;
+    }
+    let e = h.host.error("input_audio_too_fast").await;
+    assert!(e.retryable);
+    tokio::time::sleep(ms(10)).await;
+    let appended: usize = up
+        .drain_now()
+        .iter()
+        .filter(|e| e["type"] == "input_audio_buffer.append")
+        .count();
+    assert!(
+        (95..=105).contains(&appended),
+        "about 2 s (100 frames) forwarded, got {appended}"
+    );
+    // Real time goes through.
+    for _ in 0..50 {
+        tokio::time::sleep(ms(20)).await;
+        h.host
+            .send(In::Audio(pb::AudioFrame {
+                data: frame.clone(),
+                ..Default::default()
+            }))
+            .await;
+    }
+    tokio::time::sleep(ms(10)).await;
+    let appended = up
+        .drain_now()
+        .iter()
+        .filter(|e| e["type"] == "input_audio_buffer.append")
+        .count();
+    assert!(appended >= 49, "real-time audio passes: {appended}");
+}
+
+/// Counts WARN events (and those that report suppressed warnings).
+struct WarnCount {
+    all: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for WarnCount {
+    fn on_event(&self, e: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        if *e.metadata().level() == tracing::Level::WARN {
+            self.all.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn twenty_thousand_unparseable_events_write_a_handful_of_warnings() {
+    use tracing_subscriber::layer::SubscriberExt;
+    let all = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let subscriber = tracing_subscriber::registry().with(WarnCount { all: all.clone() });
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let (mut h, mut up) = Harness::start(start_with_tool(5000)).await;
+    for i in 0..20_000 {
+        up.send(json!({"not_an_event": i})).await;
+    }
+    // The session is still fine.
+    let rid = up.respond_to_text(&h.host, "still there?").await;
+    up.done(&rid, "completed", json!([])).await;
+    h.host.control(pb::control::Action::End(pb::Empty {})).await;
+    h.host.ended().await;
+    let _ = h.task.await;
+    let warns = all.load(std::sync::atomic::Ordering::Relaxed);
+    // Five per 10 s window, plus the suppressed-count summary at the end.
+    assert!((2..=10).contains(&warns), "{warns} warnings logged");
+}

@@ -41,6 +41,9 @@ pub const PENDING_STARTS: &str = "voice_pending_starts";
 pub const ADMISSION_REFUSED: &str = "voice_admission_refused_total";
 pub const TOOL_CHANNELS: &str = "voice_tool_channels";
 pub const TOOL_CHANNEL_EVICTIONS: &str = "voice_tool_channel_evictions_total";
+pub const LIMITS_HIT: &str = "voice_limits_hit_total";
+pub const LOG_SUPPRESSED: &str = "voice_log_suppressed_total";
+pub const LABELS_OVERFLOWED: &str = "voice_label_values_overflowed_total";
 
 /// Voice-to-voice and dead air: tens of milliseconds to tens of seconds.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -341,10 +344,10 @@ pub const FAMILIES: &[Family] = &[
         name: AUDIO_DROPPED,
         kind: Kind::Counter,
         unit: Unit::Count,
-        help: "Host audio frames dropped, by reason (upstream_down: while the upstream reconnects).",
+        help: "Host audio frames dropped, by reason (upstream_down: while the upstream reconnects; too_fast: ahead of real time past the burst allowance).",
         series: Series::Values {
             key: "reason",
-            values: &["upstream_down"],
+            values: &["upstream_down", "too_fast"],
         },
     },
     Family {
@@ -399,6 +402,30 @@ pub const FAMILIES: &[Family] = &[
         kind: Kind::Counter,
         unit: Unit::Count,
         help: "Tool-host channels closed because the cache was full (least recently used first).",
+        series: Series::Unlabelled,
+    },
+    Family {
+        name: LIMITS_HIT,
+        kind: Kind::Counter,
+        unit: Unit::Count,
+        help: "Times a per-session limit bit, by limit (tool_rounds, response_rate, control_rate, input_audio_rate).",
+        series: Series::Values {
+            key: "limit",
+            values: &["tool_rounds", "response_rate", "control_rate", "input_audio_rate"],
+        },
+    },
+    Family {
+        name: LOG_SUPPRESSED,
+        kind: Kind::Counter,
+        unit: Unit::Count,
+        help: "Repeated warnings of one session left out of the log (reported as a suppressed count).",
+        series: Series::Unlabelled,
+    },
+    Family {
+        name: LABELS_OVERFLOWED,
+        kind: Kind::Counter,
+        unit: Unit::Count,
+        help: "Session label values reported as `other` (the label key already had its maximum of distinct values).",
         series: Series::Unlabelled,
     },
 ];

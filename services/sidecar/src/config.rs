@@ -98,6 +98,36 @@ pub struct Args {
     /// Simulator script/config (JSON or TOML) for `--backend sim`.
     #[arg(long, env = "VOICE_SIDECAR_SIM_CONFIG")]
     pub sim_config: Option<PathBuf>,
+    /// Automatic tool rounds per turn (without user input in between) before tools are turned off for the turn.
+    #[arg(long, env = "VOICE_SIDECAR_MAX_TOOL_ROUNDS_PER_TURN")]
+    pub max_tool_rounds_per_turn: Option<u32>,
+    /// `response.create` events per session per minute (bursts of up to 20); further ones wait.
+    #[arg(long, env = "VOICE_SIDECAR_MAX_RESPONSE_CREATES_PER_MINUTE")]
+    pub max_response_creates_per_minute: Option<u32>,
+    /// Host `Control` messages per session per second (bursts of twice that); the excess is dropped.
+    #[arg(long, env = "VOICE_SIDECAR_MAX_CONTROLS_PER_SECOND")]
+    pub max_controls_per_second: Option<u32>,
+    /// Input audio accepted ahead of real time, ms; audio further ahead is dropped.
+    #[arg(long, env = "VOICE_SIDECAR_INPUT_AUDIO_BURST_MS")]
+    pub input_audio_burst_ms: Option<u64>,
+    /// Tools a `SessionStart` may declare.
+    #[arg(long, env = "VOICE_SIDECAR_MAX_TOOLS")]
+    pub max_tools: Option<usize>,
+    /// Largest `parameters_json_schema` of one tool, bytes.
+    #[arg(long, env = "VOICE_SIDECAR_MAX_TOOL_SCHEMA_BYTES")]
+    pub max_tool_schema_bytes: Option<usize>,
+    /// Deepest nesting (objects and arrays) of one tool schema.
+    #[arg(long, env = "VOICE_SIDECAR_MAX_TOOL_SCHEMA_DEPTH")]
+    pub max_tool_schema_depth: Option<usize>,
+    /// Largest `instructions` (and custom preamble), bytes.
+    #[arg(long, env = "VOICE_SIDECAR_MAX_INSTRUCTIONS_BYTES")]
+    pub max_instructions_bytes: Option<usize>,
+    /// Largest encoded `SessionStart`, bytes.
+    #[arg(long, env = "VOICE_SIDECAR_MAX_START_BYTES")]
+    pub max_start_bytes: Option<usize>,
+    /// Distinct values per `SessionStart.labels` key in metrics; further values are reported as `other`.
+    #[arg(long, env = "VOICE_SIDECAR_MAX_LABEL_VALUES")]
+    pub max_label_values: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -126,6 +156,16 @@ pub struct FileConfig {
     pub tool_host_allow: Option<Vec<String>>,
     pub max_tool_channels: Option<usize>,
     pub sim_config: Option<PathBuf>,
+    pub max_tool_rounds_per_turn: Option<u32>,
+    pub max_response_creates_per_minute: Option<u32>,
+    pub max_controls_per_second: Option<u32>,
+    pub input_audio_burst_ms: Option<u64>,
+    pub max_tools: Option<usize>,
+    pub max_tool_schema_bytes: Option<usize>,
+    pub max_tool_schema_depth: Option<usize>,
+    pub max_instructions_bytes: Option<usize>,
+    pub max_start_bytes: Option<usize>,
+    pub max_label_values: Option<usize>,
     /// US dollars per million tokens, for cost metrics and session budgets (file only).
     pub prices: Option<PricesConfig>,
 }
@@ -173,6 +213,11 @@ pub struct Config {
     pub max_tool_channels: usize,
     pub sim_config: Option<PathBuf>,
     pub prices: Option<voice_session::Prices>,
+    /// Per-session limits (tool rounds, create and Control rates, input audio burst).
+    pub limits: voice_session::Limits,
+    /// What a `SessionStart` may cost.
+    pub start_limits: voice_session::StartLimits,
+    pub max_label_values: usize,
 }
 
 impl Config {
@@ -276,7 +321,32 @@ impl Config {
         if !(1..=600_000).contains(&start_timeout_ms) {
             bail!("--start-timeout-ms must be within 1..=600000, got {start_timeout_ms}");
         }
+        let dl = voice_session::Limits::default();
+        let limits = voice_session::Limits {
+            max_tool_rounds_per_turn: pick!(max_tool_rounds_per_turn)
+                .unwrap_or(dl.max_tool_rounds_per_turn),
+            response_creates_per_minute: pick!(max_response_creates_per_minute)
+                .unwrap_or(dl.response_creates_per_minute)
+                .max(1),
+            controls_per_second: pick!(max_controls_per_second)
+                .unwrap_or(dl.controls_per_second)
+                .max(1),
+            audio_burst: pick!(input_audio_burst_ms)
+                .map_or(dl.audio_burst, |ms| Duration::from_millis(ms.max(100))),
+        };
+        let ds = voice_session::StartLimits::default();
+        let start_limits = voice_session::StartLimits {
+            max_tools: pick!(max_tools).unwrap_or(ds.max_tools),
+            max_schema_bytes: pick!(max_tool_schema_bytes).unwrap_or(ds.max_schema_bytes),
+            max_schema_depth: pick!(max_tool_schema_depth).unwrap_or(ds.max_schema_depth),
+            max_instructions_bytes: pick!(max_instructions_bytes)
+                .unwrap_or(ds.max_instructions_bytes),
+            max_start_bytes: pick!(max_start_bytes).unwrap_or(ds.max_start_bytes),
+        };
         Ok(Config {
+            limits,
+            start_limits,
+            max_label_values: pick!(max_label_values).unwrap_or(50).max(1),
             listen: pick!(listen).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 50051))),
             backend,
             realtime_url,

@@ -82,6 +82,9 @@ async fn main() -> Result<()> {
         prices: cfg.prices,
         unknown_model_like: cfg.unknown_model_like.clone(),
         today: None,
+        limits: cfg.limits,
+        start_limits: cfg.start_limits,
+        max_label_values: cfg.max_label_values,
     };
     let sessions = Arc::new(Semaphore::new(cfg.max_sessions));
     let draining = CancellationToken::new();
