@@ -193,6 +193,10 @@ async def play_call(sidecar: str) -> tuple[FakeTwilio, TwilioBridge]:
                 await until(lambda: tw.clear_at_played_ms, 10, "a clear after the barge-in")
                 played_at_clear = tw.played_ms
                 await until(lambda: tw.played_ms >= played_at_clear + 1000, 20, "the second answer playing")
+                # Hang up: nothing follows Twilio's `stop` (no more media, no more mark echoes).
+                for t in tasks[:2]:
+                    t.cancel()
+                await asyncio.gather(*tasks[:2], return_exceptions=True)
                 await tw.send("stop", stop={"accountSid": tw.account_sid, "callSid": tw.call_sid})
                 await asyncio.wait_for(tasks[2], 10)  # the bridge closes the socket once the session ends
             finally:
