@@ -167,6 +167,9 @@ async function runSession({
   out = null,
   toolsListen = '127.0.0.1:0',
   timeoutSecs = 60,
+  // Test hook: speak the WAV again as soon as the answer after the tool calls starts playing, to
+  // barge in on it (the sidecar then sends Interrupted).
+  bargeIn = false,
   log = console.log,
 } = {}) {
   const pb = loadProto();
@@ -203,11 +206,13 @@ async function runSession({
   // The "microphone": the WAV in real time, then silence. Each frame is scheduled against the start
   // time, so timer jitter does not accumulate.
   let micOn = true;
+  let speakFrom = 1; // the frame at which the WAV (re)starts
   const frameBytes = (rate / 50) * 2;
   const silence = Buffer.alloc(frameBytes);
+  let seq = 1;
   (async () => {
-    for (let seq = 1; micOn; seq++) {
-      const start = (seq - 1) * frameBytes;
+    for (; micOn; seq++) {
+      const start = (seq - speakFrom) * frameBytes;
       const data = start < pcm.length ? pcm.subarray(start, start + frameBytes) : silence;
       call.write({ audio: { data, seq } });
       const wait = t0 + seq * 20 - Date.now();
@@ -268,6 +273,10 @@ async function runSession({
           }
           break;
         case 'audio': {
+          if (bargeIn && toolRoundsDone > 0 && speakFrom === 1) {
+            speakFrom = seq;
+            log(`${stamp()} barging in: speaking again over the answer`);
+          }
           if (!items.has(ev.item_id)) items.set(ev.item_id, []);
           items.get(ev.item_id).push(ev.data);
           break;
@@ -296,8 +305,8 @@ async function runSession({
           break;
         case 'response_done':
           log(`${stamp()} response ${ev.response_id} ${ev.status}, voice-to-voice ${ev.voice_to_voice_ms} ms`);
-          // The answer after the tool round is the end of this demo conversation.
-          if (toolRoundsDone > 0 && pending === 0 && !ending) {
+          // A completed answer after the tool round is the end of this demo conversation.
+          if (ev.status === 'completed' && toolRoundsDone > 0 && pending === 0 && !ending) {
             ending = true;
             call.write({ control: { end: {} } });
           }

@@ -43,3 +43,23 @@ test('one call: transcripts, both tools through ToolHost, reply audio', { timeou
   assert.equal(saved.pcm.length, r.replyPcm.length);
   assert.ok(saved.pcm.some((b) => b !== 0), 'reply audio is not silence');
 });
+
+test('barge-in: Interrupted cuts the answer, the next turn is answered', { timeout: 90_000 }, async () => {
+  assert.ok(sidecar, 'SIDECAR_ADDR must name a running sidecar (run ./run_tests.sh)');
+  const r = await runSession({ sidecar, bargeIn: true, log: (line) => console.log(line) });
+
+  // The answer after the tools was cut off as soon as the caller spoke again.
+  assert.equal(r.interruptions.length, 1, `interruptions ${JSON.stringify(r.interruptions)}`);
+  const cut = r.interruptions[0];
+  assert.ok(cut.item_id, 'Interrupted names the item');
+  assert.ok(!r.assistantTranscripts.some((t) => /dentist/.test(t.text)), 'the interrupted answer has no final transcript');
+  // The caller's second turn got its own answer, and the session ended after it.
+  assert.equal(r.userTranscripts.length, 2, `user transcripts ${JSON.stringify(r.userTranscripts)}`);
+  assert.ok(r.assistantTranscripts.some((t) => /offline realtime simulator/.test(t.text)));
+  assert.deepEqual(r.toolInvocations.map((i) => i.name).sort(), ['calendar_lookup', 'crm_update']);
+  assert.equal(r.endReason, 'client_end');
+  assert.equal(r.summary.interruptions, 1);
+  // Reply audio: the preamble and the second answer, with the cut answer kept only up to played_ms.
+  assert.ok(r.replySeconds > 3, `reply audio ${r.replySeconds} s`);
+  assert.ok(r.replySeconds < 12, `reply audio ${r.replySeconds} s: the cut answer was not flushed`);
+});
