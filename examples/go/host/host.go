@@ -182,6 +182,9 @@ type Options struct {
 	Wav         string // mono 16-bit WAV to stream
 	ToolsListen string // ToolHost address; empty means a free loopback port
 	Log         func(format string, args ...any)
+	// Test hook: speak the WAV again as soon as the answer after the tool calls starts playing, to
+	// barge in on it (the sidecar then sends Interrupted).
+	BargeIn bool
 }
 
 // RunSession runs one Converse session until the sidecar ends it (or ctx is done).
@@ -253,15 +256,22 @@ func RunSession(ctx context.Context, o Options) (*Result, error) {
 	}
 	stamp("streaming %.2f s of speech at %d Hz in 20 ms frames", float64(len(speech))/2/float64(rate), rate)
 
-	// The "microphone": the WAV in real time, then silence.
+	// The "microphone": the WAV in real time, then silence. speakAgain restarts the WAV.
 	micDone := make(chan struct{})
+	speakAgain := make(chan struct{}, 1)
 	go func() {
 		tick := time.NewTicker(20 * time.Millisecond)
 		defer tick.Stop()
 		frame := int(rate/50) * 2
 		silence := make([]byte, frame)
+		from := uint64(1) // the frame at which the WAV (re)starts
 		for seq := uint64(1); ; seq++ {
-			start := int(seq-1) * frame
+			select {
+			case <-speakAgain:
+				from = seq
+			default:
+			}
+			start := int(seq-from) * frame
 			data := silence
 			if start < len(speech) {
 				data = speech[start:min(start+frame, len(speech))]
@@ -283,7 +293,7 @@ func RunSession(ctx context.Context, o Options) (*Result, error) {
 	// Reply audio per assistant item, so that Interrupted can cut an item at what was heard.
 	var order []string
 	items := map[string][]byte{}
-	pending, toolRoundsDone, ending := 0, 0, false
+	pending, toolRoundsDone, ending, bargedIn := 0, 0, false, false
 loop:
 	for {
 		m, err := stream.Recv()
@@ -313,6 +323,11 @@ loop:
 				stamp("ASSISTANT (%s): %s", strings.ToLower(strings.TrimPrefix(t.GetPhase().String(), "PHASE_")), t.GetText())
 			}
 		case *pb.ServerMessage_Audio:
+			if o.BargeIn && toolRoundsDone > 0 && !bargedIn {
+				bargedIn = true
+				speakAgain <- struct{}{}
+				stamp("barging in: speaking again over the answer")
+			}
 			id := ev.Audio.GetItemId()
 			if _, ok := items[id]; !ok {
 				order = append(order, id)
@@ -347,8 +362,8 @@ loop:
 		case *pb.ServerMessage_ResponseDone:
 			d := ev.ResponseDone
 			stamp("response %s %s, voice-to-voice %d ms", d.GetResponseId(), d.GetStatus(), d.GetVoiceToVoiceMs())
-			// The answer after the tool round ends this demo conversation.
-			if toolRoundsDone > 0 && pending == 0 && !ending {
+			// A completed answer after the tool round ends this demo conversation.
+			if d.GetStatus() == "completed" && toolRoundsDone > 0 && pending == 0 && !ending {
 				ending = true
 				end := &pb.ClientMessage{Message: &pb.ClientMessage_Control{Control: &pb.Control{
 					Action: &pb.Control_End{End: &pb.Empty{}},

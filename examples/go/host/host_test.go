@@ -94,3 +94,44 @@ func TestOneCallWithTwoToolsAndSpokenReply(t *testing.T) {
 		t.Error("reply audio is silence")
 	}
 }
+
+// Barge-in: the WAV is spoken again over the answer; Interrupted must cut it from the saved reply,
+// and the caller's next turn must get its own answer.
+func TestBargeInInterruptsTheAnswer(t *testing.T) {
+	sidecar := os.Getenv("SIDECAR_ADDR")
+	if sidecar == "" {
+		t.Fatal("SIDECAR_ADDR must name a running sidecar (run ./run_tests.sh)")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	r, err := RunSession(ctx, Options{Sidecar: sidecar, Wav: "../../../services/demo/assets/sample-16k.wav", Log: t.Logf, BargeIn: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(r.Interruptions) != 1 || r.Interruptions[0].GetItemId() == "" {
+		t.Fatalf("interruptions %v", r.Interruptions)
+	}
+	var said []string
+	for _, a := range r.AssistantTranscripts {
+		said = append(said, a.GetText())
+	}
+	if slices.ContainsFunc(said, func(s string) bool { return strings.Contains(s, "dentist") }) {
+		t.Errorf("the interrupted answer has a final transcript: %q", said)
+	}
+	if !slices.ContainsFunc(said, func(s string) bool { return strings.Contains(s, "offline realtime simulator") }) {
+		t.Errorf("no answer to the second turn: %q", said)
+	}
+	if len(r.UserTranscripts) != 2 {
+		t.Errorf("user transcripts %q", r.UserTranscripts)
+	}
+	if len(r.ToolInvocations) != 2 {
+		t.Errorf("tool invocations %v", r.ToolInvocations)
+	}
+	if r.Ended.GetReason() != "client_end" || r.Ended.GetSummary().GetInterruptions() != 1 {
+		t.Errorf("ended %v", r.Ended)
+	}
+	// Reply audio: the preamble and the second answer, the cut answer kept only up to played_ms.
+	if s := r.ReplySeconds(); s <= 3 || s >= 12 {
+		t.Errorf("reply audio %.2f s", s)
+	}
+}
