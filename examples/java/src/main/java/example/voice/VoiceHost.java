@@ -29,6 +29,7 @@ import java.util.concurrent.Executors;
 import java.util.concurrent.ScheduledExecutorService;
 import java.util.concurrent.TimeUnit;
 import java.util.concurrent.TimeoutException;
+import java.util.concurrent.atomic.AtomicBoolean;
 import voice.v1.Sidecar.AudioFormat;
 import voice.v1.Sidecar.AudioFrame;
 import voice.v1.Sidecar.ClientMessage;
@@ -199,6 +200,15 @@ public final class VoiceHost {
 
   /** Runs one session against the sidecar at {@code sidecar} (host:port). */
   public static Result runSession(String sidecar, Path wav, Path out, int timeoutSecs) throws Exception {
+    return runSession(sidecar, wav, out, timeoutSecs, false);
+  }
+
+  /**
+   * As above; {@code bargeIn} is a test hook: speak the WAV again as soon as the answer after the tool
+   * calls starts playing, to barge in on it (the sidecar then sends Interrupted).
+   */
+  public static Result runSession(String sidecar, Path wav, Path out, int timeoutSecs, boolean bargeIn)
+      throws Exception {
     Pcm speech = readWav(wav);
     int rate = speech.rate();
 
@@ -212,7 +222,7 @@ public final class VoiceHost {
     ScheduledExecutorService mic = Executors.newSingleThreadScheduledExecutor();
     long t0 = System.nanoTime();
     try {
-      Session s = new Session(rate, t0);
+      Session s = new Session(rate, t0, bargeIn);
       // waitForReady: the sidecar may still be starting.
       StreamObserver<ClientMessage> requests =
           VoiceSidecarGrpc.newStub(channel).withWaitForReady().converse(s);
@@ -240,13 +250,17 @@ public final class VoiceHost {
               .build());
       s.log(String.format("streaming %.2f s of speech at %d Hz in 20 ms frames", speech.data().length / 2.0 / rate, rate));
 
-      // The "microphone": the WAV in real time, then silence.
+      // The "microphone": the WAV in real time, then silence. s.speakAgain restarts the WAV.
       int frameBytes = rate / 50 * 2;
       byte[] silence = new byte[frameBytes];
       long[] seq = {0};
+      long[] from = {0}; // the frame at which the WAV (re)starts
       mic.scheduleAtFixedRate(
           () -> {
-            int start = (int) seq[0] * frameBytes;
+            if (s.speakAgain.compareAndSet(true, false)) {
+              from[0] = seq[0];
+            }
+            int start = (int) (seq[0] - from[0]) * frameBytes;
             seq[0]++;
             ByteString data =
                 start < speech.data().length
@@ -296,6 +310,9 @@ public final class VoiceHost {
   private static final class Session implements StreamObserver<ServerMessage> {
     final int rate;
     final long t0;
+    final boolean bargeIn;
+    final AtomicBoolean speakAgain = new AtomicBoolean();
+    boolean bargedIn;
     final CompletableFuture<Void> done = new CompletableFuture<>();
     StreamObserver<ClientMessage> requests;
     boolean closed;
@@ -312,9 +329,10 @@ public final class VoiceHost {
     boolean ending;
     SessionEnded ended;
 
-    Session(int rate, long t0) {
+    Session(int rate, long t0, boolean bargeIn) {
       this.rate = rate;
       this.t0 = t0;
+      this.bargeIn = bargeIn;
     }
 
     void log(String line) {
@@ -356,6 +374,11 @@ public final class VoiceHost {
           }
         }
         case AUDIO -> {
+          if (bargeIn && toolRoundsDone > 0 && !bargedIn) {
+            bargedIn = true;
+            speakAgain.set(true);
+            log("barging in: speaking again over the answer");
+          }
           AudioFrame a = m.getAudio();
           byte[] data = a.getData().toByteArray();
           items.computeIfAbsent(a.getItemId(), k -> new ByteArrayOutputStream()).write(data, 0, data.length);
@@ -393,8 +416,8 @@ public final class VoiceHost {
         case RESPONSE_DONE -> {
           var r = m.getResponseDone();
           log("response " + r.getResponseId() + " " + r.getStatus() + ", voice-to-voice " + r.getVoiceToVoiceMs() + " ms");
-          // The answer after the tool round ends this demo conversation.
-          if (toolRoundsDone > 0 && pendingTools == 0 && !ending) {
+          // A completed answer after the tool round ends this demo conversation.
+          if (r.getStatus().equals("completed") && toolRoundsDone > 0 && pendingTools == 0 && !ending) {
             ending = true;
             send(ClientMessage.newBuilder().setControl(Control.newBuilder().setEnd(Empty.getDefaultInstance())).build());
           }

@@ -61,4 +61,28 @@ class VoiceHostTest {
     }
     assertTrue(nonSilent, "reply audio is not silence");
   }
+
+  /**
+   * Barge-in: the WAV is spoken again over the answer; Interrupted must cut it from the saved reply,
+   * and the caller's next turn must get its own answer.
+   */
+  @Test
+  void bargeInInterruptsTheAnswer() throws Exception {
+    String sidecar = System.getenv("SIDECAR_ADDR");
+    assertNotNull(sidecar, "SIDECAR_ADDR must name a running sidecar (run ./run_tests.sh)");
+    Path wav = Path.of(System.getProperty("user.dir"), "../../services/demo/assets/sample-16k.wav");
+
+    VoiceHost.Result r = VoiceHost.runSession(sidecar, wav, null, 60, true);
+
+    assertEquals(1, r.interruptions(), "interruptions");
+    List<String> said = r.assistantTranscripts().stream().map(Transcript::getText).toList();
+    assertTrue(said.stream().noneMatch(t -> t.contains("dentist")), "the interrupted answer has a final transcript: " + said);
+    assertTrue(said.stream().anyMatch(t -> t.contains("offline realtime simulator")), "no answer to the second turn: " + said);
+    assertEquals(2, r.userTranscripts().size(), "user transcripts " + r.userTranscripts());
+    assertEquals(2, r.toolInvocations().size(), "tool invocations");
+    assertEquals("client_end", r.ended().getReason());
+    assertEquals(1, r.ended().getSummary().getInterruptions());
+    // Reply audio: the preamble and the second answer, the cut answer kept only up to played_ms.
+    assertTrue(r.replySeconds() > 3 && r.replySeconds() < 12, "reply audio " + r.replySeconds() + " s");
+  }
 }
