@@ -7,3 +7,6 @@ cd "$(dirname "$0")/.."
 examples/python/run_tests.sh
 examples/twilio/run_tests.sh
 examples/buf/smoke.sh
+examples/node/run_tests.sh
+examples/go/run_tests.sh
+examples/java/run_tests.sh
