@@ -426,3 +426,80 @@ async fn callback_addresses_outside_the_allowlist_are_refused() {
         .expect("loopback is no longer allowed");
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
 }
+
+/// The gRPC health status of `service` ("" is the server as a whole: liveness).
+async fn health(addr: SocketAddr, service: &str) -> i32 {
+    let ch = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    tonic_health::pb::health_client::HealthClient::new(ch)
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: service.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_follows_upstream_reachability_and_liveness_does_not() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let serving = ServingStatus::Serving as i32;
+    // An upstream address with nothing listening yet.
+    let port = free_port();
+    let url = format!("ws://127.0.0.1:{port}");
+    let sidecar = start_sidecar(
+        &url,
+        &[
+            "--upstream-unready-after",
+            "2",
+            "--upstream-probe-secs",
+            "1",
+        ],
+    )
+    .await;
+    assert_eq!(health(sidecar.addr, "voice.v1.VoiceSidecar").await, serving);
+    for _ in 0..2 {
+        let mut host = HostSession::open(sidecar.addr, start()).await.unwrap();
+        let e = host.until_error(Duration::from_secs(20)).await;
+        assert_eq!(e.code, "upstream_connect", "{e:?}");
+        host.until_ended(Duration::from_secs(5)).await;
+    }
+    let t0 = Instant::now();
+    while health(sidecar.addr, "voice.v1.VoiceSidecar").await == serving {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "readiness did not turn off"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        health(sidecar.addr, "").await,
+        serving,
+        "liveness is not the upstream's business"
+    );
+    // The upstream comes up: the next probe turns readiness back on, and calls work.
+    let sim = voice_realtime_sim::SimServer::bind(
+        format!("127.0.0.1:{port}").parse().unwrap(),
+        SimConfig {
+            script: vec![ScriptStep::say("Back.")],
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("binding the simulator on the reserved port");
+    let t0 = Instant::now();
+    while health(sidecar.addr, "voice.v1.VoiceSidecar").await != serving {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "readiness did not come back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let host = HostSession::open_started(sidecar.addr, start()).await;
+    drop(host);
+    drop(sim);
+}

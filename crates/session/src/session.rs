@@ -54,6 +54,8 @@ pub struct SessionContext {
     /// How upstream connections are made (WebSocket; in-memory in tests).
     pub connector: Arc<dyn Connect>,
     pub reconnect: Policy,
+    /// Whether sessions can open upstream sessions (the sidecar's readiness).
+    pub reachability: Arc<upstream::Reachability>,
 }
 
 impl SessionContext {
@@ -71,6 +73,7 @@ impl SessionContext {
             setup_timeout,
             connector: Arc::new(upstream::WebSocketConnector),
             reconnect: Policy::default(),
+            reachability: Arc::new(upstream::Reachability::new(3)),
         }
     }
 
@@ -135,7 +138,11 @@ where
         .and_then(|i| OutputPipeline::new(plan.wire_out, plan.output).map(|o| (i, o)))
         .map_err(|e| HostError::new(Code::InvalidAudioFormat, e.to_string(), false));
     let setup = match pipelines {
-        Ok(p) => attempt(&ctx, &plan).await.map(|conn| (p, conn)),
+        Ok(p) => {
+            let r = attempt(&ctx, &plan).await;
+            ctx.reachability.record(r.as_ref().map(|_| ()));
+            r.map(|conn| (p, conn))
+        }
         Err(e) => Err(e),
     };
     let ((input, output), conn) = match setup {
@@ -465,6 +472,7 @@ impl SessionLoop {
 
     fn attempt_finished(&mut self, r: Result<RealtimeConnection, HostError>) -> Result<(), End> {
         let now = Instant::now();
+        self.ctx.reachability.record(r.as_ref().map(|_| ()));
         match r {
             Ok(conn) => {
                 self.link = Some(conn);

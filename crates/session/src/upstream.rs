@@ -357,3 +357,79 @@ mod tests {
         assert!(matches!(r.lost(t, true), Next::GiveUp(_)));
     }
 }
+
+/// Whether the upstream can be reached, as the sessions see it: consecutive failures to open an
+/// upstream session (connect errors and setup timeouts — not a refused configuration, which is the
+/// host's doing) past a threshold make it unreachable; the next success makes it reachable again.
+/// The sidecar turns this into its readiness (gRPC health of `voice.v1.VoiceSidecar`), never its
+/// liveness.
+#[derive(Debug)]
+pub struct Reachability {
+    threshold: u32,
+    failures: std::sync::atomic::AtomicU32,
+    reachable: tokio::sync::watch::Sender<bool>,
+}
+
+impl Reachability {
+    pub fn new(threshold: u32) -> Self {
+        Reachability {
+            threshold: threshold.max(1),
+            failures: std::sync::atomic::AtomicU32::new(0),
+            reachable: tokio::sync::watch::Sender::new(true),
+        }
+    }
+
+    /// Records how an attempt to open an upstream session went.
+    pub fn record(&self, result: Result<(), &HostError>) {
+        use std::sync::atomic::Ordering::Relaxed;
+        match result {
+            Ok(()) => {
+                self.failures.store(0, Relaxed);
+                self.reachable
+                    .send_if_modified(|r| !std::mem::replace(r, true));
+            }
+            Err(e) if matches!(e.code, Code::UpstreamConnect | Code::UpstreamTimeout) => {
+                let n = self.failures.fetch_add(1, Relaxed).saturating_add(1);
+                if n >= self.threshold {
+                    self.reachable
+                        .send_if_modified(|r| std::mem::replace(r, false));
+                }
+            }
+            Err(_) => {}
+        }
+    }
+
+    pub fn is_reachable(&self) -> bool {
+        *self.reachable.borrow()
+    }
+
+    /// Changes of reachability.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.reachable.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod reachability_tests {
+    use super::*;
+
+    #[test]
+    fn unreachable_after_the_threshold_reachable_after_one_success() {
+        let r = Reachability::new(3);
+        let connect = HostError::new(Code::UpstreamConnect, "refused", true);
+        let rejected = HostError::new(Code::UpstreamRejectedSession, "bad voice", false);
+        r.record(Err(&connect));
+        r.record(Err(&connect));
+        r.record(Err(&rejected));
+        assert!(
+            r.is_reachable(),
+            "two network failures and a host error: still reachable"
+        );
+        r.record(Err(&connect));
+        assert!(!r.is_reachable());
+        r.record(Ok(()));
+        assert!(r.is_reachable());
+        r.record(Err(&connect));
+        assert!(r.is_reachable(), "the count starts over after a success");
+    }
+}

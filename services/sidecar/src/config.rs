@@ -84,6 +84,14 @@ pub struct Args {
     /// How long a new stream may take to send its `SessionStart`, milliseconds.
     #[arg(long, env = "VOICE_SIDECAR_START_TIMEOUT_MS")]
     pub start_timeout_ms: Option<u64>,
+    /// Consecutive failures to reach the upstream (connect errors, setup timeouts) after which
+    /// readiness (gRPC health of `voice.v1.VoiceSidecar`) turns NOT_SERVING; liveness is untouched.
+    #[arg(long, env = "VOICE_SIDECAR_UPSTREAM_UNREADY_AFTER")]
+    pub upstream_unready_after: Option<u32>,
+    /// While the upstream is unreachable, how often the sidecar probes it (a handshake, then a
+    /// close), seconds; the first success makes it ready again.
+    #[arg(long, env = "VOICE_SIDECAR_UPSTREAM_PROBE_SECS")]
+    pub upstream_probe_secs: Option<u64>,
     /// Largest gRPC message accepted from a host (or a tool host), bytes.
     #[arg(long, env = "VOICE_SIDECAR_MAX_MESSAGE_BYTES")]
     pub max_message_bytes: Option<usize>,
@@ -152,6 +160,8 @@ pub struct FileConfig {
     pub shutdown_grace_secs: Option<u64>,
     pub max_pending_starts: Option<usize>,
     pub start_timeout_ms: Option<u64>,
+    pub upstream_unready_after: Option<u32>,
+    pub upstream_probe_secs: Option<u64>,
     pub max_message_bytes: Option<usize>,
     pub tool_host_allow: Option<Vec<String>>,
     pub max_tool_channels: Option<usize>,
@@ -208,6 +218,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     pub max_pending_starts: usize,
     pub start_timeout: Duration,
+    pub upstream_unready_after: u32,
+    pub upstream_probe: Duration,
     pub max_message_bytes: usize,
     pub tool_host_allow: voice_session::CallbackAllowlist,
     pub max_tool_channels: usize,
@@ -367,6 +379,8 @@ impl Config {
             shutdown_grace: Duration::from_secs(pick!(shutdown_grace_secs).unwrap_or(20)),
             max_pending_starts,
             start_timeout: Duration::from_millis(start_timeout_ms),
+            upstream_unready_after: pick!(upstream_unready_after).unwrap_or(3).max(1),
+            upstream_probe: Duration::from_secs(pick!(upstream_probe_secs).unwrap_or(10).max(1)),
             max_message_bytes,
             tool_host_allow,
             max_tool_channels: pick!(max_tool_channels).unwrap_or(64).max(1),

@@ -59,7 +59,7 @@ async fn main() -> Result<()> {
     };
 
     let shutdown = CancellationToken::new();
-    let ctx = Arc::new(SessionContext::new(
+    let mut ctx = SessionContext::new(
         UpstreamSettings {
             base_url,
             api_key,
@@ -69,7 +69,12 @@ async fn main() -> Result<()> {
         ToolChannels::new(cfg.max_tool_channels),
         shutdown.clone(),
         Duration::from_secs(15),
+    );
+    ctx.reachability = Arc::new(voice_session::upstream::Reachability::new(
+        cfg.upstream_unready_after,
     ));
+    let ctx = Arc::new(ctx);
+    let readiness_ctx = ctx.clone();
     let defaults = Defaults {
         model: cfg.model.clone(),
         dialect: cfg.dialect,
@@ -103,6 +108,14 @@ async fn main() -> Result<()> {
     health_reporter
         .set_serving::<VoiceSidecarServer<service::Sidecar>>()
         .await;
+    tokio::spawn(readiness(
+        health_reporter.clone(),
+        readiness_ctx,
+        cfg.model.clone(),
+        cfg.dialect,
+        cfg.upstream_probe,
+        draining.clone(),
+    ));
     // Both reflection versions: v1, and v1alpha for clients that speak only that (older grpcurl and
     // grpcui builds, several IDE and API-tool plugins).
     let reflection_builder = || {
@@ -220,5 +233,64 @@ async fn wait_for_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Readiness follows upstream reachability: NOT_SERVING for `voice.v1.VoiceSidecar` (the readiness
+/// probe's service) once sessions keep failing to reach upstream, probing it meanwhile; SERVING again
+/// at the first success. Liveness (the "" service) is never touched here; draining wins.
+async fn readiness(
+    reporter: tonic_health::server::HealthReporter,
+    ctx: Arc<SessionContext>,
+    model: String,
+    dialect: voice_realtime::Dialect,
+    probe_every: Duration,
+    draining: CancellationToken,
+) {
+    let mut rx = ctx.reachability.subscribe();
+    loop {
+        let reachable = *rx.borrow_and_update();
+        if draining.is_cancelled() {
+            return;
+        }
+        if reachable {
+            reporter
+                .set_serving::<VoiceSidecarServer<service::Sidecar>>()
+                .await;
+            tokio::select! {
+                r = rx.changed() => if r.is_err() { return },
+                () = draining.cancelled() => return,
+            }
+            continue;
+        }
+        warn!("the upstream is unreachable: readiness off until a probe succeeds");
+        reporter
+            .set_not_serving::<VoiceSidecarServer<service::Sidecar>>()
+            .await;
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(probe_every) => {}
+                r = rx.changed() => { if r.is_err() { return } break }
+                () = draining.cancelled() => return,
+            }
+            let opts = voice_realtime::ConnectOptions {
+                base_url: ctx.upstream.base_url.clone(),
+                model: model.clone(),
+                dialect,
+                api_key: ctx.upstream.api_key.clone(),
+                connect_timeout: ctx.upstream.connect_timeout,
+                max_message_bytes: ctx.upstream.max_message_bytes,
+            };
+            match tokio::time::timeout(ctx.setup_timeout, ctx.connector.connect(opts)).await {
+                Ok(Ok(mut conn)) => {
+                    conn.close().await;
+                    info!("upstream probe succeeded: ready again");
+                    ctx.reachability.record(Ok(()));
+                    break;
+                }
+                Ok(Err(e)) => tracing::debug!(error = %e, "upstream probe failed"),
+                Err(_) => tracing::debug!("upstream probe timed out"),
+            }
+        }
     }
 }
