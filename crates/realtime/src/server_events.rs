@@ -367,6 +367,9 @@ const KNOWN_PASSIVE: &[&str] = &[
 
 #[derive(Deserialize)]
 struct AudioDeltaWire<'a> {
+    /// The top-level type, checked against the substring match (see `parse`).
+    #[serde(rename = "type", borrow)]
+    kind: std::borrow::Cow<'a, str>,
     #[serde(default)]
     response_id: String,
     #[serde(default)]
@@ -381,6 +384,12 @@ impl ServerEvent {
         // Audio deltas are most of the traffic: decode them without building a JSON tree.
         if let Some(kind) = audio_delta_kind(text) {
             let w: AudioDeltaWire = serde_json::from_str(text)?;
+            // The pattern can also sit in a nested object of another event (seen while writing the
+            // server_event fuzz target): then the top-level type decides, on the tree path.
+            if w.kind != kind {
+                let v: Value = serde_json::from_str(text)?;
+                return Self::from_value(&v);
+            }
             let audio = base64::engine::general_purpose::STANDARD
                 .decode(w.delta.as_bytes())
                 .map_err(|source| ParseError::Base64 {
@@ -623,6 +632,16 @@ fn audio_delta_kind(text: &str) -> Option<&'static str> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn audio_delta_type_nested_in_another_event_is_not_an_audio_delta() {
+        // The fast path matched the pattern in a nested object and took a response.done for audio.
+        let t = r#"{"type":"response.done","event_id":"e","x":{"type":"response.audio.delta"},"delta":"AQID","response":{"id":"r","status":"completed","output":[]}}"#;
+        let tree = ServerEvent::from_value(&serde_json::from_str(t).unwrap()).unwrap();
+        let ev = ServerEvent::parse(t).unwrap();
+        assert!(!matches!(ev, ServerEvent::AudioDelta { .. }), "{ev:?}");
+        assert_eq!(ev, tree);
+    }
 
     #[test]
     fn both_dialect_audio_deltas_decode() {
