@@ -26,7 +26,9 @@ struct Format {
 
 impl Format {
     fn to_pb(&self) -> pb::AudioFormat {
-        const RATES: [u32; 10] = [0, 8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000];
+        const RATES: [u32; 10] = [
+            0, 8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000,
+        ];
         let sample_rate_hz = if self.rate & 0x8000_0000 == 0 {
             RATES[self.rate as usize % RATES.len()]
         } else {
@@ -54,7 +56,8 @@ impl Schema {
             Schema::Raw(s) => s.clone(),
             Schema::Empty => String::new(),
             Schema::Object(props) => {
-                const TYPES: [&str; 6] = ["string", "number", "integer", "boolean", "object", "nope"];
+                const TYPES: [&str; 6] =
+                    ["string", "number", "integer", "boolean", "object", "nope"];
                 let props: serde_json::Map<String, serde_json::Value> = props
                     .iter()
                     .map(|(k, t)| {
