@@ -123,6 +123,25 @@ pub async fn eventually<D: Display>(
 
 /// Starts `voice-sidecar` against an upstream URL (the simulator), with extra flags.
 pub async fn start_sidecar(realtime_url: &str, extra: &[&str]) -> Proc {
+    spawn_sidecar(realtime_url, extra, "warn", Stdio::inherit()).await
+}
+
+/// Like [`start_sidecar`], logging at `log` (a `--log` filter) into a file (pretty format), whose
+/// path is returned; read it after the process has exited or been killed.
+pub async fn start_sidecar_logged(
+    realtime_url: &str,
+    extra: &[&str],
+    log: &str,
+) -> (Proc, PathBuf) {
+    let path = std::env::temp_dir().join(format!("voice-e2e-log-{}", free_port()));
+    let file = std::fs::File::create(&path).expect("creating the sidecar log file");
+    (
+        spawn_sidecar(realtime_url, extra, log, Stdio::from(file)).await,
+        path,
+    )
+}
+
+async fn spawn_sidecar(realtime_url: &str, extra: &[&str], log: &str, stderr: Stdio) -> Proc {
     let port = free_port();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let key_file = std::env::temp_dir().join(format!("voice-e2e-key-{port}"));
@@ -141,11 +160,11 @@ pub async fn start_sidecar(realtime_url: &str, extra: &[&str]) -> Proc {
         } else {
             &["--metrics-listen", "off"][..]
         })
-        .args(["--log", "warn", "--api-key-file"])
+        .args(["--log", log, "--api-key-file"])
         .arg(&key_file)
         .args(extra)
         .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
+        .stderr(stderr)
         .spawn()
         .expect("starting voice-sidecar");
     wait_for_port(addr, Duration::from_secs(20)).await;
@@ -281,12 +300,26 @@ impl HostSession {
 
     /// [`HostSession::open`] over a client the caller set up.
     pub async fn open_with(
+        c: pb::voice_sidecar_client::VoiceSidecarClient<tonic::transport::Channel>,
+        start: pb::SessionStart,
+    ) -> Result<HostSession, tonic::Status> {
+        Self::open_with_metadata(c, start, &[]).await
+    }
+
+    /// [`HostSession::open_with`], the `Converse` call carrying `metadata` (e.g. `authorization`).
+    pub async fn open_with_metadata(
         mut c: pb::voice_sidecar_client::VoiceSidecarClient<tonic::transport::Channel>,
         start: pb::SessionStart,
+        metadata: &[(&'static str, &str)],
     ) -> Result<HostSession, tonic::Status> {
         let (tx, rx) = mpsc::channel(256);
         tx.send(msg(In::Start(start))).await.unwrap();
-        let rx = c.converse(ReceiverStream::new(rx)).await?.into_inner();
+        let mut req = tonic::Request::new(ReceiverStream::new(rx));
+        for (k, v) in metadata {
+            req.metadata_mut()
+                .insert(*k, v.parse().expect("an ASCII metadata value"));
+        }
+        let rx = c.converse(req).await?.into_inner();
         Ok(HostSession {
             tx,
             rx,

@@ -7,10 +7,13 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use serde::Deserialize;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use voice_realtime::{ApiKey, Dialect};
 use voice_telemetry::LogFormat;
+
+use crate::auth::AuthToken;
 
 pub const DEFAULT_REALTIME_URL: &str = "wss://api.openai.com";
 
@@ -136,6 +139,19 @@ pub struct Args {
     /// Distinct values per `SessionStart.labels` key in metrics; further values are reported as `other`.
     #[arg(long, env = "VOICE_SIDECAR_MAX_LABEL_VALUES")]
     pub max_label_values: Option<usize>,
+    /// File holding a bearer token: every RPC except gRPC health must then carry
+    /// `authorization: Bearer <token>`, else it gets UNAUTHENTICATED.
+    #[arg(long, env = "VOICE_SIDECAR_AUTH_TOKEN_FILE")]
+    pub auth_token_file: Option<PathBuf>,
+    /// PEM certificate chain: serve gRPC over TLS (needs --tls-key).
+    #[arg(long, env = "VOICE_SIDECAR_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of --tls-cert.
+    #[arg(long, env = "VOICE_SIDECAR_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA certificate(s): require client certificates signed by them (mutual TLS; needs --tls-cert).
+    #[arg(long, env = "VOICE_SIDECAR_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -176,6 +192,10 @@ pub struct FileConfig {
     pub max_instructions_bytes: Option<usize>,
     pub max_start_bytes: Option<usize>,
     pub max_label_values: Option<usize>,
+    pub auth_token_file: Option<PathBuf>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub tls_client_ca: Option<PathBuf>,
     /// US dollars per million tokens, for cost metrics and session budgets (file only).
     pub prices: Option<PricesConfig>,
 }
@@ -196,7 +216,8 @@ pub enum Backend {
     Sim,
 }
 
-/// The resolved configuration. `Debug` is safe: the key is an `ApiKey`.
+/// The resolved configuration. `Debug` is safe: the key is an `ApiKey`, the token an `AuthToken` and
+/// `ServerTlsConfig` prints no key material.
 #[derive(Debug)]
 pub struct Config {
     pub listen: SocketAddr,
@@ -230,6 +251,18 @@ pub struct Config {
     /// What a `SessionStart` may cost.
     pub start_limits: voice_session::StartLimits,
     pub max_label_values: usize,
+    /// Bearer token required on every RPC but health (`--auth-token-file`).
+    pub auth_token: Option<AuthToken>,
+    /// TLS for the gRPC port (`--tls-cert`/`--tls-key`, optionally `--tls-client-ca`).
+    pub tls: Option<Tls>,
+}
+
+/// TLS settings, read and checked at startup.
+#[derive(Debug)]
+pub struct Tls {
+    pub config: ServerTlsConfig,
+    /// Client certificates are required (`--tls-client-ca`).
+    pub mtls: bool,
 }
 
 impl Config {
@@ -355,7 +388,17 @@ impl Config {
                 .unwrap_or(ds.max_instructions_bytes),
             max_start_bytes: pick!(max_start_bytes).unwrap_or(ds.max_start_bytes),
         };
+        let auth_token = pick!(auth_token_file)
+            .map(|p| AuthToken::from_file(&p))
+            .transpose()?;
+        let tls = load_tls(
+            pick!(tls_cert).as_deref(),
+            pick!(tls_key).as_deref(),
+            pick!(tls_client_ca).as_deref(),
+        )?;
         Ok(Config {
+            auth_token,
+            tls,
             limits,
             start_limits,
             max_label_values: pick!(max_label_values).unwrap_or(50).max(1),
@@ -409,6 +452,85 @@ impl Config {
             },
         })
     }
+}
+
+/// Reads a PEM file that must hold at least one block whose label ends in `label_suffix`.
+fn read_pem(flag: &str, path: &Path, label_suffix: &str) -> Result<Vec<u8>> {
+    let pem = std::fs::read(path).with_context(|| format!("reading {flag} {}", path.display()))?;
+    let text = String::from_utf8_lossy(&pem);
+    let found = text.lines().any(|l| {
+        l.trim()
+            .strip_prefix("-----BEGIN ")
+            .and_then(|r| r.strip_suffix("-----"))
+            .is_some_and(|label| label.ends_with(label_suffix))
+    });
+    if !found {
+        bail!(
+            "{flag} {}: no PEM `{label_suffix}` block found (expected `-----BEGIN {label_suffix}-----`)",
+            path.display()
+        );
+    }
+    Ok(pem)
+}
+
+fn load_tls(
+    cert: Option<&Path>,
+    key: Option<&Path>,
+    client_ca: Option<&Path>,
+) -> Result<Option<Tls>> {
+    let (cert, key) = match (cert, key) {
+        (None, None) => {
+            if client_ca.is_some() {
+                bail!("--tls-client-ca needs --tls-cert and --tls-key (client certificates only exist with TLS)");
+            }
+            return Ok(None);
+        }
+        (Some(c), Some(k)) => (c, k),
+        (Some(_), None) => bail!("--tls-cert needs --tls-key"),
+        (None, Some(_)) => bail!("--tls-key needs --tls-cert"),
+    };
+    let cert_pem = read_pem("--tls-cert", cert, "CERTIFICATE")?;
+    let key_pem = read_pem("--tls-key", key, "PRIVATE KEY")?;
+    // A peer that opens a connection and never finishes the handshake is dropped after 10 s.
+    let mut config = ServerTlsConfig::new()
+        .identity(Identity::from_pem(cert_pem, key_pem))
+        .timeout(Duration::from_secs(10));
+    if let Some(ca) = client_ca {
+        let ca_pem = read_pem("--tls-client-ca", ca, "CERTIFICATE")?;
+        config = config.client_ca_root(Certificate::from_pem(ca_pem));
+    }
+    // Builds the rustls acceptor now, so an unparseable certificate or key, or a key that does not
+    // belong to the certificate, stops startup with the file names instead of failing handshakes.
+    tonic::transport::Server::builder()
+        .tls_config(config.clone())
+        .map_err(|e| anyhow::anyhow!("{}", error_chain(&e)))
+        .with_context(|| {
+            format!(
+                "TLS setup from --tls-cert {} / --tls-key {}{}",
+                cert.display(),
+                key.display(),
+                client_ca.map_or_else(String::new, |c| format!(
+                    " / --tls-client-ca {}",
+                    c.display()
+                ))
+            )
+        })?;
+    Ok(Some(Tls {
+        config,
+        mtls: client_ca.is_some(),
+    }))
+}
+
+/// `e: source: source…`, since tonic's transport error says only "transport error" by itself.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
 }
 
 #[cfg(test)]

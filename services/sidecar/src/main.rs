@@ -1,6 +1,7 @@
 //! `voice-sidecar`: the gRPC server binary. Wires configuration, telemetry, the upstream (real API or
 //! embedded simulator), health, reflection and graceful shutdown around the session crate.
 
+mod auth;
 mod config;
 mod service;
 
@@ -11,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
 use tracing::{info, warn};
 use voice_proto::v1::voice_sidecar_server::VoiceSidecarServer;
 use voice_realtime::ApiKey;
@@ -135,11 +137,35 @@ async fn main() -> Result<()> {
         .build_v1alpha()
         .context("building the reflection service (v1alpha)")?;
 
+    // Health stays open (probes); the API and reflection need the token when one is configured.
+    let require_token = auth::RequireToken::new(cfg.auth_token.clone());
+    let reflection = InterceptedService::new(reflection, require_token.clone());
+    let reflection_alpha = InterceptedService::new(reflection_alpha, require_token.clone());
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &cfg.tls {
+        builder = builder
+            .tls_config(tls.config.clone())
+            .context("TLS setup for the gRPC listener")?;
+    }
+
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("binding gRPC listener on {}", cfg.listen))?;
     let local = listener.local_addr()?;
-    info!(addr = %local, "voice-sidecar listening (gRPC: voice.v1.VoiceSidecar, grpc.health.v1, reflection)");
+    info!(
+        addr = %local,
+        tls = cfg.tls.is_some(),
+        client_certs = cfg.tls.as_ref().is_some_and(|t| t.mtls),
+        bearer_token = cfg.auth_token.is_some(),
+        "voice-sidecar listening (gRPC: voice.v1.VoiceSidecar, grpc.health.v1, reflection)"
+    );
+    if cfg.auth_token.is_none() && cfg.tls.is_none() && !local.ip().is_loopback() {
+        // Info, not warn: the Kubernetes example does this on purpose, behind a NetworkPolicy.
+        info!(
+            addr = %local,
+            "gRPC listens beyond loopback without --auth-token-file or TLS: anyone who can reach it can spend the API key"
+        );
+    }
 
     let grace = cfg.shutdown_grace;
     let max_sessions = cfg.max_sessions;
@@ -174,7 +200,7 @@ async fn main() -> Result<()> {
         }
     };
 
-    let server = tonic::transport::Server::builder()
+    let server = builder
         .tcp_nodelay(true)
         // Hosts multiplex many calls on one HTTP/2 connection. With the 64 KiB default connection
         // window, one session that stops reading (its stream window full) would stall every other
@@ -183,11 +209,12 @@ async fn main() -> Result<()> {
         .add_service(health_svc)
         .add_service(reflection)
         .add_service(reflection_alpha)
-        .add_service(
+        .add_service(InterceptedService::new(
             VoiceSidecarServer::new(svc)
                 .max_decoding_message_size(cfg.max_message_bytes)
                 .max_encoding_message_size(MAX_GRPC_ENCODE.max(cfg.max_message_bytes)),
-        )
+            require_token,
+        ))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
             stop,
