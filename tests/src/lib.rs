@@ -543,3 +543,57 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         })
         .sum()
 }
+
+const CLIENT_EVENT_VALIDATOR: &str = r#"
+import json, sys
+from pydantic import TypeAdapter
+if sys.argv[1] == "beta":
+    from openai.types.beta.realtime import RealtimeClientEvent
+else:
+    from openai.types.realtime import RealtimeClientEvent
+ta = TypeAdapter(RealtimeClientEvent)
+bad = n = 0
+for line in sys.stdin:
+    if not line.strip():
+        continue
+    n += 1
+    ev = json.loads(line)
+    try:
+        ta.validate_python(ev)
+    except Exception as e:
+        bad += 1
+        print("INVALID", json.dumps(ev)[:400], str(e)[:600])
+print(f"validated {n} client events, {bad} invalid")
+sys.exit(1 if bad else 0)
+"#;
+
+/// Validates client events the sidecar sent (as the simulator recorded them) against the `openai`
+/// package's typed models (3.57.0, installed by `scripts/bootstrap.sh --test`). `dialect`: "ga" or
+/// "beta". Returns how many were validated; panics naming every invalid one.
+pub fn validate_client_events(dialect: &str, events: &[Value]) -> usize {
+    use std::io::Write;
+    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+    let mut child = Command::new(python)
+        .args(["-c", CLIENT_EVENT_VALIDATOR, dialect])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect(
+            "python3 with openai==3.57.0 (scripts/bootstrap.sh --test) validates client events",
+        );
+    {
+        let mut stdin = child.stdin.take().expect("stdin");
+        for e in events {
+            writeln!(stdin, "{e}").expect("writing events to the validator");
+        }
+    }
+    let out = child.wait_with_output().expect("validator output");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "client events failed the openai models:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    events.len()
+}

@@ -21,6 +21,13 @@ async fn sim(script: Vec<ScriptStep>, user_transcripts: &[&str]) -> SimHandle {
     .await
 }
 
+/// Every client event the sidecar sent in this test validates against the openai 3.57.0 models.
+fn sent_events_validate(sim: &SimHandle) {
+    let events: Vec<Value> = sim.events_log().into_iter().map(|e| e.event).collect();
+    assert!(!events.is_empty());
+    validate_client_events("ga", &events);
+}
+
 fn rt2_start() -> pb::SessionStart {
     pb::SessionStart {
         input_format: Some(pcm16(16000)),
@@ -128,6 +135,7 @@ async fn reasoning_session_fields_reach_upstream_and_the_host_sees_them() {
     assert_eq!(create["response"]["reasoning"]["effort"], "xhigh");
     host.end().await;
     host.until_ended(Duration::from_secs(5)).await;
+    sent_events_validate(&sim);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -414,6 +422,7 @@ async fn barge_in_during_a_multi_message_answer_truncates_that_item_and_deletes_
         "{:?}",
         host.kinds()
     );
+    sent_events_validate(&sim);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -537,6 +546,7 @@ async fn quiet_mode_entered_by_the_model_and_left_by_the_wake_phrase() {
         ),
         1.0
     );
+    sent_events_validate(&sim);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -622,4 +632,5 @@ async fn calls_in_two_overlapping_responses_get_one_create_after_both_outputs() 
         "{:?}",
         host.kinds()
     );
+    sent_events_validate(&sim);
 }
