@@ -544,28 +544,8 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         .sum()
 }
 
-const CLIENT_EVENT_VALIDATOR: &str = r#"
-import json, sys
-from pydantic import TypeAdapter
-if sys.argv[1] == "beta":
-    from openai.types.beta.realtime import RealtimeClientEvent
-else:
-    from openai.types.realtime import RealtimeClientEvent
-ta = TypeAdapter(RealtimeClientEvent)
-bad = n = 0
-for line in sys.stdin:
-    if not line.strip():
-        continue
-    n += 1
-    ev = json.loads(line)
-    try:
-        ta.validate_python(ev)
-    except Exception as e:
-        bad += 1
-        print("INVALID", json.dumps(ev)[:400], str(e)[:600])
-print(f"validated {n} client events, {bad} invalid")
-sys.exit(1 if bad else 0)
-"#;
+/// The shared validator script (the simulator's tests use it too).
+const EVENT_VALIDATOR: &str = include_str!("../../scripts/validate_realtime_events.py");
 
 /// Validates client events the sidecar sent (as the simulator recorded them) against the `openai`
 /// package's typed models (3.57.0, installed by `scripts/bootstrap.sh --test`). `dialect`: "ga" or
@@ -574,7 +554,7 @@ pub fn validate_client_events(dialect: &str, events: &[Value]) -> usize {
     use std::io::Write;
     let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
     let mut child = Command::new(python)
-        .args(["-c", CLIENT_EVENT_VALIDATOR, dialect])
+        .args(["-c", EVENT_VALIDATOR, "client", dialect])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -11,31 +11,8 @@ use common::*;
 use serde_json::{json, Value};
 use voice_realtime_sim::{Dialect, ScriptStep, SimConfig, WireAudioFormat};
 
-const VALIDATOR: &str = r#"
-import json, sys
-from pydantic import TypeAdapter
-mod = sys.argv[1]
-if mod == "ga":
-    from openai.types.realtime import RealtimeServerEvent
-else:
-    from openai.types.beta.realtime import RealtimeServerEvent
-ta = TypeAdapter(RealtimeServerEvent)
-bad = 0
-n = 0
-for line in sys.stdin:
-    line = line.strip()
-    if not line:
-        continue
-    n += 1
-    ev = json.loads(line)
-    try:
-        ta.validate_python(ev)
-    except Exception as e:
-        bad += 1
-        print("INVALID", ev.get("type"), str(e)[:600], json.dumps(ev)[:400], file=sys.stderr)
-print(f"validated {n} events, {bad} invalid")
-sys.exit(1 if bad else 0)
-"#;
+/// The shared validator (also used by the end-to-end tests for the sidecar's client events).
+const VALIDATOR: &str = include_str!("../../../scripts/validate_realtime_events.py");
 
 async fn conversation(dialect: Dialect) -> Vec<Value> {
     let sim = start(SimConfig {
@@ -137,12 +114,12 @@ async fn conversation(dialect: Dialect) -> Vec<Value> {
 }
 
 fn validate(dialect: &str, events: &[Value]) -> Result<String, String> {
-    run_validator(VALIDATOR, dialect, events)
+    run_validator("server", dialect, events)
 }
 
-fn run_validator(script: &str, dialect: &str, events: &[Value]) -> Result<String, String> {
+fn run_validator(kind: &str, dialect: &str, events: &[Value]) -> Result<String, String> {
     let mut child = Command::new(std::env::var("PYTHON").unwrap_or_else(|_| "python3".into()))
-        .args(["-c", script, dialect])
+        .args(["-c", VALIDATOR, kind, dialect])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -205,28 +182,6 @@ async fn server_events_validate_against_openai_models() {
     }
 }
 
-const CLIENT_VALIDATOR: &str = r#"
-import json, sys
-from pydantic import TypeAdapter
-from openai.types.realtime import RealtimeClientEvent
-ta = TypeAdapter(RealtimeClientEvent)
-bad = 0
-n = 0
-for line in sys.stdin:
-    line = line.strip()
-    if not line:
-        continue
-    n += 1
-    ev = json.loads(line)
-    try:
-        ta.validate_python(ev)
-    except Exception as e:
-        bad += 1
-        print("INVALID", json.dumps(ev)[:400], str(e)[:600], file=sys.stderr)
-print(f"validated {n} client events, {bad} invalid")
-sys.exit(1 if bad else 0)
-"#;
-
 /// GA client events using the Realtime 2 fields: the simulator accepts each, and so do the SDK's
 /// models (so the simulator is not stricter than them on these shapes).
 #[tokio::test]
@@ -282,7 +237,7 @@ async fn accepted_ga_client_events_validate_against_openai_models() {
         events.push(ev);
     }
     sim.shutdown().await;
-    match run_validator(CLIENT_VALIDATOR, "ga", &events) {
+    match run_validator("client", "ga", &events) {
         Ok(out) => eprintln!("{out}"),
         Err(e) => panic!("client events the simulator accepts fail the SDK models:\n{e}"),
     }
