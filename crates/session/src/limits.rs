@@ -63,8 +63,10 @@ impl TokenBucket {
     /// Takes a token if one is there.
     pub fn take(&mut self, now: Instant) -> bool {
         self.refill(now);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
+        // A hair under one token counts as one: float refill must not leave a "ready" bucket empty
+        // (which would make `ready_at` answer "now" forever: a busy loop).
+        if self.tokens >= 1.0 - 1e-9 {
+            self.tokens = (self.tokens - 1.0).max(0.0);
             true
         } else {
             false
@@ -75,10 +77,13 @@ impl TokenBucket {
     pub fn ready_at(&self, now: Instant) -> Instant {
         let dt = now.saturating_duration_since(self.at).as_secs_f64();
         let tokens = (self.tokens + dt * self.per_sec).min(self.capacity);
-        if tokens >= 1.0 {
+        if tokens >= 1.0 - 1e-9 {
             now
         } else {
-            now + Duration::from_secs_f64((1.0 - tokens) / self.per_sec)
+            // Whole milliseconds, rounded up (timers have millisecond resolution): at that moment
+            // `take` succeeds.
+            let ms = ((1.0 - tokens) / self.per_sec * 1000.0).ceil().max(1.0);
+            now + Duration::from_millis(ms as u64)
         }
     }
 }
@@ -234,6 +239,24 @@ impl Default for WarnLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_empty_bucket_is_ready_strictly_later_and_then_gives_a_token() {
+        // Rates whose refill time is no whole number of nanoseconds (2 per minute, 3 per 7 s, ...):
+        // waiting until `ready_at` must always yield a token, never an answer of "now" while empty
+        // (the session loop would spin on it).
+        for per_sec in [2.0 / 60.0, 3.0 / 7.0, 1.0 / 3.0, 10.0, 0.123_456] {
+            let mut now = Instant::now();
+            let mut b = TokenBucket::new(2, per_sec, now);
+            for _ in 0..50 {
+                while b.take(now) {}
+                let at = b.ready_at(now);
+                assert!(at > now, "empty bucket said ready now (rate {per_sec})");
+                now = at;
+                assert!(b.take(now), "no token at ready_at (rate {per_sec})");
+            }
+        }
+    }
 
     #[test]
     fn the_round_cap_allows_cap_rounds_then_one_without_tools_then_none() {
