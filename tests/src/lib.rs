@@ -491,6 +491,19 @@ pub fn kind(e: &Out) -> String {
 }
 
 /// Mono, 20 ms frames.
+/// A 16 kHz PCM16 session with the silence guard off (tests whose timing a holding line would
+/// disturb).
+pub fn start_16k_quiet_guard() -> pb::SessionStart {
+    pb::SessionStart {
+        input_format: Some(pcm16(16000)),
+        silence_guard: Some(pb::SilenceGuard {
+            action: pb::silence_guard::Action::Off as i32,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
 pub fn audio_format(codec: pb::Codec, rate: u32) -> pb::AudioFormat {
     pb::AudioFormat {
         codec: codec as i32,

@@ -12,14 +12,15 @@ use voice_proto::v1 as pb;
 use voice_proto::v1::client_message::Message as In;
 use voice_realtime_sim::{ScriptStep, SimConfig};
 
-fn start() -> pb::SessionStart {
+/// A session declaring one `lookup` tool, routed as given.
+fn lookup_tool_start(route: pb::tool_routing::Route) -> pb::SessionStart {
     pb::SessionStart {
-        input_format: Some(pcm16(16000)),
-        silence_guard: Some(pb::SilenceGuard {
-            action: pb::silence_guard::Action::Off as i32,
+        tools: vec![pb::ToolDefinition {
+            name: "lookup".into(),
             ..Default::default()
-        }),
-        ..Default::default()
+        }],
+        tool_routing: Some(pb::ToolRouting { route: Some(route) }),
+        ..start_16k_quiet_guard()
     }
 }
 
@@ -68,7 +69,7 @@ async fn a_canary_is_admitted_while_idle_streams_flood_the_sidecar() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     // The canary gets a real session, though more idle streams wait than --max-sessions allows.
     for _ in 0..2 {
-        let mut canary = HostSession::open_started(addr, start()).await;
+        let mut canary = HostSession::open_started(addr, start_16k_quiet_guard()).await;
         canary.send_text("are you there?").await;
         let done = canary.until_response_done(Duration::from_secs(10)).await;
         assert_eq!(done.status, "completed");
@@ -226,7 +227,7 @@ async fn oversized_and_undecodable_messages_are_explained() {
     );
 
     // A 5 MiB AudioFrame mid-session: an Error naming the limit, then SessionEnded saying why.
-    let mut host = HostSession::open_started(sidecar.addr, start()).await;
+    let mut host = HostSession::open_started(sidecar.addr, start_16k_quiet_guard()).await;
     host.send(In::Audio(pb::AudioFrame {
         data: vec![0; 5 * 1024 * 1024],
         seq: 1,
@@ -256,16 +257,7 @@ async fn an_oversized_tool_result_on_the_stream_finishes_the_call_and_says_why()
     let sidecar = start_sidecar(&sim.base_url(), &[]).await;
     let mut host = HostSession::open_started(
         sidecar.addr,
-        pb::SessionStart {
-            tools: vec![pb::ToolDefinition {
-                name: "lookup".into(),
-                ..Default::default()
-            }],
-            tool_routing: Some(pb::ToolRouting {
-                route: Some(pb::tool_routing::Route::InStream(true)),
-            }),
-            ..start()
-        },
+        lookup_tool_start(pb::tool_routing::Route::InStream(true)),
     )
     .await;
     host.send_text("look it up").await;
@@ -342,16 +334,7 @@ async fn a_tool_hosts_oversized_output_is_invalid_output() {
         let tools = serve_big(size).await;
         let mut host = HostSession::open_started(
             sidecar.addr,
-            pb::SessionStart {
-                tools: vec![pb::ToolDefinition {
-                    name: "lookup".into(),
-                    ..Default::default()
-                }],
-                tool_routing: Some(pb::ToolRouting {
-                    route: Some(pb::tool_routing::Route::CallbackAddress(tools)),
-                }),
-                ..start()
-            },
+            lookup_tool_start(pb::tool_routing::Route::CallbackAddress(tools)),
         )
         .await;
         host.send_text("look it up").await;
@@ -378,7 +361,7 @@ async fn callback_addresses_outside_the_allowlist_are_refused() {
         tool_routing: Some(pb::ToolRouting {
             route: Some(pb::tool_routing::Route::CallbackAddress(addr.into())),
         }),
-        ..start()
+        ..start_16k_quiet_guard()
     };
     // Default: loopback and --tool-host only.
     let (sidecar, metrics_addr) = start_sidecar_with_metrics(
@@ -463,7 +446,9 @@ async fn readiness_follows_upstream_reachability_and_liveness_does_not() {
     .await;
     assert_eq!(health(sidecar.addr, "voice.v1.VoiceSidecar").await, serving);
     for _ in 0..2 {
-        let mut host = HostSession::open(sidecar.addr, start()).await.unwrap();
+        let mut host = HostSession::open(sidecar.addr, start_16k_quiet_guard())
+            .await
+            .unwrap();
         let e = host.until_error(Duration::from_secs(20)).await;
         assert_eq!(e.code, "upstream_connect", "{e:?}");
         host.until_ended(Duration::from_secs(5)).await;
@@ -499,7 +484,7 @@ async fn readiness_follows_upstream_reachability_and_liveness_does_not() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let host = HostSession::open_started(sidecar.addr, start()).await;
+    let host = HostSession::open_started(sidecar.addr, start_16k_quiet_guard()).await;
     drop(host);
     drop(sim);
 }

@@ -20,20 +20,8 @@ use tonic_reflection::pb::v1::{
     ServerReflectionRequest,
 };
 use voice_e2e_tests::*;
-use voice_proto::v1 as pb;
 use voice_proto::v1::voice_sidecar_client::VoiceSidecarClient;
 use voice_realtime_sim::{ScriptStep, SimConfig};
-
-fn start() -> pb::SessionStart {
-    pb::SessionStart {
-        input_format: Some(pcm16(16000)),
-        silence_guard: Some(pb::SilenceGuard {
-            action: pb::silence_guard::Action::Off as i32,
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
 
 fn sim_config() -> SimConfig {
     SimConfig {
@@ -104,26 +92,47 @@ async fn bearer_token_guards_the_api_and_reflection_but_not_health_and_stays_out
         assert_eq!(st.code(), Code::Unauthenticated, "{what}: {st:?}");
         assert!(!st.message().contains(&token), "{what}: {st:?}");
     };
-    refused(HostSession::open_with(c.clone(), start()).await, "no token");
+    refused(
+        HostSession::open_with(c.clone(), start_16k_quiet_guard()).await,
+        "no token",
+    );
     let wrong = format!("Bearer {}", token.replace("Tok3n", "TOK3N"));
     refused(
-        HostSession::open_with_metadata(c.clone(), start(), &[("authorization", &wrong)]).await,
+        HostSession::open_with_metadata(
+            c.clone(),
+            start_16k_quiet_guard(),
+            &[("authorization", &wrong)],
+        )
+        .await,
         "wrong token of the same length",
     );
     refused(
-        HostSession::open_with_metadata(c.clone(), start(), &[("authorization", "Bearer x")]).await,
+        HostSession::open_with_metadata(
+            c.clone(),
+            start_16k_quiet_guard(),
+            &[("authorization", "Bearer x")],
+        )
+        .await,
         "short token",
     );
     refused(
-        HostSession::open_with_metadata(c.clone(), start(), &[("authorization", &token)]).await,
+        HostSession::open_with_metadata(
+            c.clone(),
+            start_16k_quiet_guard(),
+            &[("authorization", &token)],
+        )
+        .await,
         "token without the Bearer scheme",
     );
 
     let right = format!("Bearer {token}");
-    let mut host =
-        HostSession::open_with_metadata(c.clone(), start(), &[("authorization", &right)])
-            .await
-            .expect("the right token is admitted");
+    let mut host = HostSession::open_with_metadata(
+        c.clone(),
+        start_16k_quiet_guard(),
+        &[("authorization", &right)],
+    )
+    .await
+    .expect("the right token is admitted");
     host.until_started(Duration::from_secs(10)).await;
     host.send_text("hi").await;
     host.until_response_done(Duration::from_secs(10)).await;
@@ -248,7 +257,7 @@ async fn plain_served(addr: SocketAddr) -> bool {
 }
 
 async fn session_starts(ch: Channel) {
-    let mut host = HostSession::open_with(VoiceSidecarClient::new(ch), start())
+    let mut host = HostSession::open_with(VoiceSidecarClient::new(ch), start_16k_quiet_guard())
         .await
         .expect("session admitted over TLS");
     host.until_started(Duration::from_secs(10)).await;

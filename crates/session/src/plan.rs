@@ -873,13 +873,31 @@ mod tests {
         assert_eq!(PreambleMode::Custom("P".into()).apply("x"), "x\n\nP");
     }
 
-    #[test]
-    fn each_start_limit_is_refused_naming_its_flag() {
-        let tool = |name: &str, schema: String| pb::ToolDefinition {
+    fn tool(name: &str, schema: String) -> pb::ToolDefinition {
+        pb::ToolDefinition {
             name: name.into(),
             parameters_json_schema: schema,
             ..Default::default()
-        };
+        }
+    }
+
+    /// `n` tools whose schemas are ~15 KB each.
+    fn big_tools(n: usize) -> Vec<pb::ToolDefinition> {
+        (0..n)
+            .map(|i| {
+                tool(
+                    &format!("t{i}"),
+                    format!(
+                        r#"{{"type":"object","description":"{}"}}"#,
+                        "d".repeat(15_000)
+                    ),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn each_start_limit_is_refused_naming_its_flag() {
         let d = Defaults {
             tool_host: Some("http://127.0.0.1:1".into()),
             ..Defaults::default()
@@ -916,33 +934,13 @@ mod tests {
         assert!(refused(&s).contains("--max-tool-schema-depth"));
 
         let mut s = start();
-        s.tools = (0..20)
-            .map(|i| {
-                tool(
-                    &format!("t{i}"),
-                    format!(
-                        r#"{{"type":"object","description":"{}"}}"#,
-                        "d".repeat(15_000)
-                    ),
-                )
-            })
-            .collect();
+        s.tools = big_tools(20);
         assert!(refused(&s).contains("--max-start-bytes"));
 
         // The largest allowed start is accepted.
         let mut s = start();
         s.instructions = "x".repeat(64 * 1024);
-        s.tools = (0..12)
-            .map(|i| {
-                tool(
-                    &format!("t{i}"),
-                    format!(
-                        r#"{{"type":"object","description":"{}"}}"#,
-                        "d".repeat(15_000)
-                    ),
-                )
-            })
-            .collect();
+        s.tools = big_tools(12);
         assert!(SessionPlan::from_start(&s, &d).is_ok());
     }
 
