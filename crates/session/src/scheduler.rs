@@ -166,6 +166,26 @@ impl ResponseScheduler {
 
     /// A create popped by `next_to_send` that could not be sent: back at the front.
     pub fn put_back(&mut self, create: PendingCreate) {
+        self.requeue(create);
+    }
+
+    /// Puts a create that was already on its way (popped, sent, rejected, timed out or cut off by a
+    /// reconnect) back at the front. A tool round's create absorbs one queued for a later round:
+    /// the one create reads every output, so two would start two responses for one set of results.
+    /// The survivor keeps this create's history (tries, backoff, round-cap verdict and body) and
+    /// takes the later round's name.
+    fn requeue(&mut self, mut create: PendingCreate) {
+        if matches!(create.reason, CreateReason::ToolRound(_)) {
+            if let Some(i) = self
+                .queue
+                .iter()
+                .position(|c| matches!(c.reason, CreateReason::ToolRound(_)))
+            {
+                if let Some(later) = self.queue.remove(i) {
+                    create.reason = later.reason;
+                }
+            }
+        }
         self.queue.push_front(create);
     }
 
@@ -222,7 +242,7 @@ impl ResponseScheduler {
             // Not a failed try: the create never ran.
             let mut c = f.create;
             c.attempts = c.attempts.saturating_sub(1);
-            self.queue.push_front(c);
+            self.requeue(c);
             return Resolution::Requeued;
         }
         self.retry_or_fail(f.create, retryable, code.to_string(), now)
@@ -239,7 +259,7 @@ impl ResponseScheduler {
             let after = RETRY_BASE * 2u32.pow(create.attempts.saturating_sub(1));
             create.not_before = Some(now + after);
             let attempt = create.attempts + 1;
-            self.queue.push_front(create);
+            self.requeue(create);
             Resolution::Retrying { attempt, after }
         } else {
             Resolution::Failed { create, reason }
@@ -285,7 +305,7 @@ impl ResponseScheduler {
         if let Some(f) = self.inflight.take() {
             let mut c = f.create;
             c.attempts = c.attempts.saturating_sub(1);
-            self.queue.push_front(c);
+            self.requeue(c);
         }
         self.running = None;
         cut_off
@@ -416,6 +436,56 @@ mod tests {
         assert_eq!(
             s.next_to_send(now).unwrap().reason,
             CreateReason::ToolRound("r2".into())
+        );
+    }
+
+    #[test]
+    fn a_rejected_round_create_absorbs_the_round_queued_behind_it() {
+        // Found by the protocol model in CI: round r1's create was in flight when r2's outputs
+        // were sent; a collision put r1 back in front of r2 and both were accepted after the last
+        // output, two responses for one set of results.
+        let now = t0();
+        let mut s = ResponseScheduler::new();
+        s.request(c(CreateReason::ToolRound("r1".into())));
+        let p = s.next_to_send(now).unwrap();
+        s.sent("e1".into(), p, now);
+        s.request(c(CreateReason::ToolRound("r2".into())));
+        assert_eq!(
+            s.on_error(
+                Some("e1"),
+                "conversation_already_has_active_response",
+                false,
+                now
+            ),
+            Resolution::Requeued
+        );
+        assert_eq!(s.queued(), 1, "one create for both rounds");
+        let p = s.next_to_send(now).unwrap();
+        assert_eq!(p.reason, CreateReason::ToolRound("r2".into()));
+        // A retry and a reconnect merge the same way.
+        s.sent("e2".into(), p, now);
+        s.request(c(CreateReason::ToolRound("r3".into())));
+        assert!(matches!(
+            s.on_error(Some("e2"), "server_error", true, now),
+            Resolution::Retrying { .. }
+        ));
+        assert_eq!(s.queued(), 1);
+        let later = now + Duration::from_secs(5);
+        let p = s.next_to_send(later).unwrap();
+        assert_eq!(p.reason, CreateReason::ToolRound("r3".into()));
+        assert_eq!(
+            p.attempts(),
+            1,
+            "the survivor keeps the tries of the create it replaced"
+        );
+        s.sent("e3".into(), p, later);
+        s.request(c(CreateReason::UserText));
+        s.request(c(CreateReason::ToolRound("r4".into())));
+        assert!(!s.reset());
+        assert_eq!(s.queued(), 2);
+        assert_eq!(
+            s.next_to_send(later).unwrap().reason,
+            CreateReason::ToolRound("r4".into())
         );
     }
 

@@ -177,47 +177,131 @@ fn step() -> impl Strategy<Value = Step> {
     ]
 }
 
+/// Plays `steps`, drains, and checks the rules in the header.
+fn check(steps: Vec<Step>) -> Result<(), TestCaseError> {
+    let mut s = Server::default();
+    let mut c = Client::default();
+    for st in steps {
+        match st {
+            Step::VadResponse(n) => {
+                if s.active.is_none() {
+                    s.start(n, None)
+                }
+            }
+            Step::ServerFinish => s.finish(),
+            Step::DeliverToClient => {
+                if let Some(m) = s.to_client.pop_front() {
+                    c.receive(m)
+                }
+            }
+            Step::DeliverToServer => {
+                if let Some(m) = c.to_server.pop_front() {
+                    s.receive(m)
+                }
+            }
+            Step::ToolResult(i) => c.finish_call(i),
+            Step::UserText => {
+                c.sched
+                    .request(PendingCreate::new(CreateReason::UserText, None));
+                c.pump();
+            }
+        }
+    }
+    // Drain: finish every response, deliver everything, finish every call, until quiet.
+    for _ in 0..1000 {
+        let quiet = s.to_client.is_empty()
+            && c.to_server.is_empty()
+            && c.running_calls.is_empty()
+            && s.active.is_none()
+            && c.sched.queued() == 0
+            && !c.sched.is_active();
+        if quiet {
+            break;
+        }
+        if let Some(m) = c.to_server.pop_front() {
+            s.receive(m);
+            continue;
+        }
+        if let Some(m) = s.to_client.pop_front() {
+            c.receive(m);
+            continue;
+        }
+        if !c.running_calls.is_empty() {
+            c.finish_call(0);
+            continue;
+        }
+        s.finish();
+    }
+    prop_assert!(
+        s.to_client.is_empty() && c.to_server.is_empty() && c.running_calls.is_empty(),
+        "did not drain"
+    );
+    prop_assert_eq!(c.sched.queued(), 0, "a create was lost in the queue");
+    // Every call the server made got exactly one output.
+    for (call, n) in &s.outputs {
+        prop_assert_eq!(*n, 1, "call {} got {} outputs", call, n);
+    }
+    prop_assert_eq!(s.outputs.len(), c.rounds.pending_count() + s.outputs.len());
+    // A round's create is accepted at most once (a collision re-sends it; a round re-opened by
+    // new calls drops it and the next completion asks again).
+    for (r, n) in &s.accepted_rounds {
+        prop_assert_eq!(*n, 1, "round {} accepted {} times", r, n);
+    }
+    prop_assert!(s.accepted_rounds.keys().all(|r| c.rounds_seen.contains(r)));
+    // No output left unread, and never two round creates for one round.
+    if let Some(last_output) = s.log.iter().rposition(|e| *e == 'o') {
+        prop_assert!(
+            s.log[last_output..].contains(&'r'),
+            "outputs after the last round create: {:?}",
+            s.log
+        );
+    }
+    let joined: String = s.log.iter().collect();
+    prop_assert!(
+        !joined.contains("rr"),
+        "two round creates without an output between: {}",
+        joined
+    );
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
     #[test]
     fn rounds_and_creates_hold_under_any_interleaving(steps in proptest::collection::vec(step(), 1..120)) {
-        let mut s = Server::default();
-        let mut c = Client::default();
-        for st in steps {
-            match st {
-                Step::VadResponse(n) => if s.active.is_none() { s.start(n, None) },
-                Step::ServerFinish => s.finish(),
-                Step::DeliverToClient => if let Some(m) = s.to_client.pop_front() { c.receive(m) },
-                Step::DeliverToServer => if let Some(m) = c.to_server.pop_front() { s.receive(m) },
-                Step::ToolResult(i) => c.finish_call(i),
-                Step::UserText => { c.sched.request(PendingCreate::new(CreateReason::UserText, None)); c.pump(); }
-            }
-        }
-        // Drain: finish every response, deliver everything, finish every call, until quiet.
-        for _ in 0..1000 {
-            let quiet = s.to_client.is_empty() && c.to_server.is_empty() && c.running_calls.is_empty() && s.active.is_none() && c.sched.queued() == 0 && !c.sched.is_active();
-            if quiet { break; }
-            if let Some(m) = c.to_server.pop_front() { s.receive(m); continue; }
-            if let Some(m) = s.to_client.pop_front() { c.receive(m); continue; }
-            if !c.running_calls.is_empty() { c.finish_call(0); continue; }
-            s.finish();
-        }
-        prop_assert!(s.to_client.is_empty() && c.to_server.is_empty() && c.running_calls.is_empty(), "did not drain");
-        prop_assert_eq!(c.sched.queued(), 0, "a create was lost in the queue");
-        // Every call the server made got exactly one output.
-        for (call, n) in &s.outputs { prop_assert_eq!(*n, 1, "call {} got {} outputs", call, n); }
-        prop_assert_eq!(s.outputs.len(), c.rounds.pending_count() + s.outputs.len());
-        // A round's create is accepted at most once (a collision re-sends it; a round re-opened by
-        // new calls drops it and the next completion asks again).
-        for (r, n) in &s.accepted_rounds {
-            prop_assert_eq!(*n, 1, "round {} accepted {} times", r, n);
-        }
-        prop_assert!(s.accepted_rounds.keys().all(|r| c.rounds_seen.contains(r)));
-        // No output left unread, and never two round creates for one round.
-        if let Some(last_output) = s.log.iter().rposition(|e| *e == 'o') {
-            prop_assert!(s.log[last_output..].contains(&'r'), "outputs after the last round create: {:?}", s.log);
-        }
-        let joined: String = s.log.iter().collect();
-        prop_assert!(!joined.contains("rr"), "two round creates without an output between: {}", joined);
+        check(steps)?;
     }
+}
+
+/// The minimal input CI found (stop 19): round 1's create is in flight when round 2's output is
+/// sent, a server-VAD response makes it collide, and the requeued create used to go out in front
+/// of round 2's, so both were accepted after the last output.
+#[test]
+fn a_collided_round_create_and_the_next_round_make_one_create() {
+    use Step::*;
+    let steps = vec![
+        ServerFinish,
+        VadResponse(1),
+        VadResponse(0),
+        VadResponse(0),
+        DeliverToClient,
+        ServerFinish,
+        VadResponse(1),
+        ServerFinish,
+        VadResponse(0),
+        DeliverToClient,
+        DeliverToServer,
+        ToolResult(0),
+        ServerFinish,
+        VadResponse(0),
+        DeliverToClient,
+        DeliverToClient,
+        DeliverToClient,
+        DeliverToClient,
+        DeliverToClient,
+        DeliverToClient,
+        DeliverToClient,
+        ToolResult(0),
+    ];
+    check(steps).unwrap();
 }
