@@ -85,6 +85,8 @@ KNOWN = {
     "voice_limits_hit_total": "counter",
     "voice_log_suppressed_total": "counter",
     "voice_label_values_overflowed_total": "counter",
+    "voice_upstream_rollovers_total": "counter",
+    "voice_upstream_rollover_gap_seconds": "histogram",
 }
 errors = []
 

@@ -461,6 +461,8 @@ typed_waits! {
     until_ended => Ended(pb::SessionEnded),
     until_idle_timeout => IdleTimeout(pb::IdleTimeout),
     until_quiet_mode => QuietMode(pb::QuietMode),
+    until_rolled_over => RolledOver(pb::SessionRolledOver),
+    until_ending_soon => EndingSoon(pb::CallEndingSoon),
 }
 
 pub fn kind(e: &Out) -> String {
@@ -487,6 +489,11 @@ pub fn kind(e: &Out) -> String {
         Out::Ended(e) => format!("ended:{}", e.reason),
         Out::IdleTimeout(_) => "idle_timeout".into(),
         Out::QuietMode(q) => format!("quiet_mode:{}", if q.on { "on" } else { "off" }),
+        Out::RolledOver(r) => format!(
+            "rolled_over:{}",
+            if r.forced { "forced" } else { "natural" }
+        ),
+        Out::EndingSoon(_) => "ending_soon".into(),
     }
 }
 

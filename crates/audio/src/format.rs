@@ -157,6 +157,12 @@ impl WireFormat {
         }
     }
 
+    /// Bytes of `d` of audio in this format (whole samples).
+    pub fn bytes_for(self, d: Duration) -> usize {
+        let samples = d.as_micros() * u128::from(self.sample_rate()) / 1_000_000;
+        usize::try_from(samples).unwrap_or(usize::MAX / 2) * self.bytes_per_sample()
+    }
+
     /// How much audio `bytes` of this format hold (whole samples only).
     pub fn duration_of(self, bytes: usize) -> Duration {
         let samples = (bytes / self.bytes_per_sample()) as u64;
@@ -220,6 +226,12 @@ mod tests {
         assert_eq!(WireFormat::Pcm16_24k.duration_of(4801), ms(100));
         assert_eq!(WireFormat::Ulaw8k.duration_of(160), ms(20));
         assert_eq!(WireFormat::Alaw8k.duration_of(800), ms(100));
+        assert_eq!(WireFormat::Pcm16_24k.bytes_for(ms(100)), 4800);
+        assert_eq!(WireFormat::Ulaw8k.bytes_for(ms(20)), 160);
+        assert_eq!(
+            WireFormat::Pcm16_24k.duration_of(WireFormat::Pcm16_24k.bytes_for(ms(10_000))),
+            ms(10_000)
+        );
     }
 
     #[test]

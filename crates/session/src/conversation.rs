@@ -12,6 +12,9 @@ use crate::audio_check::AudioCheck;
 use crate::barge_in::{self, Situation, EARCON_ITEM};
 use crate::budget::Budget;
 use crate::dead_air::{Closed, DeadAir, Phase};
+mod long_call;
+pub use long_call::{SwitchPlan, SwitchSend, CONTINUATION_NOTE, MAX_REPLAY};
+
 use crate::error::{Code, HostError};
 use crate::limits::{
     AudioBudget, RoundVerdict, TokenBucket, ToolRoundCap, Warn, WarnLimiter, CREATE_BURST,
@@ -79,6 +82,8 @@ pub enum End {
     BadMessage,
     Shutdown,
     Budget,
+    /// `SessionStart.max_duration_secs` was reached.
+    MaxDuration,
     Upstream(RealtimeError),
 }
 
@@ -92,6 +97,7 @@ impl End {
             End::BadMessage => "invalid_message",
             End::Shutdown => "shutdown",
             End::Budget => "budget_exceeded",
+            End::MaxDuration => "max_duration",
             End::Upstream(RealtimeError::Closed { .. }) => "upstream_closed",
             End::Upstream(_) => "upstream_error",
         }
@@ -165,6 +171,20 @@ pub struct Conversation {
     /// Repeated upstream-error and audio-anomaly warnings.
     warn_upstream: WarnLimiter,
     warn_anomaly: WarnLimiter,
+    // --- Long calls (see `long_call`).
+    /// Context items recorded so far (a cursor: what a standby seeded earlier has not seen).
+    context_seq: u64,
+    /// The user is speaking (upstream VAD).
+    user_speaking: bool,
+    /// The user finished a turn upstream will answer on its own, and no response has started yet.
+    awaiting_reply: bool,
+    /// The user's last turn ended at this time and its final transcript has not arrived.
+    transcript_due: Option<Instant>,
+    /// Input audio since the last speech stop, kept while a standby waits.
+    replay: Option<long_call::Replay>,
+    /// The instructions say the call continues (every upstream session after the first).
+    continuing: bool,
+    call_limit: Option<crate::rollover::CallLimit>,
 }
 
 impl Conversation {
@@ -205,6 +225,7 @@ impl Conversation {
             warn_upstream: WarnLimiter::new(),
             warn_anomaly: WarnLimiter::new(),
             playout: Playout::new(plan.pacing_lead),
+            call_limit: Conversation::call_limit_for(&plan, now),
             budget: Budget::new(plan.prices, plan.budget),
             plan,
             out: Outbox::default(),
@@ -237,6 +258,12 @@ impl Conversation {
             quiet: None,
             quiet_calls: VecDeque::new(),
             expired: false,
+            context_seq: 0,
+            user_speaking: false,
+            awaiting_reply: false,
+            transcript_due: None,
+            replay: None,
+            continuing: false,
         }
     }
 
@@ -302,6 +329,11 @@ impl Conversation {
         if !self.audio_budget.admit(audio, now) {
             self.audio_too_fast(audio);
             return None;
+        }
+        if self.replay.is_some() {
+            let wire = std::mem::take(&mut self.wire_buf);
+            self.replay_push(&wire);
+            self.wire_buf = wire;
         }
         Some(&self.wire_buf)
     }
@@ -548,6 +580,7 @@ impl Conversation {
                 transcript: t,
                 logprobs,
             } => {
+                self.transcript_due = None;
                 self.remember(pb::Role::User, &t);
                 let wake = self
                     .quiet
@@ -579,6 +612,7 @@ impl Conversation {
                 }));
             }
             ServerEvent::InputTranscriptionFailed { item_id, message } => {
+                self.transcript_due = None;
                 self.out.host_error(HostError::new(
                     Code::TranscriptionFailed,
                     format!("item {item_id}: {message}"),
@@ -593,6 +627,7 @@ impl Conversation {
                     self.observe_dead_air(c);
                 }
                 self.user_turn_end = None;
+                self.on_speech_started_long();
                 if barge_in::speech_interrupts(
                     self.playout.is_audible(now),
                     self.scheduler.running_id(),
@@ -611,6 +646,7 @@ impl Conversation {
             } => {
                 self.summary.turns += 1;
                 self.new_turn();
+                self.on_speech_stopped_long(now);
                 if !self.plan.config.listen_only {
                     self.user_turn_end = Some(now);
                     self.dead_air.user_turn_ended(now);
@@ -627,6 +663,7 @@ impl Conversation {
                     .and_then(|m| m.get(TAG_KEY))
                     .and_then(|t| t.as_str());
                 self.scheduler.on_created(&response.id, tag, now);
+                self.awaiting_reply = false;
                 if self.created_responses.len() >= MAX_RESPONSE_SPANS {
                     self.created_responses.pop_front();
                 }
@@ -1266,13 +1303,15 @@ impl Conversation {
             self.tools.next_deadline(),
             self.scheduler.deadline(),
             self.create_wait,
+            self.call_limit_deadline(),
         ]
         .into_iter()
         .flatten()
         .min()
     }
 
-    pub fn on_timer(&mut self, now: Instant) {
+    pub fn on_timer(&mut self, now: Instant) -> Result<(), End> {
+        self.on_call_limit(now)?;
         let mut due = std::mem::take(&mut self.released);
         self.playout.due(now, &mut due);
         self.release(&mut due, now);
@@ -1306,6 +1345,7 @@ impl Conversation {
             _ => {}
         }
         self.pump(now);
+        Ok(())
     }
 
     fn fire_guard(&mut self, now: Instant) {
@@ -1413,6 +1453,7 @@ impl Conversation {
     }
 
     fn push_context(&mut self, item: ContextItem) {
+        self.context_seq += 1;
         self.context.push_back(item);
         while self.context.len() > MAX_CONTEXT_ITEMS {
             self.context.pop_front();
@@ -1427,6 +1468,11 @@ impl Conversation {
     /// any more. Running calls keep running (orphaned); their results go in as context later.
     pub fn on_link_lost(&mut self, error: &RealtimeError) {
         self.link_up = false;
+        self.mark_continuing();
+        self.user_speaking = false;
+        self.awaiting_reply = false;
+        self.transcript_due = None;
+        self.keep_replay(false);
         self.cut_off |= self.scheduler.reset();
         if let Some(rid) = self.audio_response.take() {
             self.mark_cancelled(rid);
@@ -1563,6 +1609,7 @@ pub fn is_expiry(e: &RealtimeError) -> bool {
 fn reason_name(r: &CreateReason) -> &'static str {
     match r {
         CreateReason::ToolRound(_) => "tool results",
+        CreateReason::CallLimitWarning => "call limit warning",
         CreateReason::UserText => "text from the host",
         CreateReason::HoldingLine => "holding line",
         CreateReason::Commit => "committed input",

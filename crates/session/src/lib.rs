@@ -13,6 +13,7 @@
 //! | [`session`] | the loop: host stream, upstream link, reconnect attempt, tool futures, timer; performs the outbox |
 //! | [`conversation`] | routing of every event to the machines below; context carried across reconnects |
 //! | [`outbox`] | the actions the logic asks the loop to perform |
+//! | [`rollover`] | long calls: when to open the standby upstream session and switch to it (natural pause or forced), the host-set call limit |
 //! | [`upstream`] | opening an upstream session within the setup timeout; reconnect `State` machine with jittered exponential backoff |
 //! | [`scheduler`] | the one active response; every `response.create` (queued, retried, failed, timed out) |
 //! | [`tool_calls`] | a tool call's whole lifecycle: refused, started, finished, timed out, late, orphaned, cancelled — one ending path |
@@ -45,6 +46,7 @@ pub mod metrics;
 pub mod outbox;
 pub mod plan;
 pub mod playout;
+pub mod rollover;
 pub mod rounds;
 pub mod scheduler;
 pub mod session;
@@ -59,6 +61,7 @@ pub use error::{Code, HostError};
 pub use limits::Limits;
 pub use metrics::register_metrics;
 pub use plan::{Defaults, Prices, SessionPlan, StartError, StartLimits};
+pub use rollover::RolloverPolicy;
 pub use session::{run_session, SessionContext, UpstreamSettings};
 pub use tools::ToolChannels;
 pub use upstream::{Connect, Policy as ReconnectPolicy, WebSocketConnector};

@@ -28,7 +28,7 @@ pub const SETUP_CODES: &[Code] = &[
 ];
 
 /// One `End` of each kind, for their `reason()` strings (the `voice_sessions_total` outcomes).
-fn every_end() -> [End; 9] {
+fn every_end() -> [End; 10] {
     let ends = [
         End::MessageTooLarge,
         End::BadMessage,
@@ -37,6 +37,7 @@ fn every_end() -> [End; 9] {
         End::HostGone,
         End::Shutdown,
         End::Budget,
+        End::MaxDuration,
         End::Upstream(RealtimeError::Closed {
             code: None,
             reason: None,
@@ -53,6 +54,7 @@ fn every_end() -> [End; 9] {
             | End::HostGone
             | End::Shutdown
             | End::Budget
+            | End::MaxDuration
             | End::Upstream(_) => {}
         }
     }

@@ -54,6 +54,11 @@ pub struct Defaults {
     pub start_limits: StartLimits,
     /// Distinct values per host label key in metrics (the rest are reported as `other`).
     pub max_label_values: usize,
+    /// When to roll a call over to a new upstream session (`--rollover-after-secs`, the cap, the
+    /// margin); `SessionStart.rollover_after_secs` overrides the age.
+    pub rollover: crate::RolloverPolicy,
+    /// The call limit when `SessionStart.max_duration_secs` is 0 (`--max-call-secs`; `None`: none).
+    pub max_call: Option<Duration>,
 }
 
 /// Bounds on a `SessionStart`: each is refused with INVALID_ARGUMENT naming the limit (its flag).
@@ -234,6 +239,8 @@ impl Default for Defaults {
             limits: Limits::default(),
             start_limits: StartLimits::default(),
             max_label_values: 50,
+            rollover: crate::RolloverPolicy::default(),
+            max_call: None,
         }
     }
 }
@@ -313,6 +320,67 @@ pub struct SessionPlan {
     pub quiet_mode: bool,
     /// Per-session limits on rounds, rates and input audio.
     pub limits: Limits,
+    /// When this call rolls over to a new upstream session.
+    pub rollover: crate::RolloverPolicy,
+    /// The host-set call limit, with its warning.
+    pub max_duration: Option<CallLimitPlan>,
+}
+
+/// `SessionStart.max_duration_secs` and its warning.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CallLimitPlan {
+    pub max: Duration,
+    /// How long before the end the host is warned (at most half the limit).
+    pub warn_before: Duration,
+    /// A line the model says with the warning.
+    pub line: Option<String>,
+}
+
+/// Longest `max_duration_warning_line`.
+pub const MAX_WARNING_LINE_BYTES: usize = 1024;
+
+/// Default warning ahead of the host-set call limit.
+pub const DEFAULT_LIMIT_WARNING: Duration = Duration::from_secs(30);
+
+fn long_call(
+    start: &pb::SessionStart,
+    d: &Defaults,
+) -> Result<(crate::RolloverPolicy, Option<CallLimitPlan>), StartError> {
+    let mut rollover = d.rollover;
+    if start.rollover_after_secs > 0 {
+        rollover.after = Some(Duration::from_secs(u64::from(start.rollover_after_secs)));
+        rollover
+            .check()
+            .map_err(|e| StartError::Other(format!("rollover_after_secs: {e}")))?;
+    }
+    let max = match start.max_duration_secs {
+        0 => d.max_call,
+        s => Some(Duration::from_secs(u64::from(s))),
+    };
+    let limit = max.map(|max| CallLimitPlan {
+        max,
+        warn_before: match start.max_duration_warning_secs {
+            0 => DEFAULT_LIMIT_WARNING,
+            s => Duration::from_secs(u64::from(s)),
+        }
+        .min(max / 2),
+        line: Some(start.max_duration_warning_line.trim())
+            .filter(|l| !l.is_empty())
+            .map(str::to_string),
+    });
+    if start.max_duration_warning_line.len() > MAX_WARNING_LINE_BYTES {
+        return Err(StartError::Other(format!(
+            "max_duration_warning_line is {} bytes; at most {MAX_WARNING_LINE_BYTES}",
+            start.max_duration_warning_line.len()
+        )));
+    }
+    if limit.is_none() && !start.max_duration_warning_line.trim().is_empty() {
+        return Err(StartError::Other(
+            "max_duration_warning_line is set but there is no call limit (max_duration_secs)"
+                .into(),
+        ));
+    }
+    Ok((rollover, limit))
 }
 
 /// The built-in tool the model calls to enter quiet mode (`SessionStart.quiet_mode`).
@@ -713,6 +781,7 @@ impl SessionPlan {
             ..Default::default()
         };
         session_fields::from_start(start, model_info, dialect, &mut config)?;
+        let (rollover, max_duration) = long_call(start, d)?;
 
         Ok(SessionPlan {
             input,
@@ -737,6 +806,8 @@ impl SessionPlan {
             deprecation,
             quiet_mode: start.quiet_mode,
             limits: d.limits,
+            rollover,
+            max_duration,
         })
     }
 }

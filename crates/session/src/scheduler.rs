@@ -46,6 +46,8 @@ pub enum CreateReason {
     Resume,
     /// Results of calls started before a reconnect went in as context; the model continues.
     OrphanedResult,
+    /// The host-set call limit is near: the model says the configured line.
+    CallLimitWarning,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -8,11 +8,12 @@
 //! while the link is down or backing off, host messages, tool results, timers and shutdown are still
 //! served (host audio in the gap is dropped and counted in `voice_audio_dropped_total`).
 
-use crate::conversation::{Conversation, End};
+use crate::conversation::{Conversation, End, SwitchSend};
 use crate::error::{Code, HostError};
 use crate::limits::{Warn, WarnLimiter};
 use crate::outbox::{Action, Invocation};
 use crate::plan::SessionPlan;
+use crate::rollover::{Rollover, Switch};
 use crate::scheduler::tagged_response;
 use crate::tools::{self, ToolChannels, ToolOutcome};
 use crate::upstream::{self, Connect, Next, Policy, Reconnect};
@@ -93,6 +94,16 @@ pub type HostSender = mpsc::Sender<Result<pb::ServerMessage, Status>>;
 
 type Attempt = BoxFuture<'static, Result<RealtimeConnection, HostError>>;
 
+/// The next upstream session, opened ahead of a rollover (see [`crate::rollover`]).
+struct Standby {
+    conn: RealtimeConnection,
+    /// The session it was configured with.
+    configured: serde_json::Value,
+    /// The conversation's context cursor when it was seeded.
+    cursor: u64,
+    seeded_items: u32,
+}
+
 /// Runs a session to completion. `inbound` yields the host's messages after `SessionStart`.
 pub async fn run_session<S>(
     plan: SessionPlan,
@@ -171,6 +182,11 @@ where
     let seed = seed_of(&conv.id);
     let mut s = SessionLoop {
         reconnect: Reconnect::new(ctx.reconnect, seed),
+        rollover: Rollover::new(conv.plan.rollover, Instant::now()),
+        opening: None,
+        standby: None,
+        last_frame_at: None,
+        gap_from: None,
         conv,
         ctx,
         host: out,
@@ -183,6 +199,11 @@ where
     s.conv.start();
     let end = s.run(&mut inbound).await;
     s.finish(end).await
+}
+
+/// Closes a replaced upstream socket with the close handshake, off the session's task.
+fn close_in_background(mut conn: RealtimeConnection) {
+    tokio::spawn(async move { conn.close().await });
 }
 
 /// A per-session seed for backoff jitter (sessions that lost the same upstream do not retry in
@@ -260,6 +281,32 @@ struct SessionLoop {
     host_stall_warned: bool,
     /// Unparseable upstream events: a few warnings per window, the rest counted.
     bad_events: WarnLimiter,
+    /// When to open the next upstream session and switch to it.
+    rollover: Rollover,
+    /// The standby being opened: the attempt, and the session it configures.
+    opening: Option<(Attempt, serde_json::Value)>,
+    standby: Option<Standby>,
+    /// When the last input frame went upstream, and (after a switch) the last one on the old socket.
+    last_frame_at: Option<std::time::Instant>,
+    gap_from: Option<std::time::Instant>,
+}
+
+async fn recv_standby(
+    s: &mut Option<Standby>,
+) -> Result<voice_realtime::ServerEvent, RealtimeError> {
+    match s {
+        Some(s) => s.conn.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn opening_done(
+    a: &mut Option<(Attempt, serde_json::Value)>,
+) -> Result<RealtimeConnection, HostError> {
+    match a {
+        Some((f, _)) => f.await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn recv(
@@ -298,10 +345,24 @@ impl SessionLoop {
                 return end;
             }
             let now = Instant::now();
-            let timer = [self.conv.next_deadline(now), self.reconnect.deadline()]
-                .into_iter()
-                .flatten()
-                .min();
+            let mut recheck = None;
+            if self.rollover.ready() {
+                let pause = self.conv.pause(now);
+                if let Some(sw) = self.rollover.decide(now, pause) {
+                    self.switch(sw, now).await;
+                    continue;
+                }
+                recheck = pause.recheck;
+            }
+            let timer = [
+                self.conv.next_deadline(now),
+                self.reconnect.deadline(),
+                self.rollover.deadline(now),
+                recheck,
+            ]
+            .into_iter()
+            .flatten()
+            .min();
             let r = tokio::select! {
                 () = shutdown.cancelled() => Err(End::Shutdown),
                 msg = inbound.next() => match msg {
@@ -331,13 +392,26 @@ impl SessionLoop {
                     self.connecting = None;
                     self.attempt_finished(r)
                 }
+                r = opening_done(&mut self.opening), if self.opening.is_some() => {
+                    if let Some((_, configured)) = self.opening.take() {
+                        self.standby_opened(r, configured).await;
+                    }
+                    Ok(())
+                }
+                ev = recv_standby(&mut self.standby), if self.standby.is_some() => {
+                    self.standby_event(ev);
+                    Ok(())
+                }
                 () = sleep_until_opt(timer), if timer.is_some() => {
                     let now = Instant::now();
-                    self.conv.on_timer(now);
+                    let r = self.conv.on_timer(now);
                     if self.reconnect.start_attempt(now).is_some() {
                         self.connecting = Some(attempt(&self.ctx, &self.conv.plan));
                     }
-                    Ok(())
+                    if self.link.is_some() && self.rollover.on_timer(now) {
+                        self.open_standby();
+                    }
+                    r
                 }
             };
             if let Err(end) = r {
@@ -376,6 +450,10 @@ impl SessionLoop {
                 if let Err(e) = conn.send_audio(wire).await {
                     return self.link_lost(e);
                 }
+                if let Some(from) = self.gap_from.take() {
+                    histogram!(names::ROLLOVER_GAP).record(t0.duration_since(from).as_secs_f64());
+                }
+                self.last_frame_at = Some(t0);
             }
             None => {
                 counter!(names::AUDIO_DROPPED, "reason" => "upstream_down").increment(1);
@@ -456,6 +534,15 @@ impl SessionLoop {
     /// The upstream socket failed: reconnect in the background, or end the session.
     fn link_lost(&mut self, e: RealtimeError) -> Result<(), End> {
         self.link = None;
+        // A standby being opened or held is given up: the reconnect opens the next session. When
+        // upstream ended the session at its cap before a switch, the rollover failed.
+        if crate::conversation::is_expiry(&e) && self.rollover.planned() {
+            counter!(names::ROLLOVERS, "outcome" => "failed").increment(1);
+            warn!(session_id = %self.conv.id, "upstream ended the session at its cap before a rollover could switch");
+        }
+        self.opening = None;
+        self.drop_standby();
+        self.rollover.link_lost();
         match self.reconnect.lost(Instant::now(), e.is_retryable()) {
             Next::Wait(_) => {
                 counter!(names::UPSTREAM_RECONNECTS).increment(1);
@@ -476,6 +563,7 @@ impl SessionLoop {
         match r {
             Ok(conn) => {
                 self.link = Some(conn);
+                self.rollover.new_link(now);
                 let gap = self.reconnect.connected(now);
                 self.conv.on_link_resumed(gap, now);
                 Ok(())
@@ -491,6 +579,124 @@ impl SessionLoop {
                 })),
             },
         }
+    }
+
+    /// Opens the next upstream session in the background (the loop keeps serving meanwhile).
+    fn open_standby(&mut self) {
+        self.conv.mark_continuing();
+        let configured = self.conv.plan.config.to_json(self.conv.plan.dialect);
+        debug!(
+            age_s = self.rollover.age(Instant::now()).as_secs(),
+            "opening the standby upstream session"
+        );
+        self.opening = Some((attempt(&self.ctx, &self.conv.plan), configured));
+    }
+
+    /// The standby is configured: seed it with the conversation so far, then hold it for the switch.
+    async fn standby_opened(
+        &mut self,
+        r: Result<RealtimeConnection, HostError>,
+        configured: serde_json::Value,
+    ) {
+        let now = Instant::now();
+        let mut conn = match r {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(session_id = %self.conv.id, code = e.code.as_str(), message = %e.message, "standby upstream session could not be opened");
+                self.rollover.failed(now);
+                return;
+            }
+        };
+        let (items, cursor) = self.conv.seed();
+        for ev in &items {
+            if let Err(e) = conn.send(ev).await {
+                warn!(session_id = %self.conv.id, error = %e, "standby upstream session lost while seeding");
+                self.rollover.failed(now);
+                return;
+            }
+        }
+        debug!(items = items.len(), "standby upstream session ready");
+        self.standby = Some(Standby {
+            conn,
+            configured,
+            cursor,
+            seeded_items: items.len() as u32,
+        });
+        self.rollover.opened();
+        self.conv.keep_replay(true);
+    }
+
+    /// An event on the standby before the switch: only its failure matters (acknowledgements of the
+    /// seeded items are dropped; an error about them is logged).
+    fn standby_event(&mut self, ev: Result<voice_realtime::ServerEvent, RealtimeError>) {
+        match ev {
+            Ok(voice_realtime::ServerEvent::Error { error }) => {
+                counter!(names::UPSTREAM_ERRORS, "code" => crate::conversation::bounded_code(error.code.as_deref().unwrap_or(""))).increment(1);
+                warn!(session_id = %self.conv.id, code = ?error.code, message = %error.message, "standby upstream session reported an error");
+            }
+            Ok(_) | Err(RealtimeError::Parse(_)) => {}
+            Err(e) => {
+                warn!(session_id = %self.conv.id, error = %e, "standby upstream session lost before the switch");
+                self.drop_standby();
+                self.rollover.failed(Instant::now());
+            }
+        }
+    }
+
+    fn drop_standby(&mut self) {
+        self.conv.keep_replay(false);
+        if let Some(sb) = self.standby.take() {
+            close_in_background(sb.conn);
+        }
+    }
+
+    /// Switches to the standby: what it lacks goes first (context since seeding, calls still
+    /// running, an utterance in progress), then the link is swapped in this one step — no host frame
+    /// is handled in between, so none is lost or reordered. The old socket closes in the background.
+    async fn switch(&mut self, how: Switch, now: Instant) {
+        let Some(mut sb) = self.standby.take() else {
+            return;
+        };
+        let plan = self.conv.switch_plan(sb.cursor);
+        for send in &plan.sends {
+            let r = match send {
+                SwitchSend::Event(ev) => sb.conn.send(ev).await.map(|_| ()),
+                SwitchSend::Audio(a) => sb.conn.send_audio(a).await,
+            };
+            if let Err(e) = r {
+                warn!(session_id = %self.conv.id, error = %e, "standby upstream session lost at the switch; staying on the current one");
+                self.conv.keep_replay(false);
+                close_in_background(sb.conn);
+                self.rollover.failed(now);
+                return;
+            }
+        }
+        let age = self.rollover.age(now);
+        if let Some(old) = self.link.replace(sb.conn) {
+            close_in_background(old);
+        }
+        self.gap_from = self.last_frame_at;
+        if !plan.replayed.is_zero() {
+            // The replayed utterance was the first audio on the new socket.
+            if let Some(from) = self.gap_from.take() {
+                histogram!(names::ROLLOVER_GAP).record(from.elapsed().as_secs_f64());
+            }
+        }
+        self.rollover.new_link(now);
+        counter!(names::ROLLOVERS, "outcome" => how.outcome()).increment(1);
+        self.conv.rolled_over(
+            how == Switch::Forced,
+            age,
+            sb.seeded_items
+                + plan
+                    .sends
+                    .iter()
+                    .filter(|s| matches!(s, SwitchSend::Event(_)))
+                    .count() as u32,
+            &plan,
+            sb.configured,
+            now,
+        );
     }
 
     async fn emit(&mut self, m: Out) -> Result<(), End> {
@@ -542,6 +748,8 @@ impl SessionLoop {
         // Calls still running are cancelled by dropping their futures (hosts see the RPC cancelled).
         self.tools = FuturesUnordered::new();
         self.connecting = None;
+        self.opening = None;
+        self.drop_standby();
         self.conv.finish(reason, Instant::now());
         while let Some(a) = self.conv.out.pop() {
             if let Action::Host(m) = a {

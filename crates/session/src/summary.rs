@@ -13,6 +13,7 @@ pub struct Summary {
     pub tool_calls: u32,
     pub interruptions: u32,
     pub usage: Usage,
+    pub rollovers: u32,
 }
 
 impl Summary {
@@ -42,6 +43,7 @@ impl Summary {
             usage: Some(usage_pb(&self.usage)),
             duration_ms: millis(duration),
             cost_usd,
+            rollovers: self.rollovers,
         }
     }
 }

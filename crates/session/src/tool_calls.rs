@@ -116,6 +116,24 @@ impl ToolCalls {
         self.calls.len()
     }
 
+    /// Calls running on a host for the current upstream session (not orphaned), oldest first:
+    /// `(call_id, name, arguments)`.
+    pub fn running_calls(&self) -> Vec<(String, String, String)> {
+        let mut v: Vec<(&Instant, (String, String, String))> = self
+            .calls
+            .iter()
+            .filter(|(_, c)| c.state == CallState::Running)
+            .map(|(id, c)| {
+                (
+                    &c.started,
+                    (id.clone(), c.name.clone(), c.arguments.clone()),
+                )
+            })
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(b.0).then_with(|| a.1 .0.cmp(&b.1 .0)));
+        v.into_iter().map(|(_, c)| c).collect()
+    }
+
     pub fn state(&self, call_id: &str) -> Option<CallState> {
         self.calls.get(call_id).map(|c| c.state)
     }

@@ -185,18 +185,18 @@ fn check(steps: Vec<Step>) -> Result<(), TestCaseError> {
         match st {
             Step::VadResponse(n) => {
                 if s.active.is_none() {
-                    s.start(n, None)
+                    s.start(n, None);
                 }
             }
             Step::ServerFinish => s.finish(),
             Step::DeliverToClient => {
                 if let Some(m) = s.to_client.pop_front() {
-                    c.receive(m)
+                    c.receive(m);
                 }
             }
             Step::DeliverToServer => {
                 if let Some(m) = c.to_server.pop_front() {
-                    s.receive(m)
+                    s.receive(m);
                 }
             }
             Step::ToolResult(i) => c.finish_call(i),

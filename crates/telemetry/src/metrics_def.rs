@@ -44,6 +44,12 @@ pub const TOOL_CHANNEL_EVICTIONS: &str = "voice_tool_channel_evictions_total";
 pub const LIMITS_HIT: &str = "voice_limits_hit_total";
 pub const LOG_SUPPRESSED: &str = "voice_log_suppressed_total";
 pub const LABELS_OVERFLOWED: &str = "voice_label_values_overflowed_total";
+pub const ROLLOVERS: &str = "voice_upstream_rollovers_total";
+pub const ROLLOVER_GAP: &str = "voice_upstream_rollover_gap_seconds";
+
+/// How a planned rollover ended: switched at a pause, switched at the cap minus the margin, or the
+/// old session ended (upstream's cap) before a standby was ready.
+pub const ROLLOVER_OUTCOMES: &[&str] = &["natural", "forced", "failed"];
 
 /// Voice-to-voice and dead air: tens of milliseconds to tens of seconds.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -53,6 +59,12 @@ const LATENCY_BUCKETS: &[f64] = &[
 /// In-sidecar per-frame cost: microseconds to tens of milliseconds.
 const FRAME_BUCKETS: &[f64] = &[
     0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+];
+
+/// Rollover gaps: the last input frame on the old upstream socket to the first on the new one (a
+/// frame interval when the switch is clean).
+const GAP_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.2, 0.5, 1.0, 2.5,
 ];
 
 /// Host stalls: a slow reader is sub-millisecond to seconds behind.
@@ -428,6 +440,23 @@ pub const FAMILIES: &[Family] = &[
         help: "Session label values reported as `other` (the label key already had its maximum of distinct values).",
         series: Series::Unlabelled,
     },
+    Family {
+        name: ROLLOVERS,
+        kind: Kind::Counter,
+        unit: Unit::Count,
+        help: "Planned switches to a new upstream session before its duration cap, by outcome.",
+        series: Series::Values {
+            key: "outcome",
+            values: ROLLOVER_OUTCOMES,
+        },
+    },
+    Family {
+        name: ROLLOVER_GAP,
+        kind: Kind::Histogram,
+        unit: Unit::Seconds,
+        help: "Input audio gap at a rollover: last frame sent on the old upstream socket to the first on the new one.",
+        series: Series::Unlabelled,
+    },
 ];
 
 /// The table entry for `name`.
@@ -513,6 +542,8 @@ pub(crate) fn builder() -> PrometheusBuilder {
     b.set_buckets_for_metric(Matcher::Full(FRAME_PROCESSING.to_string()), FRAME_BUCKETS)
         .expect("bucket list is non-empty")
         .set_buckets_for_metric(Matcher::Full(HOST_STALL.to_string()), STALL_BUCKETS)
+        .expect("bucket list is non-empty")
+        .set_buckets_for_metric(Matcher::Full(ROLLOVER_GAP.to_string()), GAP_BUCKETS)
         .expect("bucket list is non-empty")
 }
 

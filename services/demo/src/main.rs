@@ -293,6 +293,16 @@ async fn main() -> Result<()> {
                 "[{ms:>6} ms] quiet mode {}",
                 if q.on { "on" } else { "off" }
             ),
+            Out::RolledOver(r) => println!(
+                "[{ms:>6} ms] rolled over to a new upstream session after {} s ({}, {} item(s) carried)",
+                r.upstream_age_ms / 1000,
+                if r.forced { "forced" } else { "at a pause" },
+                r.seeded_items
+            ),
+            Out::EndingSoon(e) => println!(
+                "[{ms:>6} ms] the call ends in {} s",
+                e.remaining_ms / 1000
+            ),
             Out::Ended(e) => {
                 let s = e.summary.unwrap_or_default();
                 println!("[{ms:>6} ms] session ended ({}): {} turn(s), {} response(s), {} tool call(s), mean voice-to-voice {} ms, dead air {} ms",

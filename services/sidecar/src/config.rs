@@ -152,6 +152,19 @@ pub struct Args {
     /// PEM CA certificate(s): require client certificates signed by them (mutual TLS; needs --tls-cert).
     #[arg(long, env = "VOICE_SIDECAR_TLS_CLIENT_CA")]
     pub tls_client_ca: Option<PathBuf>,
+    /// Age of an upstream session at which the next one is opened and the call rolls over to it at
+    /// a natural pause, seconds (fractions allowed; 0 turns rollover off). Default 3300 (55 min).
+    #[arg(long, env = "VOICE_SIDECAR_ROLLOVER_AFTER_SECS")]
+    pub rollover_after_secs: Option<f64>,
+    /// Upstream's session cap, seconds (default 3600, the Realtime API's 60 minutes).
+    #[arg(long, env = "VOICE_SIDECAR_UPSTREAM_SESSION_CAP_SECS")]
+    pub upstream_session_cap_secs: Option<f64>,
+    /// The rollover is forced (no pause waited for) at the cap minus this, seconds (default 60).
+    #[arg(long, env = "VOICE_SIDECAR_ROLLOVER_MARGIN_SECS")]
+    pub rollover_margin_secs: Option<f64>,
+    /// Default call limit for sessions that set no `max_duration_secs`, seconds (0: none, the default).
+    #[arg(long, env = "VOICE_SIDECAR_MAX_CALL_SECS")]
+    pub max_call_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -196,6 +209,10 @@ pub struct FileConfig {
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub tls_client_ca: Option<PathBuf>,
+    pub rollover_after_secs: Option<f64>,
+    pub upstream_session_cap_secs: Option<f64>,
+    pub rollover_margin_secs: Option<f64>,
+    pub max_call_secs: Option<u64>,
     /// US dollars per million tokens, for cost metrics and session budgets (file only).
     pub prices: Option<PricesConfig>,
 }
@@ -255,6 +272,10 @@ pub struct Config {
     pub auth_token: Option<AuthToken>,
     /// TLS for the gRPC port (`--tls-cert`/`--tls-key`, optionally `--tls-client-ca`).
     pub tls: Option<Tls>,
+    /// Hot-standby rollover before upstream's session cap.
+    pub rollover: voice_session::RolloverPolicy,
+    /// Default call limit (`--max-call-secs`).
+    pub max_call: Option<Duration>,
 }
 
 /// TLS settings, read and checked at startup.
@@ -388,6 +409,35 @@ impl Config {
                 .unwrap_or(ds.max_instructions_bytes),
             max_start_bytes: pick!(max_start_bytes).unwrap_or(ds.max_start_bytes),
         };
+        let secs = |flag: &str, v: f64| -> anyhow::Result<Duration> {
+            if !(v.is_finite() && (0.0..=86_400.0).contains(&v)) {
+                bail!("--{flag} must be within 0..=86400 seconds, got {v}");
+            }
+            Ok(Duration::from_secs_f64(v))
+        };
+        let rd = voice_session::RolloverPolicy::default();
+        let rollover = voice_session::RolloverPolicy {
+            after: match pick!(rollover_after_secs) {
+                None => rd.after,
+                Some(v) => Some(secs("rollover-after-secs", v)?).filter(|d| !d.is_zero()),
+            },
+            cap: match pick!(upstream_session_cap_secs) {
+                None => rd.cap,
+                Some(v) => secs("upstream-session-cap-secs", v)?,
+            },
+            margin: match pick!(rollover_margin_secs) {
+                None => rd.margin,
+                Some(v) => secs("rollover-margin-secs", v)?,
+            },
+        };
+        rollover.check().map_err(|e| {
+            anyhow::anyhow!(
+                "--rollover-after-secs / --upstream-session-cap-secs / --rollover-margin-secs: {e}"
+            )
+        })?;
+        let max_call = pick!(max_call_secs)
+            .filter(|s| *s > 0)
+            .map(Duration::from_secs);
         let auth_token = pick!(auth_token_file)
             .map(|p| AuthToken::from_file(&p))
             .transpose()?;
@@ -397,6 +447,8 @@ impl Config {
             pick!(tls_client_ca).as_deref(),
         )?;
         Ok(Config {
+            rollover,
+            max_call,
             auth_token,
             tls,
             limits,

@@ -92,6 +92,8 @@ async fn main() -> Result<()> {
         limits: cfg.limits,
         start_limits: cfg.start_limits,
         max_label_values: cfg.max_label_values,
+        rollover: cfg.rollover,
+        max_call: cfg.max_call,
     };
     let sessions = Arc::new(Semaphore::new(cfg.max_sessions));
     let draining = CancellationToken::new();

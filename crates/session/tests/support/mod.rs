@@ -303,6 +303,14 @@ impl Host {
         .await
     }
 
+    pub async fn rolled_over(&mut self) -> pb::SessionRolledOver {
+        self.until(|m| match m {
+            Out::RolledOver(r) => Some(*r),
+            _ => None,
+        })
+        .await
+    }
+
     pub async fn ended(&mut self) -> pb::SessionEnded {
         self.until(|m| match m {
             Out::Ended(e) => Some(e.clone()),
