@@ -169,6 +169,9 @@ pub struct SimConfig {
     pub session_max_duration_ms: Option<u64>,
     /// Client messages larger than this get an error event (upstream's limit is 15 MiB).
     pub max_message_bytes: usize,
+    /// What the model says after the output of a call carried over from an earlier session (a
+    /// `function_call` item the client created), `{outputs}` replaced as in a `tools` step.
+    pub carried_call_reply: String,
 }
 
 impl Default for SimConfig {
@@ -193,6 +196,7 @@ impl Default for SimConfig {
             error_after_events: None,
             session_max_duration_ms: None,
             max_message_bytes: 15 * 1024 * 1024,
+            carried_call_reply: "Thanks for holding. {outputs}".to_owned(),
         }
     }
 }

@@ -29,5 +29,7 @@ pub mod vad;
 
 pub use config::{ScriptStep, ScriptToolCall, SimConfig};
 pub use error::{HandshakeError, ProtocolError};
-pub use server::{CloseRecord, LoggedClientEvent, SimHandle, SimServer, SimStats, Truncation};
+pub use server::{
+    CloseRecord, LoggedClientEvent, SeedRecord, SimHandle, SimServer, SimStats, Truncation,
+};
 pub use voice_realtime::{Dialect, WireAudioFormat};

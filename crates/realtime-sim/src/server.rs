@@ -77,12 +77,23 @@ pub struct CloseRecord {
     pub client_reason: String,
 }
 
+/// What a session was seeded with: the items the client created before its first input audio or
+/// `response.create` (always recorded), and the instructions in force then. A rollover or a
+/// reconnect carries the conversation into a new session this way.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SeedRecord {
+    pub session_id: String,
+    pub instructions: String,
+    pub items: Vec<serde_json::Value>,
+}
+
 pub(crate) struct Shared {
     pub config: SimConfig,
     pub counters: Counters,
     log: Mutex<VecDeque<LoggedClientEvent>>,
     truncations: Mutex<VecDeque<Truncation>>,
     closes: Mutex<VecDeque<CloseRecord>>,
+    seeds: Mutex<VecDeque<SeedRecord>>,
 }
 
 fn push_bounded<T>(m: &Mutex<VecDeque<T>>, cap: usize, v: T) {
@@ -106,6 +117,10 @@ impl Shared {
     pub fn record_close(&self, c: CloseRecord) {
         push_bounded(&self.closes, self.config.log_capacity, c);
     }
+
+    pub fn record_seed(&self, s: SeedRecord) {
+        push_bounded(&self.seeds, self.config.log_capacity, s);
+    }
 }
 
 /// Entry point: `SimServer::bind(addr, config)`.
@@ -122,6 +137,7 @@ impl SimServer {
             log: Mutex::new(VecDeque::new()),
             truncations: Mutex::new(VecDeque::new()),
             closes: Mutex::new(VecDeque::new()),
+            seeds: Mutex::new(VecDeque::new()),
         });
         let (stop_tx, stop_rx) = watch::channel(false);
         let task = tokio::spawn(accept_loop(listener, shared.clone(), stop_rx));
@@ -224,6 +240,17 @@ impl SimHandle {
     pub fn events_log(&self) -> Vec<LoggedClientEvent> {
         self.shared
             .log
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    /// What each session was seeded with, in the order their seeding ended.
+    pub fn seeds(&self) -> Vec<SeedRecord> {
+        self.shared
+            .seeds
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .iter()

@@ -27,7 +27,7 @@ use voice_realtime::{Dialect, WireAudioFormat};
 use crate::config::{ScriptStep, SimConfig};
 use crate::error::{HandshakeError, ProtocolError};
 use crate::protocol::{self, ClientEvent};
-use crate::server::{CloseRecord, LoggedClientEvent, Shared, Truncation};
+use crate::server::{CloseRecord, LoggedClientEvent, SeedRecord, Shared, Truncation};
 use crate::session_config::SessionConfig;
 use crate::synth::Utterance;
 use crate::vad::{InputAudio, VadEvent};
@@ -145,6 +145,7 @@ pub(crate) async fn run(stream: TcpStream, shared: Arc<Shared>, shutdown: watch:
     let _guard = ActiveGuard(shared.clone());
     let mut session = Session::new(shared, dialect, &model);
     session.event_loop(ws, shutdown).await;
+    session.end_seeding();
 }
 
 enum Planned {
@@ -229,6 +230,11 @@ struct Session {
     speech: Option<(String, u64)>,
     conversation: Vec<ConvItem>,
     known_calls: HashMap<String, String>,
+    /// Items the client created before its first input audio or response (see `SeedRecord`).
+    seeding: Option<Vec<Value>>,
+    /// `function_call` items the client created (calls carried over from an earlier session).
+    client_calls: std::collections::HashSet<String>,
+
     awaiting: Option<AwaitingTools>,
     pending_user_text: Option<String>,
     script_pos: usize,
@@ -273,6 +279,9 @@ impl Session {
             speech: None,
             conversation: Vec::new(),
             known_calls: HashMap::new(),
+            seeding: Some(Vec::new()),
+            client_calls: std::collections::HashSet::new(),
+
             awaiting: None,
             pending_user_text: None,
             script_pos: 0,
@@ -377,6 +386,17 @@ impl Session {
                 },
                 () = &mut sleep, if deadline.is_some() => self.on_timer(Instant::now()),
             }
+        }
+    }
+
+    /// The session's seeding is over (first input audio, first response, or the end).
+    fn end_seeding(&mut self) {
+        if let Some(items) = self.seeding.take() {
+            self.shared.record_seed(SeedRecord {
+                session_id: self.id.clone(),
+                instructions: self.cfg.derived().instructions.clone(),
+                items,
+            });
         }
     }
 
@@ -571,7 +591,10 @@ impl Session {
                     Some("type"),
                 ))
             }
-            ClientEvent::Append(audio) => self.on_append(audio)?,
+            ClientEvent::Append(audio) => {
+                self.end_seeding();
+                self.on_append(audio)?;
+            }
             ClientEvent::Commit => self.on_commit()?,
             ClientEvent::Clear => {
                 self.input.reset_buffer();
@@ -611,6 +634,7 @@ impl Session {
                         None,
                     ));
                 }
+                self.end_seeding();
                 let opts = Self::response_opts(params);
                 self.start_response(opts);
             }
@@ -831,6 +855,7 @@ impl Session {
             "function_call" => {
                 let name = item.get("name").and_then(Value::as_str).unwrap_or_default();
                 self.known_calls.insert(call_id.to_owned(), name.to_owned());
+                self.client_calls.insert(call_id.to_owned());
             }
             _ => {
                 let text: Vec<&str> = item
@@ -850,6 +875,9 @@ impl Session {
                     self.pending_user_text = Some(text);
                 }
             }
+        }
+        if let Some(seed) = self.seeding.as_mut() {
+            seed.push(Value::Object(item.clone()));
         }
         let mut echoed = item.clone();
         echoed.insert("id".into(), Value::String(id));
@@ -957,6 +985,30 @@ impl Session {
                     )]),
                     None,
                 );
+            }
+        }
+        // Outputs of calls carried over from an earlier session (the client created their
+        // function_call items) that no message has followed yet: a model reads them now.
+        if opts.in_band && !opts.by_vad {
+            let mut carried: Vec<&str> = self
+                .conversation
+                .iter()
+                .rev()
+                .take_while(|i| i.value["type"] != "message")
+                .filter(|i| {
+                    i.value["type"] == "function_call_output"
+                        && i.value["call_id"]
+                            .as_str()
+                            .is_some_and(|c| self.client_calls.contains(c))
+                })
+                .filter_map(|i| i.value["output"].as_str())
+                .collect();
+            if !carried.is_empty() {
+                carried.reverse();
+                let text = config
+                    .carried_call_reply
+                    .replace("{outputs}", &carried.join("; "));
+                return (VecDeque::from([Planned::Message(text)]), None);
             }
         }
         let trigger = if opts.in_band {

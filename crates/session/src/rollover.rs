@@ -46,6 +46,9 @@ impl Default for RolloverPolicy {
 impl RolloverPolicy {
     /// Checks that the standby opens with room left before the forced switch.
     pub fn check(&self) -> Result<(), String> {
+        let Some(after) = self.after else {
+            return Ok(());
+        };
         if self.margin.is_zero() || self.margin >= self.cap {
             return Err(format!(
                 "the rollover margin ({} s) must be above 0 and below the upstream session cap ({} s)",
@@ -53,15 +56,13 @@ impl RolloverPolicy {
                 self.cap.as_secs_f64()
             ));
         }
-        if let Some(after) = self.after {
-            if after.is_zero() || after >= self.cap - self.margin {
-                return Err(format!(
-                    "rollover after {} s leaves no time before the forced switch at {} s \
-                     (the upstream cap minus the margin)",
-                    after.as_secs_f64(),
-                    (self.cap - self.margin).as_secs_f64()
-                ));
-            }
+        if after.is_zero() || after >= self.cap - self.margin {
+            return Err(format!(
+                "rollover after {} s leaves no time before the forced switch at {} s \
+                 (the upstream cap minus the margin)",
+                after.as_secs_f64(),
+                (self.cap - self.margin).as_secs_f64()
+            ));
         }
         Ok(())
     }
@@ -320,10 +321,11 @@ mod tests {
         let mut p = policy();
         p.after = Some(Duration::from_secs(56));
         assert!(p.check().unwrap_err().contains("forced switch at 56"));
-        p.after = None;
-        assert!(p.check().is_ok());
+        p.after = Some(Duration::from_secs(10));
         p.margin = Duration::from_secs(60);
         assert!(p.check().is_err());
+        p.after = None;
+        assert!(p.check().is_ok(), "no margin to check when rollover is off");
     }
 
     #[test]
