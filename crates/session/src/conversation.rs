@@ -182,8 +182,6 @@ pub struct Conversation {
     transcript_due: Option<Instant>,
     /// Input audio since the last speech stop, kept while a standby waits.
     replay: Option<long_call::Replay>,
-    /// The instructions say the call continues (every upstream session after the first).
-    continuing: bool,
     call_limit: Option<crate::rollover::CallLimit>,
 }
 
@@ -263,7 +261,6 @@ impl Conversation {
             awaiting_reply: false,
             transcript_due: None,
             replay: None,
-            continuing: false,
         }
     }
 

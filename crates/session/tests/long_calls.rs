@@ -279,3 +279,34 @@ fn a_rollover_age_past_the_forced_switch_is_refused() {
     let e = voice_session::SessionPlan::from_start(&start, &Defaults::default()).unwrap_err();
     assert!(e.to_string().contains("no call limit"), "{e}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_standby_that_cannot_be_opened_is_retried_and_the_call_goes_on() {
+    let t0 = Instant::now();
+    let (mut h, mut up) =
+        Harness::start_with(quiet_guard(start_with_tool(5_000)), &short_sessions()).await;
+    // The first standby never confirms its session: the setup timeout (3 s) fails it.
+    let mut stuck = h.connection().await;
+    assert_eq!(Instant::now() - t0, secs(10));
+    stuck
+        .send(json!({"type": "session.created", "event_id": "s0", "session": {"id": "sess_x"}}))
+        .await;
+    // Meanwhile the call is served by the current session.
+    let rid = up.respond_to_text(&h.host, "still there?").await;
+    up.done(&rid, "completed", json!([])).await;
+    // Retried 2 s after the failure; that one comes up and the call switches to it.
+    let mut next = h.connection().await;
+    assert_eq!(Instant::now() - t0, secs(15));
+    next.accept().await;
+    let rolled = h.host.rolled_over().await;
+    assert!(!rolled.forced);
+    assert_eq!(rolled.upstream_age_ms, 15_000);
+    // The seed carried the typed turn; the failed standby got nothing but its configuration.
+    let (seed, _) = next.until("conversation.item.create").await;
+    assert_eq!(seed["item"]["content"][0]["text"], "still there?");
+    let stuck_events = stuck.drain_now();
+    assert!(
+        stuck_events.iter().all(|e| e["type"] == "session.update"),
+        "{stuck_events:?}"
+    );
+}

@@ -155,10 +155,11 @@ impl Conversation {
     // Seeding and switching
     // ----------------------------------------------------------------------------------------------
 
-    /// Every upstream session after the first is told the call continues (no second greeting).
+    /// Every upstream session after the first is told the call continues (no second greeting). Also
+    /// after `Control.update_session` replaced the instructions.
     pub fn mark_continuing(&mut self) {
-        if !std::mem::replace(&mut self.continuing, true) {
-            let i = &mut self.plan.config.instructions;
+        let i = &mut self.plan.config.instructions;
+        if !i.ends_with(CONTINUATION_NOTE) {
             if !i.is_empty() {
                 i.push_str("\n\n");
             }
