@@ -436,3 +436,45 @@ async fn out_of_range_turn_detection_is_refused_at_start() {
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     assert!(err.message().contains("eagerness"), "{}", err.message());
 }
+
+#[tokio::test]
+async fn memory_goes_in_as_a_block_and_the_calls_notes_come_back_at_the_end() {
+    let sim = sim(vec![
+        ScriptStep::say("Hi Ana, what can I do for you?"),
+        ScriptStep::Say {
+            text: "Ana asked for a refill; ready Friday.".into(),
+            when_text_contains: Some("key facts".into()),
+        },
+    ])
+    .await;
+    let sidecar = start_sidecar(&sim.base_url(), &[]).await;
+    let mut host = HostSession::open_started(
+        sidecar.addr,
+        pb::SessionStart {
+            input_format: Some(pcm16(16000)),
+            instructions: "You are a pharmacy assistant.".into(),
+            memory: "Caller is Ana. Prefers text reminders.".into(),
+            extract_notes: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    host.send_text("hello").await;
+    host.until_response_done(Duration::from_secs(10)).await;
+    host.end().await;
+    let ended = host.until_ended(Duration::from_secs(10)).await;
+    assert_eq!(ended.notes, "Ana asked for a refill; ready Friday.");
+    let update = &sent(&sim, "session.update")[0];
+    let instructions = update["session"]["instructions"].as_str().unwrap();
+    assert!(
+        instructions.contains("<memory>\nCaller is Ana. Prefers text reminders.\n</memory>"),
+        "{instructions}"
+    );
+    // The notes request is out of band and text only; every event validates against the models.
+    let creates = sent(&sim, "response.create");
+    let notes = creates.last().unwrap();
+    assert_eq!(notes["response"]["conversation"], "none");
+    assert_eq!(notes["response"]["output_modalities"], json!(["text"]));
+    let all: Vec<serde_json::Value> = sim.events_log().into_iter().map(|e| e.event).collect();
+    validate_client_events("ga", &all);
+}

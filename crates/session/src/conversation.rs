@@ -500,8 +500,10 @@ impl Conversation {
                 }
                 if let Some(i) = u.instructions {
                     self.plan.base_instructions = i;
-                    self.plan.config.instructions =
-                        self.plan.preamble.apply(&self.plan.base_instructions);
+                    self.plan.config.instructions = self
+                        .plan
+                        .preamble
+                        .compose(&self.plan.base_instructions, self.plan.memory.as_deref());
                 }
                 if let Some(v) = u.voice {
                     self.plan.config.voice = (!v.is_empty()).then_some(v);
@@ -1542,6 +1544,11 @@ impl Conversation {
         }
     }
 
+    /// A response is running upstream, or one of ours was asked for and not yet started.
+    pub fn response_active(&self) -> bool {
+        self.scheduler.is_active()
+    }
+
     pub fn link_up(&self) -> bool {
         self.link_up
     }
@@ -1552,7 +1559,7 @@ impl Conversation {
 
     /// The session is over: running calls end as cancelled, the host gets `SessionEnded` with the
     /// summary.
-    pub fn finish(&mut self, reason: &'static str, now: Instant) {
+    pub fn finish(&mut self, reason: &'static str, notes: String, now: Instant) {
         self.link_up = false;
         self.tools.cancel_all(cx!(self), now, &mut self.out, reason);
         let summary = self.summary.to_pb(
@@ -1562,6 +1569,7 @@ impl Conversation {
         self.out.host(Out::Ended(pb::SessionEnded {
             reason: reason.into(),
             summary: Some(summary),
+            notes,
         }));
     }
 

@@ -166,6 +166,7 @@ where
                 .send(Ok(server(Out::Ended(pb::SessionEnded {
                     reason: "upstream_error".into(),
                     summary: None,
+                    notes: String::new(),
                 }))))
                 .await;
             return crate::metrics::SETUP_FAILED;
@@ -199,6 +200,28 @@ where
     s.conv.start();
     let end = s.run(&mut inbound).await;
     s.finish(end).await
+}
+
+/// How long the end of a call waits for the model's notes.
+pub const NOTES_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest `SessionEnded.notes`.
+pub const MAX_NOTES_BYTES: usize = 4096;
+/// What the model is asked for at the end of a call (`SessionStart.extract_notes`).
+pub const NOTES_INSTRUCTIONS: &str = "The call is over. List the key facts from it that would help \
+in a later call with the same caller: who they are, what they asked for, what was done or promised, \
+and anything left open. One short fact per line, at most 12 lines, no greeting, no commentary.";
+
+/// Trimmed, and cut at a character boundary to [`MAX_NOTES_BYTES`].
+fn bounded_notes(t: &str) -> String {
+    let t = t.trim();
+    if t.len() <= MAX_NOTES_BYTES {
+        return t.to_string();
+    }
+    let mut end = MAX_NOTES_BYTES;
+    while !t.is_char_boundary(end) {
+        end -= 1;
+    }
+    t[..end].to_string()
 }
 
 /// Closes a replaced upstream socket with the close handshake, off the session's task.
@@ -699,6 +722,119 @@ impl SessionLoop {
         );
     }
 
+    /// Asks the model, out of band (text only, nothing added to the conversation), for the call's key
+    /// facts. A response still running (or asked for) is cancelled first, and a create that collides
+    /// with one anyway waits for its end and goes again. Gives up after [`NOTES_TIMEOUT`].
+    async fn extract_notes(&mut self) -> String {
+        use voice_realtime::ServerEvent as Ev;
+        let active = self.conv.response_active();
+        let dialect = self.conv.plan.dialect;
+        let Some(conn) = self.link.as_mut() else {
+            return String::new();
+        };
+        let work = async {
+            if active {
+                let cancel = conn.send(&ClientEvent::ResponseCancel).await.ok()?;
+                // Until it ends, or upstream says nothing is running (or nothing says anything).
+                let settle = tokio::time::sleep(Duration::from_secs(1));
+                tokio::pin!(settle);
+                loop {
+                    tokio::select! {
+                        ev = conn.recv() => match ev {
+                            Ok(Ev::ResponseDone { .. }) => break,
+                            Ok(Ev::Error { error }) if error.event_id.as_deref() == Some(cancel.as_str()) => break,
+                            Ok(_) | Err(RealtimeError::Parse(_)) => {}
+                            Err(_) => return None,
+                        },
+                        () = &mut settle => break,
+                    }
+                }
+            }
+            let modalities = match dialect {
+                voice_realtime::Dialect::Ga => "output_modalities",
+                voice_realtime::Dialect::Beta => "modalities",
+            };
+            let mut body = serde_json::json!({
+                "conversation": "none",
+                "instructions": NOTES_INSTRUCTIONS,
+                "tool_choice": "none",
+                "metadata": {"purpose": "extract_notes"},
+            });
+            body[modalities] = serde_json::json!(["text"]);
+            for _ in 0..2 {
+                let eid = conn.next_event_id();
+                let response = tagged_response(Some(&body), &eid);
+                conn.send(&ClientEvent::ResponseCreate {
+                    response: Some(response),
+                })
+                .await
+                .ok()?;
+                let mut ours: Option<String> = None;
+                let mut text = String::new();
+                let mut collided = false;
+                loop {
+                    match conn.recv().await {
+                        Ok(Ev::ResponseCreated { response }) => {
+                            let tag = response
+                                .metadata
+                                .as_ref()
+                                .and_then(|m| m.get(crate::scheduler::TAG_KEY))
+                                .and_then(|t| t.as_str());
+                            if tag == Some(eid.as_str()) {
+                                ours = Some(response.id);
+                            }
+                        }
+                        Ok(Ev::TextDelta {
+                            response_id, delta, ..
+                        }) if ours.as_deref() == Some(response_id.as_str()) => {
+                            if text.len() < MAX_NOTES_BYTES * 2 {
+                                text.push_str(&delta);
+                            }
+                        }
+                        Ok(Ev::TextDone {
+                            response_id,
+                            text: t,
+                            ..
+                        }) if ours.as_deref() == Some(response_id.as_str()) => {
+                            text = t;
+                        }
+                        Ok(Ev::ResponseDone { response }) => {
+                            if ours.as_deref() == Some(response.id.as_str()) {
+                                return Some(text);
+                            }
+                            if collided {
+                                break; // the response in the way is over: ask again
+                            }
+                        }
+                        Ok(Ev::Error { error })
+                            if error.event_id.as_deref() == Some(eid.as_str()) =>
+                        {
+                            if error.code.as_deref()
+                                == Some("conversation_already_has_active_response")
+                            {
+                                collided = true;
+                                continue;
+                            }
+                            debug!(code = ?error.code, message = %error.message, "notes request refused");
+                            return None;
+                        }
+                        Ok(_) | Err(RealtimeError::Parse(_)) => {}
+                        Err(_) => return None,
+                    }
+                }
+            }
+            None
+        };
+        match tokio::time::timeout(NOTES_TIMEOUT, work).await {
+            Ok(Some(t)) => bounded_notes(&t),
+            Ok(None) => String::new(),
+            Err(_) => {
+                warn!(session_id = %self.conv.id, "the model gave no notes within {} s: ending without them", NOTES_TIMEOUT.as_secs());
+                String::new()
+            }
+        }
+    }
+
     async fn emit(&mut self, m: Out) -> Result<(), End> {
         use mpsc::error::TrySendError;
         match self.host.try_send(Ok(server(m))) {
@@ -745,12 +881,17 @@ impl SessionLoop {
             }
             other => info!(reason = other.reason(), "session ending"),
         }
-        // Calls still running are cancelled by dropping their futures (hosts see the RPC cancelled).
-        self.tools = FuturesUnordered::new();
         self.connecting = None;
         self.opening = None;
         self.drop_standby();
-        self.conv.finish(reason, Instant::now());
+        let notes = match end {
+            End::Upstream(_) | End::Budget => String::new(),
+            _ if self.conv.plan.extract_notes => self.extract_notes().await,
+            _ => String::new(),
+        };
+        // Calls still running are cancelled by dropping their futures (hosts see the RPC cancelled).
+        self.tools = FuturesUnordered::new();
+        self.conv.finish(reason, notes, Instant::now());
         while let Some(a) = self.conv.out.pop() {
             if let Action::Host(m) = a {
                 if self.emit(m).await.is_err() {
