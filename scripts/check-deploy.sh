@@ -87,6 +87,7 @@ KNOWN = {
     "voice_label_values_overflowed_total": "counter",
     "voice_upstream_rollovers_total": "counter",
     "voice_upstream_rollover_gap_seconds": "histogram",
+    "voice_record_errors_total": "counter",
 }
 errors = []
 

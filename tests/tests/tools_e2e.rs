@@ -108,6 +108,7 @@ fn tool(name: &str, schema: &Value, timeout_ms: u32) -> pb::ToolDefinition {
         description: format!("test tool {name}"),
         parameters_json_schema: schema.to_string(),
         timeout_ms,
+        ..Default::default()
     }
 }
 

@@ -49,6 +49,7 @@ macro_rules! cx {
             session_id: &$s.id,
             plan: &$s.plan,
             link_up: $s.link_up,
+            records: &$s.records,
         }
     };
 }
@@ -183,6 +184,8 @@ pub struct Conversation {
     /// Input audio since the last speech stop, kept while a standby waits.
     replay: Option<long_call::Replay>,
     call_limit: Option<crate::rollover::CallLimit>,
+    /// The session record (`--records-dir`), off unless configured.
+    records: crate::records::Recorder,
 }
 
 impl Conversation {
@@ -199,6 +202,10 @@ impl Conversation {
             .map(|(k, v)| metrics::Label::new(k.clone(), v.clone()))
             .collect();
         let limits = plan.limits;
+        let records = match &plan.records_dir {
+            Some(dir) => crate::records::Recorder::open(dir, &id, now),
+            None => crate::records::Recorder::off(),
+        };
         let creates_per_sec = f64::from(limits.response_creates_per_minute.max(1)) / 60.0;
         let controls_per_sec = f64::from(limits.controls_per_second.max(1));
         Conversation {
@@ -224,6 +231,7 @@ impl Conversation {
             warn_anomaly: WarnLimiter::new(),
             playout: Playout::new(plan.pacing_lead),
             call_limit: Conversation::call_limit_for(&plan, now),
+            records,
             budget: Budget::new(plan.prices, plan.budget),
             plan,
             out: Outbox::default(),
@@ -268,6 +276,18 @@ impl Conversation {
     /// (nearly) shut down.
     pub fn start(&mut self) {
         let started = self.started_message();
+        if self.records.is_on() {
+            let p = &self.plan;
+            let tools: Vec<&str> = p.tools.names().collect();
+            self.records.record(
+                "start",
+                json!({"session_id": self.id, "model": p.model, "dialect": p.dialect.to_string(),
+                    "session": p.config.to_json(p.dialect), "labels": p.labels,
+                    "tools": tools, "input_format": format!("{:?}", p.input),
+                    "output_format": format!("{:?}", p.output)}),
+                self.started,
+            );
+        }
         self.out.host(Out::Started(started));
         if let Some(why) = self.plan.deprecation.clone() {
             counter!(names::MODEL_DEPRECATED).increment(1);
@@ -581,6 +601,11 @@ impl Conversation {
             } => {
                 self.transcript_due = None;
                 self.remember(pb::Role::User, &t);
+                self.records.record(
+                    "transcript",
+                    json!({"role": "user", "item_id": item_id, "text": t}),
+                    now,
+                );
                 let wake = self
                     .quiet
                     .as_deref()
@@ -1033,6 +1058,14 @@ impl Conversation {
             counter!(names::INTERRUPTIONS).increment(1);
             self.summary.interruptions += 1;
         }
+        if let Some((item_id, ms)) = p.interrupted.clone() {
+            self.records.record(
+                "interruption",
+                json!({"item_id": item_id, "played_ms": ms, "by_user": by_user,
+                    "deleted_item_ids": deleted}),
+                now,
+            );
+        }
         if let Some((item_id, ms)) = p.interrupted {
             self.out.host(Out::Interrupted(pb::Interrupted {
                 item_id,
@@ -1386,6 +1419,12 @@ impl Conversation {
     /// A final assistant transcript with its phase.
     fn final_transcript(&mut self, f: Final) {
         self.remember(pb::Role::Assistant, &f.text);
+        self.records.record(
+            "transcript",
+            json!({"role": "assistant", "item_id": f.item_id, "text": f.text,
+                "phase": format!("{:?}", f.phase).to_lowercase()}),
+            Instant::now(),
+        );
         let mut m = transcript(pb::Role::Assistant, f.item_id, f.text, true);
         if let Out::Transcript(t) = &mut m {
             t.phase = f.phase.to_pb() as i32;
@@ -1544,6 +1583,15 @@ impl Conversation {
         }
     }
 
+    /// Tells the host once if the session record cannot be written (the writer fails off the task).
+    pub fn poll_records(&mut self) {
+        if let Some(why) = self.records.take_failure() {
+            warn!(session_id = %self.id, "session record cannot be written; the call goes on without it");
+            self.out
+                .host_error(HostError::new(Code::RecordWriteFailed, why, false));
+        }
+    }
+
     /// A response is running upstream, or one of ours was asked for and not yet started.
     pub fn response_active(&self) -> bool {
         self.scheduler.is_active()
@@ -1566,6 +1614,27 @@ impl Conversation {
             now.saturating_duration_since(self.started),
             self.budget.cost_usd(),
         );
+        if self.records.is_on() {
+            let s = &summary;
+            self.records.record(
+                "end",
+                json!({"reason": reason, "notes": notes, "cost_usd": s.cost_usd,
+                    "summary": {"turns": s.turns, "responses": s.responses,
+                        "mean_voice_to_voice_ms": s.mean_voice_to_voice_ms,
+                        "max_voice_to_voice_ms": s.max_voice_to_voice_ms,
+                        "dead_air_ms": s.dead_air_ms, "tool_calls": s.tool_calls,
+                        "interruptions": s.interruptions, "duration_ms": s.duration_ms,
+                        "rollovers": s.rollovers},
+                    "usage": s.usage.as_ref().map(|u| json!({"total_tokens": u.total_tokens,
+                        "input_tokens": u.input_tokens, "output_tokens": u.output_tokens,
+                        "input_text_tokens": u.input_text_tokens, "input_audio_tokens": u.input_audio_tokens,
+                        "input_cached_tokens": u.input_cached_tokens,
+                        "output_text_tokens": u.output_text_tokens,
+                        "output_audio_tokens": u.output_audio_tokens}))}),
+                now,
+            );
+            self.records.close();
+        }
         self.out.host(Out::Ended(pb::SessionEnded {
             reason: reason.into(),
             summary: Some(summary),

@@ -50,6 +50,8 @@ pub enum Code {
     ResponseRateLimited,
     ControlRateLimited,
     InputAudioTooFast,
+    // Session records.
+    RecordWriteFailed,
 }
 
 impl Code {
@@ -88,6 +90,7 @@ impl Code {
         Code::ResponseRateLimited,
         Code::ControlRateLimited,
         Code::InputAudioTooFast,
+        Code::RecordWriteFailed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -125,6 +128,7 @@ impl Code {
             Code::ResponseRateLimited => "response_rate_limited",
             Code::ControlRateLimited => "control_rate_limited",
             Code::InputAudioTooFast => "input_audio_too_fast",
+            Code::RecordWriteFailed => "record_write_failed",
         }
     }
 

@@ -24,6 +24,7 @@
 //! | [`dead_air`] | silence spans after the user's turn and during tool calls; the silence guard |
 //! | [`audio_check`] | near-silent or clipped assistant audio |
 //! | [`budget`] | estimated cost and the session budget |
+//! | [`records`] | the session record file (`--records-dir`): JSON lines appended off the session's task |
 //! | [`summary`] | the session's figures for `SessionEnded.summary` |
 //! | [`error`] | every error code a host can receive (`Code`, checked against the proto) |
 //! | [`metrics`] | the metric label values this crate owns, registered at zero at startup |
@@ -46,6 +47,7 @@ pub mod metrics;
 pub mod outbox;
 pub mod plan;
 pub mod playout;
+pub mod records;
 pub mod rollover;
 pub mod rounds;
 pub mod scheduler;

@@ -74,6 +74,8 @@ pub struct Defaults {
     pub rollover: crate::RolloverPolicy,
     /// The call limit when `SessionStart.max_duration_secs` is 0 (`--max-call-secs`; `None`: none).
     pub max_call: Option<Duration>,
+    /// Where session records go (`--records-dir`; `None`: no records).
+    pub records_dir: Option<std::path::PathBuf>,
 }
 
 /// Bounds on a `SessionStart`: each is refused with INVALID_ARGUMENT naming the limit (its flag).
@@ -256,6 +258,7 @@ impl Default for Defaults {
             max_label_values: 50,
             rollover: crate::RolloverPolicy::default(),
             max_call: None,
+            records_dir: None,
         }
     }
 }
@@ -355,6 +358,8 @@ pub struct SessionPlan {
     pub memory: Option<String>,
     /// Ask the model for the call's key facts at the end (`SessionStart.extract_notes`).
     pub extract_notes: bool,
+    /// Where this session's record goes.
+    pub records_dir: Option<std::path::PathBuf>,
 }
 
 /// `SessionStart.max_duration_secs` and its warning.
@@ -602,10 +607,10 @@ impl SessionPlan {
                 0 => default_timeout,
                 ms => Duration::from_millis(u64::from(ms)),
             };
-            defs.push(
-                ToolDef::new(&t.name, &t.description, &t.parameters_json_schema, timeout)
-                    .map_err(StartError::Tool)?,
-            );
+            let mut def = ToolDef::new(&t.name, &t.description, &t.parameters_json_schema, timeout)
+                .map_err(StartError::Tool)?;
+            def.redact_in_records = t.redact_in_records;
+            defs.push(def);
         }
         let tools = ToolRegistry::new(defs).map_err(StartError::Tool)?;
         if start.quiet_mode && tools.get(QUIET_TOOL).is_some() {
@@ -850,6 +855,7 @@ impl SessionPlan {
             max_duration,
             memory,
             extract_notes: start.extract_notes,
+            records_dir: d.records_dir.clone(),
         })
     }
 }

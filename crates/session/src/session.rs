@@ -364,6 +364,7 @@ impl SessionLoop {
         loop {
             // What the last event asked for; without a cooperative-budget yield in the middle (a
             // delta's frames reach the host queue together; a full host queue still waits).
+            self.conv.poll_records();
             if let Err(end) = tokio::task::unconstrained(self.perform()).await {
                 return end;
             }

@@ -63,6 +63,8 @@ pub struct Ctx<'a> {
     pub plan: &'a SessionPlan,
     /// Whether upstream can take a call's output now.
     pub link_up: bool,
+    /// The session record (tool calls are recorded where they end).
+    pub records: &'a crate::records::Recorder,
 }
 
 /// Timed-out call ids kept to recognise late results; bounded so a long session cannot grow it.
@@ -283,7 +285,28 @@ impl ToolCalls {
                 create = Some(CreateReason::ToolRound(rid));
             }
         }
-        let _ = now;
+        if cx.records.is_on() {
+            let redact = cx
+                .plan
+                .tools
+                .get(&o.name)
+                .is_some_and(|t| t.redact_in_records);
+            let shown = |s: &str| {
+                if redact {
+                    crate::records::REDACTED.to_string()
+                } else {
+                    s.to_string()
+                }
+            };
+            cx.records.record(
+                "tool_call",
+                serde_json::json!({"call_id": o.call_id, "name": o.name,
+                    "arguments": shown(&call.arguments), "output": shown(&o.output),
+                    "status": status, "duration_ms": duration_ms,
+                    "error": o.error.as_deref().map(|e| shown(e))}),
+                now,
+            );
+        }
         out.host(Out::ToolCallFinished(pb::ToolCallFinished {
             status: o.status.to_pb() as i32,
             duration_ms: u32::try_from(o.duration.as_millis()).unwrap_or(u32::MAX),
@@ -472,6 +495,7 @@ mod tests {
                     r#"{"type":"object","properties":{"q":{"type":"string"}},"required":["q"]}"#
                         .into(),
                 timeout_ms: 1000,
+                ..Default::default()
             }],
             tool_routing: Some(pb::ToolRouting {
                 route: Some(pb::tool_routing::Route::InStream(true)),
@@ -482,10 +506,12 @@ mod tests {
     }
 
     fn cx(plan: &SessionPlan, link_up: bool) -> Ctx<'_> {
+        static OFF: std::sync::OnceLock<crate::records::Recorder> = std::sync::OnceLock::new();
         Ctx {
             session_id: "s",
             plan,
             link_up,
+            records: OFF.get_or_init(crate::records::Recorder::off),
         }
     }
 

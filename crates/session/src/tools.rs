@@ -17,6 +17,8 @@ pub struct ToolDef {
     pub description: String,
     pub schema: Value,
     pub timeout: Duration,
+    /// Session records keep its arguments and outputs as `[redacted]`.
+    pub redact_in_records: bool,
     /// Shared between every session that declares the same schema text ([`compiled`]).
     validator: Arc<jsonschema::Validator>,
 }
@@ -113,6 +115,7 @@ impl ToolDef {
             description: description.to_string(),
             schema,
             timeout,
+            redact_in_records: false,
             validator,
         })
     }

@@ -46,6 +46,11 @@ pub const LOG_SUPPRESSED: &str = "voice_log_suppressed_total";
 pub const LABELS_OVERFLOWED: &str = "voice_label_values_overflowed_total";
 pub const ROLLOVERS: &str = "voice_upstream_rollovers_total";
 pub const ROLLOVER_GAP: &str = "voice_upstream_rollover_gap_seconds";
+pub const RECORD_ERRORS: &str = "voice_record_errors_total";
+
+/// Why a session-record line was lost: the file could not be opened, a write failed, or the writer's
+/// queue was full.
+pub const RECORD_ERROR_KINDS: &[&str] = &["open", "write", "dropped"];
 
 /// How a planned rollover ended: switched at a pause, switched at the cap minus the margin, or the
 /// old session ended (upstream's cap) before a standby was ready.
@@ -456,6 +461,16 @@ pub const FAMILIES: &[Family] = &[
         unit: Unit::Seconds,
         help: "Input audio gap at a rollover: last frame sent on the old upstream socket to the first on the new one.",
         series: Series::Unlabelled,
+    },
+    Family {
+        name: RECORD_ERRORS,
+        kind: Kind::Counter,
+        unit: Unit::Count,
+        help: "Session-record failures (--records-dir), by kind; the calls go on without their records.",
+        series: Series::Values {
+            key: "kind",
+            values: RECORD_ERROR_KINDS,
+        },
     },
 ];
 

@@ -80,12 +80,14 @@ fn tools() -> Vec<pb::ToolDefinition> {
             description: "Look up the caller's calendar events for a date.".into(),
             parameters_json_schema: json!({"type": "object", "properties": {"date": {"type": "string"}}, "required": ["date"]}).to_string(),
             timeout_ms: 5000,
+            ..Default::default()
         },
         pb::ToolDefinition {
             name: "crm_update".into(),
             description: "Add a note to the caller's CRM record.".into(),
             parameters_json_schema: json!({"type": "object", "properties": {"contact": {"type": "string"}, "note": {"type": "string"}}, "required": ["contact", "note"]}).to_string(),
             timeout_ms: 5000,
+            ..Default::default()
         },
     ]
 }

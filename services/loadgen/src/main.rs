@@ -254,6 +254,7 @@ async fn run(a: RunArgs) -> Result<()> {
             description: "Look up an order's shipping status by order id.".into(),
             parameters_json_schema: serde_json::json!({"type": "object", "properties": {"order_id": {"type": "string"}}, "required": ["order_id"]}).to_string(),
             timeout_ms: 5000,
+            ..Default::default()
         }];
         start.tool_routing = Some(pb::ToolRouting {
             route: Some(pb::tool_routing::Route::InStream(true)),

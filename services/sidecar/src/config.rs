@@ -165,6 +165,9 @@ pub struct Args {
     /// Default call limit for sessions that set no `max_duration_secs`, seconds (0: none, the default).
     #[arg(long, env = "VOICE_SIDECAR_MAX_CALL_SECS")]
     pub max_call_secs: Option<u64>,
+    /// Write one JSON-lines record per session here (`<session id>.jsonl`); off by default.
+    #[arg(long, env = "VOICE_SIDECAR_RECORDS_DIR")]
+    pub records_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -213,6 +216,7 @@ pub struct FileConfig {
     pub upstream_session_cap_secs: Option<f64>,
     pub rollover_margin_secs: Option<f64>,
     pub max_call_secs: Option<u64>,
+    pub records_dir: Option<PathBuf>,
     /// US dollars per million tokens, for cost metrics and session budgets (file only).
     pub prices: Option<PricesConfig>,
 }
@@ -276,6 +280,8 @@ pub struct Config {
     pub rollover: voice_session::RolloverPolicy,
     /// Default call limit (`--max-call-secs`).
     pub max_call: Option<Duration>,
+    /// Session records (`--records-dir`).
+    pub records_dir: Option<PathBuf>,
 }
 
 /// TLS settings, read and checked at startup.
@@ -447,6 +453,7 @@ impl Config {
             pick!(tls_client_ca).as_deref(),
         )?;
         Ok(Config {
+            records_dir: pick!(records_dir),
             rollover,
             max_call,
             auth_token,

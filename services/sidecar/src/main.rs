@@ -94,7 +94,14 @@ async fn main() -> Result<()> {
         max_label_values: cfg.max_label_values,
         rollover: cfg.rollover,
         max_call: cfg.max_call,
+        records_dir: cfg.records_dir.clone(),
     };
+    if let Some(dir) = &cfg.records_dir {
+        // Not fatal: a volume may be mounted later; sessions report a record they cannot write.
+        if let Err(e) = std::fs::create_dir_all(dir) {
+            tracing::warn!(dir = %dir.display(), error = %e, "--records-dir cannot be created; sessions will report record_write_failed");
+        }
+    }
     let sessions = Arc::new(Semaphore::new(cfg.max_sessions));
     let draining = CancellationToken::new();
     let svc = service::Sidecar {

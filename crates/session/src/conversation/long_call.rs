@@ -266,6 +266,12 @@ impl Conversation {
             replayed_ms = plan.replayed.as_millis() as u64,
             "rolled over to a new upstream session"
         );
+        self.records.record(
+            "rollover",
+            json!({"forced": forced, "upstream_age_ms": millis(age), "seeded_items": seeded_items,
+                "calls_carried": plan.calls_carried, "replayed_audio_ms": millis(plan.replayed)}),
+            now,
+        );
         self.out.host(Out::RolledOver(pb::SessionRolledOver {
             forced,
             upstream_age_ms: millis(age),

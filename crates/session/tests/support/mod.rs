@@ -420,6 +420,7 @@ pub fn start_with_tool(tool_ms: u32) -> pb::SessionStart {
             parameters_json_schema: r#"{"type":"object","properties":{"q":{"type":"string"}}}"#
                 .into(),
             timeout_ms: tool_ms,
+            ..Default::default()
         }],
         tool_routing: Some(pb::ToolRouting {
             route: Some(pb::tool_routing::Route::InStream(true)),
