@@ -303,7 +303,7 @@ impl ToolCalls {
                 serde_json::json!({"call_id": o.call_id, "name": o.name,
                     "arguments": shown(&call.arguments), "output": shown(&o.output),
                     "status": status, "duration_ms": duration_ms,
-                    "error": o.error.as_deref().map(|e| shown(e))}),
+                    "error": o.error.as_deref().map(shown)}),
                 now,
             );
         }
