@@ -116,11 +116,7 @@ async fn a_call_rolls_over_at_a_pause_with_a_tool_in_flight_and_loses_nothing() 
     audio.extend(silence(24_000, 6.0));
     let frames = audio.len() / 480;
     let streaming = host.stream_in_background(audio, 24_000, 1);
-    let rolled = expect_msg!(
-        host.until(Duration::from_secs(8), |m| matches!(m, Out::RolledOver(_)))
-            .await,
-        RolledOver
-    );
+    let rolled = host.until_rolled_over(Duration::from_secs(8)).await;
     assert!(!rolled.forced, "{rolled:?}");
     assert_eq!(rolled.calls_carried, 1);
     assert!(
@@ -304,11 +300,7 @@ async fn a_user_who_never_pauses_is_switched_over_at_the_margin_with_the_utteran
     audio.extend(silence(24_000, 0.5));
     let frames = audio.len() / 480;
     let streaming = host.stream_in_background(audio, 24_000, 1);
-    let rolled = expect_msg!(
-        host.until(Duration::from_secs(9), |m| matches!(m, Out::RolledOver(_)))
-            .await,
-        RolledOver
-    );
+    let rolled = host.until_rolled_over(Duration::from_secs(9)).await;
     assert!(rolled.forced, "{rolled:?}");
     assert!(
         (6_000..7_000).contains(&rolled.upstream_age_ms),

@@ -1058,15 +1058,13 @@ impl Conversation {
             counter!(names::INTERRUPTIONS).increment(1);
             self.summary.interruptions += 1;
         }
-        if let Some((item_id, ms)) = p.interrupted.clone() {
+        if let Some((item_id, ms)) = p.interrupted {
             self.records.record(
                 "interruption",
                 json!({"item_id": item_id, "played_ms": ms, "by_user": by_user,
                     "deleted_item_ids": deleted}),
                 now,
             );
-        }
-        if let Some((item_id, ms)) = p.interrupted {
             self.out.host(Out::Interrupted(pb::Interrupted {
                 item_id,
                 played_ms: clamp_u32(ms),
