@@ -38,7 +38,8 @@ wait_port() {
 }
 
 # The load test's simulator config, with the session cap.
-{ cat "$ROOT/services/loadgen/sim-load.toml"; echo "session_max_duration_ms = $CAP_MS"; } >"$WORK/sim.toml"
+# Top-level keys first: after the file's [[script]] tables a key would land inside the last one.
+{ echo "session_max_duration_ms = $CAP_MS"; cat "$ROOT/services/loadgen/sim-load.toml"; } >"$WORK/sim.toml"
 echo "sk-bench" >"$WORK/api-key"
 SIM_PORT=$(free_port); GRPC_PORT=$(free_port); METRICS_PORT=$(free_port)
 RUST_LOG=warn "$BIN/realtime-sim" --listen "127.0.0.1:$SIM_PORT" --config "$WORK/sim.toml" >"$WORK/sim.log" 2>&1 &

@@ -2,7 +2,7 @@
 # Installs what a fresh machine lacks for voice-sidecar. Idempotent; safe to run every time.
 #   scripts/bootstrap.sh          libopus (the Opus codec library, linked by the audio crate)
 #   scripts/bootstrap.sh --test   also the test tools: opus-tools (reference Opus encoder/decoder),
-#                                 prometheus (promtool), and the Python packages used to validate
+#                                 prometheus (promtool), jq (reads session records), and the Python packages used to validate
 #                                 protocol events offline (openai==3.57.0) and to benchmark (soxr)
 set -euo pipefail
 want_test=0
@@ -15,6 +15,7 @@ fi
 if [ $want_test = 1 ]; then
   command -v opusenc >/dev/null 2>&1 || need_apt+=(opus-tools)
   command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
+  command -v jq >/dev/null 2>&1 || need_apt+=(jq)
 fi
 
 if [ ${#need_apt[@]} -gt 0 ]; then
