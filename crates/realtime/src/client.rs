@@ -29,12 +29,27 @@ pub struct ConnectOptions {
     /// `wss://api.openai.com`, `ws://127.0.0.1:8765`, ... A URL whose path already ends in `/realtime`
     /// is used as given (Azure-style deployments); otherwise `/v1/realtime` is appended.
     pub base_url: String,
+    /// The model (conversation and translation sessions; a transcription session names its model in
+    /// its `session.update`, not in the URL).
     pub model: String,
+    /// Which kind of session the URL opens.
+    pub intent: Intent,
     pub dialect: Dialect,
     pub api_key: ApiKey,
     pub connect_timeout: Duration,
     /// Largest server message accepted, in bytes.
     pub max_message_bytes: usize,
+}
+
+/// Which endpoint a connection opens: a conversation (`/v1/realtime?model=…`), a transcription
+/// session (`/v1/realtime?intent=transcription`, no model) or a translation session
+/// (`/v1/realtime/translations?model=…`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Intent {
+    #[default]
+    Conversation,
+    Transcription,
+    Translation,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +90,11 @@ impl RealtimeError {
 
 /// Builds the full endpoint URL for a base URL and model.
 pub fn endpoint_url(base_url: &str, model: &str) -> Result<String, RealtimeError> {
+    intent_url(base_url, model, Intent::Conversation)
+}
+
+/// Builds the full endpoint URL for a base URL, model and session kind.
+pub fn intent_url(base_url: &str, model: &str, intent: Intent) -> Result<String, RealtimeError> {
     let base = base_url.trim_end_matches('/');
     if !(base.starts_with("ws://") || base.starts_with("wss://")) {
         return Err(RealtimeError::BadUrl {
@@ -91,8 +111,13 @@ pub fn endpoint_url(base_url: &str, model: &str) -> Result<String, RealtimeError
     } else {
         format!("{path_part}/v1/realtime")
     };
+    if intent == Intent::Translation {
+        url.push_str("/translations");
+    }
     let mut params: Vec<String> = query.map(|q| vec![q.to_string()]).unwrap_or_default();
-    if !params.iter().any(|q| {
+    if intent == Intent::Transcription {
+        params.push("intent=transcription".into());
+    } else if !params.iter().any(|q| {
         q.split('&')
             .any(|kv| kv.starts_with("model=") || kv.starts_with("deployment="))
     }) {
@@ -168,7 +193,7 @@ impl std::fmt::Debug for RealtimeConnection {
 impl RealtimeConnection {
     pub async fn connect(opts: &ConnectOptions) -> Result<RealtimeConnection, RealtimeError> {
         install_crypto_provider();
-        let url = endpoint_url(&opts.base_url, &opts.model)?;
+        let url = intent_url(&opts.base_url, &opts.model, opts.intent)?;
         let mut req = url
             .as_str()
             .into_client_request()
@@ -336,11 +361,27 @@ impl RealtimeConnection {
     /// close frame from upstream is answered with ours before the socket is dropped (RFC 6455 §5.5.1:
     /// otherwise upstream records an abnormal closure, 1006), and its code and reason are returned.
     pub async fn recv(&mut self) -> Result<ServerEvent, RealtimeError> {
+        match self.recv_frame().await? {
+            Text::Ws(t) => Ok(ServerEvent::parse(t.as_str())?),
+            Text::Memory(t) => Ok(ServerEvent::parse(&t)?),
+        }
+    }
+
+    /// Next server message as JSON text, unparsed: for sessions whose events are not conversation
+    /// events (translation). Closes as [`RealtimeConnection::recv`] does.
+    pub async fn recv_text(&mut self) -> Result<String, RealtimeError> {
+        Ok(match self.recv_frame().await? {
+            Text::Ws(t) => t.as_str().to_owned(),
+            Text::Memory(t) => t,
+        })
+    }
+
+    async fn recv_frame(&mut self) -> Result<Text, RealtimeError> {
         let stream = match &mut self.transport {
             Transport::Ws { stream, .. } => stream,
             Transport::Memory { rx, .. } => {
                 return match rx.recv().await {
-                    Some(PeerMessage::Text(t)) => Ok(ServerEvent::parse(&t)?),
+                    Some(PeerMessage::Text(t)) => Ok(Text::Memory(t)),
                     Some(PeerMessage::Close { code, reason }) => {
                         Err(RealtimeError::Closed { code, reason })
                     }
@@ -365,7 +406,7 @@ impl RealtimeConnection {
                         reason: Some(e.to_string()),
                     })
                 }
-                Some(Ok(Message::Text(t))) => return Ok(ServerEvent::parse(t.as_str())?),
+                Some(Ok(Message::Text(t))) => return Ok(Text::Ws(t)),
                 Some(Ok(Message::Close(frame))) => break frame,
                 Some(Ok(Message::Binary(_))) => {
                     return Err(RealtimeError::Protocol("unexpected binary frame".into()))
@@ -414,6 +455,12 @@ impl RealtimeConnection {
     }
 }
 
+/// A text frame as it arrived (no copy for the WebSocket's own buffer).
+enum Text {
+    Ws(tokio_tungstenite::tungstenite::Utf8Bytes),
+    Memory(String),
+}
+
 /// How long a closing handshake may take before the socket is dropped anyway.
 const CLOSE_WAIT: Duration = Duration::from_millis(500);
 
@@ -447,11 +494,33 @@ mod tests {
         assert!(endpoint_url("https://api.openai.com", "m").is_err());
     }
 
+    #[test]
+    fn companion_urls() {
+        assert_eq!(
+            intent_url("wss://api.openai.com", "ignored", Intent::Transcription).unwrap(),
+            "wss://api.openai.com/v1/realtime?intent=transcription"
+        );
+        assert_eq!(
+            intent_url(
+                "wss://api.openai.com/",
+                "gpt-realtime-translate",
+                Intent::Translation
+            )
+            .unwrap(),
+            "wss://api.openai.com/v1/realtime/translations?model=gpt-realtime-translate"
+        );
+        assert_eq!(
+            intent_url("ws://127.0.0.1:9/v1/realtime", "m", Intent::Translation).unwrap(),
+            "ws://127.0.0.1:9/v1/realtime/translations?model=m"
+        );
+    }
+
     #[tokio::test]
     async fn refused_connection_is_typed_and_hides_the_key() {
         let opts = ConnectOptions {
             base_url: "ws://127.0.0.1:1".into(),
             model: "m".into(),
+            intent: Intent::Conversation,
             dialect: Dialect::Ga,
             api_key: ApiKey::new("sk-very-secret").unwrap(),
             connect_timeout: Duration::from_secs(2),

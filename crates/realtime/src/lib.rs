@@ -11,7 +11,9 @@ pub mod secret;
 pub mod server_events;
 pub mod session_config;
 
-pub use client::{ConnectOptions, MemoryPeer, PeerMessage, RealtimeConnection, RealtimeError};
+pub use client::{
+    ConnectOptions, Intent, MemoryPeer, PeerMessage, RealtimeConnection, RealtimeError,
+};
 pub use client_events::ClientEvent;
 pub use dialect::{Dialect, WireAudioFormat};
 pub use secret::ApiKey;

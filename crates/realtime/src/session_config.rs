@@ -107,7 +107,8 @@ impl Transcription {
         }
     }
 
-    fn to_json(&self) -> Value {
+    /// The `transcription` object of a session (conversation or transcription session).
+    pub fn to_json(&self) -> Value {
         let mut v = json!({"model": self.model});
         if let Some(l) = &self.language {
             v["language"] = json!(l);

@@ -896,6 +896,7 @@ impl Conversation {
                     seq: 0,
                     item_id: frame_item,
                     duration_us: f.duration_us,
+                    speaker: String::new(),
                 },
             };
             if let Some(q) = self.playout.push(q, now) {
@@ -1400,6 +1401,7 @@ impl Conversation {
                         seq: 0,
                         item_id: EARCON_ITEM.into(),
                         duration_us,
+                        speaker: String::new(),
                     },
                 }];
                 self.release(&mut frames, now);

@@ -56,6 +56,7 @@ pub mod session_fields;
 pub mod summary;
 pub mod tool_calls;
 pub mod tools;
+pub mod transcription;
 pub mod upstream;
 
 pub use callback_allow::CallbackAllowlist;

@@ -360,6 +360,20 @@ pub struct SessionPlan {
     pub extract_notes: bool,
     /// Where this session's record goes.
     pub records_dir: Option<std::path::PathBuf>,
+    /// What the session is (`SessionStart.kind`).
+    pub kind: SessionKind,
+    /// The transcription leg: a conversation's shadow (`SessionStart.shadow_transcription`), or the
+    /// whole of a [`SessionKind::Transcription`] session.
+    pub shadow: Option<crate::transcription::LegPlan>,
+}
+
+/// What a session is (`SessionStart.kind`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum SessionKind {
+    /// The model converses (turns, tools, barge-in).
+    Conversation,
+    /// Audio in, transcripts out: only the transcription leg ([`SessionPlan::shadow`]).
+    Transcription,
 }
 
 /// `SessionStart.max_duration_secs` and its warning.
@@ -758,6 +772,21 @@ impl SessionPlan {
 
         let (transcription, include_logprobs) =
             session_fields::transcription(start.transcription.as_ref(), dialect)?;
+        let kind = match pb::SessionKind::try_from(start.kind) {
+            Ok(pb::SessionKind::Conversation) => SessionKind::Conversation,
+            Ok(
+                k @ (pb::SessionKind::Transcription
+                | pb::SessionKind::Translation
+                | pb::SessionKind::Interpreter),
+            ) => {
+                return Err(StartError::Other(format!(
+                    "kind {} is not available in this build",
+                    k.as_str_name()
+                )))
+            }
+            Err(_) => return Err(StartError::Other(format!("unknown kind {}", start.kind))),
+        };
+        let shadow = crate::transcription::LegPlan::from_start(start, &kind, dialect, wire_in)?;
 
         let budget = match start.budget_usd {
             0.0 => None,
@@ -856,6 +885,8 @@ impl SessionPlan {
             memory,
             extract_notes: start.extract_notes,
             records_dir: d.records_dir.clone(),
+            kind,
+            shadow,
         })
     }
 }

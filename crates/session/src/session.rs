@@ -82,6 +82,7 @@ impl SessionContext {
         ConnectOptions {
             base_url: self.upstream.base_url.clone(),
             model: plan.model.clone(),
+            intent: voice_realtime::Intent::Conversation,
             dialect: plan.dialect,
             api_key: self.upstream.api_key.clone(),
             connect_timeout: self.upstream.connect_timeout,

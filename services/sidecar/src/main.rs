@@ -312,6 +312,7 @@ async fn readiness(
             let opts = voice_realtime::ConnectOptions {
                 base_url: ctx.upstream.base_url.clone(),
                 model: model.clone(),
+                intent: voice_realtime::Intent::Conversation,
                 dialect,
                 api_key: ctx.upstream.api_key.clone(),
                 connect_timeout: ctx.upstream.connect_timeout,
