@@ -172,6 +172,14 @@ pub struct SimConfig {
     /// What the model says after the output of a call carried over from an earlier session (a
     /// `function_call` item the client created), `{outputs}` replaced as in a `tools` step.
     pub carried_call_reply: String,
+    /// Translation sessions: the language the simulated speaker talks in. When it equals the
+    /// session's `audio.output.language` the speech is "already in the target language" and the
+    /// session answers with silence and no output transcript, as upstream may.
+    pub translation_source_language: String,
+    /// Translation sessions: the translated text of each input speech segment, in order; when
+    /// exhausted (or empty) the text is the source text prefixed with `(<target language>) `. The
+    /// source text of a segment comes from `user_transcripts` like a committed turn's transcript.
+    pub translation_outputs: Vec<String>,
 }
 
 impl Default for SimConfig {
@@ -197,6 +205,8 @@ impl Default for SimConfig {
             session_max_duration_ms: None,
             max_message_bytes: 15 * 1024 * 1024,
             carried_call_reply: "Thanks for holding. {outputs}".to_owned(),
+            translation_source_language: "nl".to_owned(),
+            translation_outputs: Vec::new(),
         }
     }
 }

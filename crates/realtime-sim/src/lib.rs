@@ -16,6 +16,7 @@
 //! # Ok(()) }
 //! ```
 
+mod companion;
 mod config;
 mod error;
 /// G.711 comes from the audio crate (the design lets the simulator depend on `audio`).
@@ -25,11 +26,15 @@ mod server;
 mod session;
 mod session_config;
 pub mod synth;
+mod transcription;
+mod translation;
 pub mod vad;
 
 pub use config::{ScriptStep, ScriptToolCall, SimConfig};
 pub use error::{HandshakeError, ProtocolError};
 pub use server::{
-    CloseRecord, LoggedClientEvent, SeedRecord, SimHandle, SimServer, SimStats, Truncation,
+    CloseRecord, LoggedClientEvent, SeedRecord, SessionKind, SimHandle, SimServer, SimStats,
+    Truncation,
 };
+pub use translation::OUTPUT_LANGUAGES as TRANSLATION_OUTPUT_LANGUAGES;
 pub use voice_realtime::{Dialect, WireAudioFormat};
