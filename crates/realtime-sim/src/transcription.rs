@@ -52,7 +52,7 @@ pub(crate) async fn serve(
     let id = format!("sess_{}", uuid::Uuid::new_v4().simple());
     let (expires_unix, expires_at) = companion::expiry(&shared.config);
     let w = Wire::new(shared, id.clone(), SessionKind::Transcription, expires_at);
-    companion::run(ws, w, Transcription::new(id, expires_unix), shutdown).await;
+    companion::run(ws, w, Transcription::new(&id, expires_unix), shutdown).await;
 }
 
 struct Transcription {
@@ -71,7 +71,7 @@ struct Transcription {
 }
 
 impl Transcription {
-    fn new(id: String, expires_at: u64) -> Self {
+    fn new(id: &str, expires_at: u64) -> Self {
         // The guide's example session: gpt-4o-transcribe with server VAD, noise reduction off.
         let v = json!({
             "type": "transcription", "object": "realtime.transcription_session", "id": id,
@@ -215,7 +215,7 @@ impl Transcription {
                         .unwrap_or_else(|| (new_id("item"), audio_end_ms));
                     w.emit(json!({"type": "input_audio_buffer.speech_stopped",
                         "audio_end_ms": audio_end_ms, "item_id": item_id}));
-                    self.commit(w, item_id, audio_end_ms.saturating_sub(start));
+                    self.commit(w, &item_id, audio_end_ms.saturating_sub(start));
                 }
             }
         }
@@ -234,13 +234,13 @@ impl Transcription {
         }
         self.input.reset_buffer();
         let item_id = self.speech.take().map_or_else(|| new_id("item"), |s| s.0);
-        self.commit(w, item_id, ms);
+        self.commit(w, &item_id, ms);
         Ok(())
     }
 
     /// `committed`, then (with a transcription model) the paced deltas and the `.completed`.
-    fn commit(&mut self, w: &mut Wire, item_id: String, duration_ms: u64) {
-        let previous = self.last_item.replace(item_id.clone());
+    fn commit(&mut self, w: &mut Wire, item_id: &str, duration_ms: u64) {
+        let previous = self.last_item.replace(item_id.to_owned());
         w.emit(
             json!({"type": "input_audio_buffer.committed", "item_id": item_id,
             "previous_item_id": previous}),
@@ -413,6 +413,7 @@ impl Companion for Transcription {
 mod tests {
     use super::*;
 
+    #[allow(clippy::needless_pass_by_value)] // call sites read better with json! values
     fn update(t: &mut Transcription, input: Value) -> (&'static str, Option<String>) {
         match t.apply_update(&json!({"type": "transcription", "audio": {"input": input}})) {
             Ok(()) => ("ok", None),
@@ -422,7 +423,7 @@ mod tests {
 
     #[test]
     fn whisper_needs_turn_detection_null_in_the_merged_session() {
-        let mut t = Transcription::new("sess_1".into(), 0);
+        let mut t = Transcription::new("sess_1", 0);
         assert!(t.turn_detection.is_some());
         assert_eq!(
             update(&mut t, json!({"transcription": {"model": WHISPER}})),
@@ -460,7 +461,7 @@ mod tests {
 
     #[test]
     fn strict_shape() {
-        let mut t = Transcription::new("sess_1".into(), 0);
+        let mut t = Transcription::new("sess_1", 0);
         let cases = [
             (
                 json!({"format": {"type": "audio/pcmu"}}),

@@ -62,7 +62,7 @@ pub(crate) async fn serve(
     let id = format!("sess_{}", uuid::Uuid::new_v4().simple());
     let (expires_unix, expires_at) = companion::expiry(&shared.config);
     let w = Wire::new(shared, id.clone(), SessionKind::Translation, expires_at);
-    companion::run(ws, w, Translation::new(id, model, expires_unix), shutdown).await;
+    companion::run(ws, w, Translation::new(&id, model, expires_unix), shutdown).await;
 }
 
 /// A translation being spoken.
@@ -91,7 +91,7 @@ struct Translation {
 }
 
 impl Translation {
-    fn new(id: String, model: &str, expires_at: u64) -> Self {
+    fn new(id: &str, model: &str, expires_at: u64) -> Self {
         let v = json!({
             "id": id, "type": "translation", "model": model, "expires_at": expires_at,
             "audio": {"input": {"noise_reduction": null, "transcription": null},
@@ -450,8 +450,9 @@ impl Companion for Translation {
 mod tests {
     use super::*;
 
+    #[allow(clippy::needless_pass_by_value)] // call sites read better with json! values
     fn upd(session: Value) -> (&'static str, Option<String>) {
-        let mut t = Translation::new("sess_1".into(), "gpt-realtime-translate", 0);
+        let mut t = Translation::new("sess_1", "gpt-realtime-translate", 0);
         match t.apply_update(&session) {
             Ok(()) => ("ok", None),
             Err(e) => (e.code, e.param),
@@ -517,7 +518,7 @@ mod tests {
 
     #[test]
     fn noise_reduction_strength_defaults_and_is_kept() {
-        let mut t = Translation::new("sess_1".into(), "m", 0);
+        let mut t = Translation::new("sess_1", "m", 0);
         t.apply_update(&json!({"audio": {"input": {"noise_reduction": {"type": "near_field"}}}}))
             .unwrap();
         assert_eq!(t.json["audio"]["input"]["noise_reduction"]["strength"], 1.0);

@@ -752,7 +752,7 @@ async fn translation_close_drains_output_then_closes() {
             .unwrap()
         {
             Some(Ok(Message::Text(t))) => {
-                evs.push(serde_json::from_str::<Value>(t.as_str()).unwrap())
+                evs.push(serde_json::from_str::<Value>(t.as_str()).unwrap());
             }
             Some(Ok(Message::Close(f))) => break f,
             other => panic!("unexpected {other:?}"),
