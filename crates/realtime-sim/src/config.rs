@@ -141,17 +141,21 @@ pub struct SimConfig {
     pub script_cycle: bool,
     /// Spoken when there is no (more) script.
     pub default_reply: String,
-    /// Transcripts handed out, in order, for the user's committed audio turns; when exhausted the
-    /// transcript is "user speech of N.N seconds".
+    /// Transcripts handed out, in order, for the user's committed audio turns (conversation and
+    /// transcription sessions, per session); when exhausted the transcript is "user speech of N.N
+    /// seconds". Translation sessions take their speech segments' source text from here too (then
+    /// "user speech N").
     pub user_transcripts: Vec<String>,
     /// Synthesized speech length per character of the spoken text.
     pub ms_per_char: u32,
-    /// Audio per `response.(output_)audio.delta`.
+    /// Audio per `response.(output_)audio.delta`; in transcription sessions, the pacing of the
+    /// transcript deltas (one per `chunk_ms` at `realtime_factor`).
     pub chunk_ms: u32,
     /// Delay between the message item starting and its first audio delta (model "thinking").
     pub first_audio_delay_ms: u64,
     /// Streaming speed relative to real time (upstream streams ~4x faster than playback). `0` or
-    /// negative: as fast as possible.
+    /// negative: as fast as possible. Translation sessions release one 200 ms frame per
+    /// `200 ms / realtime_factor`.
     pub realtime_factor: f64,
     /// Extra delay before `response.created`.
     pub response_delay_ms: u64,
@@ -253,5 +257,18 @@ mod tests {
     #[test]
     fn unknown_fields_rejected() {
         assert!(serde_json::from_str::<SimConfig>(r#"{"chunkms":5}"#).is_err());
+    }
+
+    #[test]
+    fn translation_fields_default_and_deserialize() {
+        let cfg: SimConfig = serde_json::from_str("{}").unwrap();
+        assert_eq!(cfg.translation_source_language, "nl");
+        assert!(cfg.translation_outputs.is_empty());
+        let cfg: SimConfig = serde_json::from_str(
+            r#"{"translation_source_language":"es","translation_outputs":["Hello"]}"#,
+        )
+        .unwrap();
+        assert_eq!(cfg.translation_source_language, "es");
+        assert_eq!(cfg.translation_outputs, vec!["Hello"]);
     }
 }

@@ -1,5 +1,6 @@
-//! One simulated Realtime conversation session (after `server::run`'s handshake): a single task that owns all session state and
-//! multiplexes the socket, the response-streaming timer and the expiry deadline with one `select!`.
+//! One simulated Realtime conversation session (after `server::run`'s handshake): a single task that
+//! owns all session state and multiplexes the socket, the response-streaming timer and the expiry
+//! deadline with one `select!`.
 //!
 //! One task and one reusable timer per connection (no per-response tasks, no channels) keeps a session
 //! at a few KiB so 1,000 of them fit on two cores. Responses are state machines advanced by the timer;
