@@ -338,6 +338,25 @@ impl RealtimeConnection {
         self.send_raw(text).await
     }
 
+    /// Sends one event of a translation session; returns the `event_id` it was given.
+    pub async fn send_translation(
+        &mut self,
+        ev: &crate::translation::TranslationClientEvent<'_>,
+    ) -> Result<String, RealtimeError> {
+        let id = self.event_id();
+        self.send_raw(ev.to_json(&id)).await?;
+        Ok(id)
+    }
+
+    /// Next server event of a translation session. Malformed JSON or a bad field is
+    /// `RealtimeError::Parse` (the connection stays usable); an unknown type is `Other`.
+    pub async fn recv_translation(
+        &mut self,
+    ) -> Result<crate::translation::TranslationServerEvent, RealtimeError> {
+        let text = self.recv_text().await?;
+        Ok(crate::translation::TranslationServerEvent::parse(&text)?)
+    }
+
     async fn send_raw(&mut self, text: String) -> Result<(), RealtimeError> {
         match &mut self.transport {
             Transport::Ws { sink, .. } => {

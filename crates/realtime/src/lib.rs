@@ -10,6 +10,7 @@ pub mod models;
 pub mod secret;
 pub mod server_events;
 pub mod session_config;
+pub mod translation;
 
 pub use client::{
     ConnectOptions, Intent, MemoryPeer, PeerMessage, RealtimeConnection, RealtimeError,
@@ -21,3 +22,4 @@ pub use server_events::{ApiError, Item, Logprob, ParseError, ResponseInfo, Serve
 pub use session_config::{
     session_update_diff, SessionConfig, ToolSpec, Transcription, TurnDetection,
 };
+pub use translation::{TranslationClientEvent, TranslationServerEvent};
