@@ -55,8 +55,15 @@ impl Budget {
             return (None, None);
         };
         let cost = prices.cost_usd(usage);
+        (Some(cost), self.add_usd(cost))
+    }
+
+    /// Adds a cost priced by the caller (audio minutes of a translation session, whose model is
+    /// billed per minute and reports no usage). Returns, the first time the total is over the
+    /// limit, what to tell the host.
+    pub fn add_usd(&mut self, cost: f64) -> Option<Exceeded> {
         self.cost_usd += cost;
-        let exceeded = match self.limit {
+        match self.limit {
             Some((budget_usd, end)) if self.cost_usd > budget_usd && !self.warned => {
                 self.warned = true;
                 Some(Exceeded {
@@ -66,8 +73,7 @@ impl Budget {
                 })
             }
             _ => None,
-        };
-        (Some(cost), exceeded)
+        }
     }
 }
 
@@ -106,6 +112,17 @@ mod tests {
         assert!(e.message().contains("$0.1280") && e.message().contains("$0.1000"));
         assert!(b.add(&usage(1000)).1.is_none(), "once per session");
         assert!((b.cost_usd() - 0.192).abs() < 1e-9);
+    }
+
+    #[test]
+    fn priced_costs_count_towards_the_budget_once() {
+        // Translation: no price table, the caller prices audio minutes.
+        let mut b = Budget::new(None, Some((0.05, false)));
+        assert!(b.add_usd(0.034).is_none());
+        let e = b.add_usd(0.034).expect("0.068 > 0.05");
+        assert!(!e.end);
+        assert!(b.add_usd(0.034).is_none(), "once per session");
+        assert!((b.cost_usd() - 0.102).abs() < 1e-9);
     }
 
     #[test]

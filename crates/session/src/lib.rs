@@ -24,6 +24,7 @@
 //! | [`dead_air`] | silence spans after the user's turn and during tool calls; the silence guard |
 //! | [`audio_check`] | near-silent or clipped assistant audio |
 //! | [`budget`] | estimated cost and the session budget |
+//! | [`translation`] | TRANSLATION and INTERPRETER sessions: their plan, one task per leg, the runner |
 //! | [`records`] | the session record file (`--records-dir`): JSON lines appended off the session's task |
 //! | [`summary`] | the session's figures for `SessionEnded.summary` |
 //! | [`error`] | every error code a host can receive (`Code`, checked against the proto) |
@@ -57,6 +58,7 @@ pub mod summary;
 pub mod tool_calls;
 pub mod tools;
 pub mod transcription;
+pub mod translation;
 pub mod upstream;
 
 pub use callback_allow::CallbackAllowlist;

@@ -374,6 +374,9 @@ pub enum SessionKind {
     Conversation,
     /// Audio in, transcripts out: only the transcription leg ([`SessionPlan::shadow`]).
     Transcription,
+    /// Audio in, translated audio and transcripts out: one translation leg (TRANSLATION) or two
+    /// (INTERPRETER). See [`crate::translation`].
+    Translation(crate::translation::TranslationPlan),
 }
 
 /// `SessionStart.max_duration_secs` and its warning.
@@ -731,7 +734,13 @@ impl SessionPlan {
             Ok(pb::Dialect::Beta) => Dialect::Beta,
             _ => d.dialect,
         };
-        let model = if start.model.is_empty() {
+        // A translation session names its own model (checked by its plan); the fields below that
+        // only a conversation uses are planned with the default conversation model.
+        let translating = matches!(
+            pb::SessionKind::try_from(start.kind),
+            Ok(pb::SessionKind::Translation | pb::SessionKind::Interpreter)
+        );
+        let model = if start.model.is_empty() || translating {
             d.model.clone()
         } else {
             start.model.clone()
@@ -774,19 +783,24 @@ impl SessionPlan {
             session_fields::transcription(start.transcription.as_ref(), dialect)?;
         let kind = match pb::SessionKind::try_from(start.kind) {
             Ok(pb::SessionKind::Conversation) => SessionKind::Conversation,
-            Ok(
-                k @ (pb::SessionKind::Transcription
-                | pb::SessionKind::Translation
-                | pb::SessionKind::Interpreter),
-            ) => {
+            Ok(k @ pb::SessionKind::Transcription) => {
                 return Err(StartError::Other(format!(
                     "kind {} is not available in this build",
                     k.as_str_name()
                 )))
             }
+            Ok(k @ (pb::SessionKind::Translation | pb::SessionKind::Interpreter)) => {
+                SessionKind::Translation(crate::translation::TranslationPlan::from_start(
+                    start,
+                    k == pb::SessionKind::Interpreter,
+                )?)
+            }
             Err(_) => return Err(StartError::Other(format!("unknown kind {}", start.kind))),
         };
-        let shadow = crate::transcription::LegPlan::from_start(start, &kind, dialect, wire_in)?;
+        let shadow = match kind {
+            SessionKind::Translation(_) => None,
+            _ => crate::transcription::LegPlan::from_start(start, &kind, dialect, wire_in)?,
+        };
 
         let budget = match start.budget_usd {
             0.0 => None,
@@ -795,6 +809,8 @@ impl SessionPlan {
                     "budget_usd must be a positive amount, got {b}"
                 )))
             }
+            // A translation session's budget is planned (and priced) by its own plan.
+            _ if translating => None,
             _ if prices.is_none() => {
                 return Err(StartError::Other(format!(
                 "budget_usd needs a price table: {model} is not in the model table, so configure \
@@ -862,7 +878,10 @@ impl SessionPlan {
             output,
             wire_in,
             wire_out,
-            model,
+            model: match &kind {
+                SessionKind::Translation(t) => t.model.clone(),
+                _ => model,
+            },
             dialect,
             base_instructions: start.instructions.clone(),
             preamble,

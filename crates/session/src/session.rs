@@ -146,6 +146,10 @@ async fn run<S>(
 where
     S: Stream<Item = Result<pb::ClientMessage, Status>> + Unpin + Send,
 {
+    if let crate::plan::SessionKind::Translation(t) = &plan.kind {
+        let t = t.clone();
+        return crate::translation::runner::run(plan, t, inbound, out, ctx, id).await;
+    }
     let pipelines = InputPipeline::new(plan.input, plan.wire_in, plan.max_frame_bytes)
         .and_then(|i| OutputPipeline::new(plan.wire_out, plan.output).map(|o| (i, o)))
         .map_err(|e| HostError::new(Code::InvalidAudioFormat, e.to_string(), false));
@@ -241,7 +245,7 @@ fn seed_of(id: &str) -> u64 {
 
 /// What a failed host stream means for the host, if it is the host's fault: the session's end and the
 /// error that explains it.
-fn host_stream_error(status: &Status) -> Option<(End, HostError)> {
+pub(crate) fn host_stream_error(status: &Status) -> Option<(End, HostError)> {
     let msg = status.message();
     if status.code() == tonic::Code::OutOfRange && msg.contains("message length too large") {
         return Some((

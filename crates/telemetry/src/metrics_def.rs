@@ -47,6 +47,8 @@ pub const LABELS_OVERFLOWED: &str = "voice_label_values_overflowed_total";
 pub const ROLLOVERS: &str = "voice_upstream_rollovers_total";
 pub const ROLLOVER_GAP: &str = "voice_upstream_rollover_gap_seconds";
 pub const RECORD_ERRORS: &str = "voice_record_errors_total";
+pub const TRANSLATION_AUDIO: &str = "voice_translation_audio_milliseconds_total";
+pub const TRANSLATION_LATENCY: &str = "voice_translation_latency_seconds";
 
 /// Why a session-record line was lost: the file could not be opened, a write failed, or the writer's
 /// queue was full.
@@ -472,6 +474,21 @@ pub const FAMILIES: &[Family] = &[
             values: RECORD_ERROR_KINDS,
         },
     },
+    Family {
+        name: TRANSLATION_AUDIO,
+        kind: Kind::Counter,
+        // Milliseconds, counted (counters are integers; a 200 ms chunk is the unit of sending).
+        unit: Unit::Count,
+        help: "Milliseconds of audio sent to translation legs (silence included): what translation sessions are billed by.",
+        series: Series::Unlabelled,
+    },
+    Family {
+        name: TRANSLATION_LATENCY,
+        kind: Kind::Histogram,
+        unit: Unit::Seconds,
+        help: "A translation leg's first host audio to its first audible translated audio (once per leg).",
+        series: Series::Unlabelled,
+    },
 ];
 
 /// The table entry for `name`.
@@ -549,6 +566,7 @@ pub(crate) fn builder() -> PrometheusBuilder {
         UPSTREAM_CONNECT,
         DEAD_AIR,
         PREAMBLE_TO_ANSWER,
+        TRANSLATION_LATENCY,
     ] {
         b = b
             .set_buckets_for_metric(Matcher::Full(name.to_string()), LATENCY_BUCKETS)

@@ -49,7 +49,7 @@ impl LegPlan {
                     "kind",
                     "a TRANSCRIPTION session needs the GA dialect (beta has no transcription sessions here)".into(),
                 ),
-                Kind::Conversation => field(
+                Kind::Conversation | Kind::Translation(_) => field(
                     "shadow_transcription",
                     "the transcription leg needs the GA dialect".into(),
                 ),
