@@ -656,3 +656,31 @@ async fn controls_other_than_end_are_refused_and_the_session_goes_on() {
         assert_ne!(e["type"], "input_audio_buffer.commit");
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_upstream_that_keeps_dropping_is_given_up_after_three_losses() {
+    let mut h = Harness::spawn(&translation("vi"));
+    let mut up = connection(&mut h).await;
+    up.accept().await;
+    started(&mut h).await;
+    for loss in 1..=4 {
+        let _ = up
+            .peer
+            .to_client
+            .send(PeerMessage::Close {
+                code: Some(1011),
+                reason: None,
+            })
+            .await;
+        if loss == 4 {
+            break;
+        }
+        h.host.error("upstream_disconnected").await;
+        up = connection(&mut h).await;
+        up.accept().await;
+        h.host.error("upstream_resumed").await;
+    }
+    let e = h.host.error("translation_failed").await;
+    assert!(e.message.contains("lost 4 times"), "{}", e.message);
+    assert_eq!(h.host.ended().await.reason, "upstream_closed");
+}

@@ -10,8 +10,9 @@
 //! [`FromLeg::Done`].
 //!
 //! A lost upstream is reopened up to [`RECONNECTS`] times with backoff (the host is told
-//! `upstream_disconnected`, then `upstream_resumed`); past that the leg reports
-//! [`FromLeg::Failed`] with `translation_failed`.
+//! `upstream_disconnected`, then `upstream_resumed`), for at most [`MAX_OUTAGES`] losses; past
+//! that the leg reports [`FromLeg::Failed`] with `translation_failed`. Audio the host sends while
+//! the leg reconnects is queued up to a bound, then dropped (`voice_audio_dropped_total`).
 
 use crate::error::{Code, HostError};
 use crate::upstream::Connect;
@@ -41,6 +42,9 @@ pub const FRAME: Duration = Duration::from_millis(FRAME_MS as u64);
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Times a lost upstream is reopened before the leg gives up.
 pub const RECONNECTS: u32 = 2;
+/// Losses a leg survives; the next one ends it (an upstream that keeps dropping is not retried
+/// forever).
+pub const MAX_OUTAGES: u32 = 3;
 /// Backoff before reconnect attempt `n` (from 0).
 fn backoff(n: u32) -> Duration {
     Duration::from_millis(250 * 2u64.pow(n.min(4)))
@@ -168,6 +172,8 @@ pub struct Leg {
     events: mpsc::Sender<FromLeg>,
     /// Unusable output deltas reported (once per leg).
     bad_audio_warned: bool,
+    /// Upstream losses so far.
+    outages: u32,
 }
 
 /// Why a leg stopped its main loop.
@@ -203,6 +209,7 @@ impl Leg {
             output_text: Text::default(),
             events,
             bad_audio_warned: false,
+            outages: 0,
         }
     }
 
@@ -431,6 +438,21 @@ impl Leg {
     async fn reconnect(&mut self, e: RealtimeError) -> Option<Stop> {
         if let Some(mut c) = self.conn.take() {
             tokio::spawn(async move { c.close().await });
+        }
+        self.outages += 1;
+        if self.outages > MAX_OUTAGES {
+            warn!(session_id = %self.session_id, speaker = %self.speaker, error = %e, "translation upstream lost again: giving up");
+            return Some(Stop::Failed(
+                HostError::new(
+                    Code::TranslationFailed,
+                    format!(
+                        "the translation upstream was lost {} times: {e}",
+                        self.outages
+                    ),
+                    false,
+                ),
+                e,
+            ));
         }
         warn!(session_id = %self.session_id, speaker = %self.speaker, error = %e, "translation upstream lost: reconnecting");
         counter!(names::UPSTREAM_RECONNECTS).increment(1);
