@@ -352,3 +352,48 @@ async fn an_upstream_that_keeps_dropping_ends_the_call_with_translation_failed()
         .iter()
         .any(|(_, e)| matches!(e, Out::Error(e) if e.code == "upstream_resumed")));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_runs_a_translation_session() {
+    let sim = sim(
+        &["Can you check my calendar"],
+        &["¿Puedes revisar mi calendario?"],
+    )
+    .await;
+    let sidecar = start_sidecar(&sim.base_url(), &[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let wav = dir.path().join("translation.wav");
+    let out = tokio::process::Command::new(binary("voice-demo"))
+        .args([
+            "--sidecar",
+            &format!("http://{}", sidecar.addr),
+            "--translate",
+            "es",
+        ])
+        .arg("--out")
+        .arg(&wav)
+        .args(["--timeout-secs", "40"])
+        .output()
+        .await
+        .expect("running voice-demo");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("SPEAKER     (final): Can you check my calendar"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("TRANSLATION (final): ¿Puedes revisar mi calendario?"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("session ended (client_end)"), "{stdout}");
+    assert!(
+        std::fs::metadata(&wav).unwrap().len() > 44,
+        "translated audio written"
+    );
+    sent_events_validate(&sim);
+}

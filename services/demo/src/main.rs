@@ -2,6 +2,10 @@
 //! (a calendar lookup and a CRM update, each with artificial latency), opens one `Converse` stream,
 //! streams a speech sample in real time as 16 kHz PCM16, and prints what comes back — transcripts,
 //! events, tool calls and timings — then writes the assistant's audio to a WAV file.
+//!
+//! With `--translate LANG` it opens a translation session instead (`SESSION_KIND_TRANSLATION`):
+//! the same sample is translated into LANG, the source and translated transcripts are printed as
+//! they stream, and the translated audio is written to the WAV file.
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
@@ -34,6 +38,10 @@ struct Args {
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 60)]
     timeout_secs: u64,
+    /// Run a translation session into this language (es, pt, fr, ja, ru, zh, de, ko, hi, id, vi,
+    /// it or en) instead of the conversation.
+    #[arg(long, value_name = "LANG")]
+    translate: Option<String>,
 }
 
 /// The host's tools. Latencies are artificial, to show that parallel calls overlap.
@@ -107,6 +115,9 @@ fn read_wav(path: &PathBuf) -> Result<(Vec<i16>, u32)> {
 async fn main() -> Result<()> {
     let args = Args::parse();
     let (samples, rate) = read_wav(&args.wav)?;
+    if let Some(lang) = &args.translate {
+        return translate(&args, lang, samples, rate).await;
+    }
 
     let tools_addr = args.tools_listen;
     tokio::spawn(async move {
@@ -313,21 +324,162 @@ async fn main() -> Result<()> {
             }
         }
     }
+    write_wav(&args.out, &reply, rate)?;
+    println!(
+        "assistant audio: {:.2} s written to {}",
+        reply.len() as f64 / f64::from(rate),
+        args.out.display()
+    );
+    Ok(())
+}
+
+fn write_wav(path: &PathBuf, samples: &[i16], rate: u32) -> Result<()> {
     let spec = hound::WavSpec {
         channels: 1,
         sample_rate: rate,
         bits_per_sample: 16,
         sample_format: hound::SampleFormat::Int,
     };
-    let mut w = hound::WavWriter::create(&args.out, spec)
-        .with_context(|| format!("writing {}", args.out.display()))?;
-    for s in &reply {
+    let mut w = hound::WavWriter::create(path, spec)
+        .with_context(|| format!("writing {}", path.display()))?;
+    for s in samples {
         w.write_sample(*s)?;
     }
     w.finalize()?;
+    Ok(())
+}
+
+/// Streams 20 ms frames of `samples` in real time, then `tail_secs` of silence (a translation
+/// session wants audio all along: the sidecar fills any pause with silence anyway).
+fn microphone(tx: mpsc::Sender<pb::ClientMessage>, samples: Vec<i16>, rate: u32, tail_secs: u32) {
+    let frame = (rate / 50) as usize;
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        let total = samples.len().div_ceil(frame) + (tail_secs * 50) as usize;
+        let silence = vec![0i16; frame];
+        for i in 0..total {
+            tick.tick().await;
+            let start = i * frame;
+            let chunk = if start < samples.len() {
+                &samples[start..(start + frame).min(samples.len())]
+            } else {
+                &silence[..]
+            };
+            let data: Vec<u8> = chunk.iter().flat_map(|s| s.to_le_bytes()).collect();
+            let f = pb::AudioFrame {
+                data,
+                seq: i as u64 + 1,
+                ..Default::default()
+            };
+            if tx.send(msg(In::Audio(f))).await.is_err() {
+                return;
+            }
+        }
+        // Done speaking: end the session (the sidecar drains the last translation first).
+        let _ = tx
+            .send(msg(In::Control(pb::Control {
+                action: Some(pb::control::Action::End(pb::Empty {})),
+            })))
+            .await;
+    });
+}
+
+/// `--translate LANG`: a translation session over the same sample.
+async fn translate(args: &Args, lang: &str, samples: Vec<i16>, rate: u32) -> Result<()> {
+    let mut client = connect(&args.sidecar).await?;
+    let (tx, rx) = mpsc::channel::<pb::ClientMessage>(64);
+    let fmt = pb::AudioFormat {
+        codec: pb::Codec::Pcm16 as i32,
+        sample_rate_hz: rate,
+        channels: 1,
+        frame_ms: 20,
+    };
+    tx.send(msg(In::Start(pb::SessionStart {
+        kind: pb::SessionKind::Translation as i32,
+        target_language: lang.to_string(),
+        translation_input_transcript: true,
+        input_format: Some(fmt),
+        output_format: Some(fmt),
+        ..Default::default()
+    })))
+    .await?;
+    let t0 = Instant::now();
+    let mut inbound = match client.converse(ReceiverStream::new(rx)).await {
+        Ok(r) => r.into_inner(),
+        Err(s) => bail!(
+            "the sidecar refused the translation session: {}",
+            s.message()
+        ),
+    };
+    let secs = samples.len() as f64 / f64::from(rate);
     println!(
-        "assistant audio: {:.2} s written to {}",
-        reply.len() as f64 / f64::from(rate),
+        "[{:>6} ms] Converse stream open (translation into {lang}), streaming {secs:.2} s of speech at {rate} Hz",
+        t0.elapsed().as_millis()
+    );
+    microphone(tx, samples, rate, 4);
+    let deadline = tokio::time::sleep(Duration::from_secs(args.timeout_secs));
+    tokio::pin!(deadline);
+    let mut audio: Vec<i16> = Vec::new();
+    let mut first_audio = false;
+    loop {
+        let m = tokio::select! {
+            () = &mut deadline => bail!("no end of the translation within {} s", args.timeout_secs),
+            m = inbound.message() => m.context("stream failed")?,
+        };
+        let Some(m) = m.and_then(|m| m.message) else {
+            break;
+        };
+        let ms = t0.elapsed().as_millis();
+        match m {
+            Out::Started(s) => println!(
+                "[{ms:>6} ms] session {} started: model {}, upstream audio {}",
+                s.session_id, s.model, s.upstream_audio_format
+            ),
+            Out::Transcript(t) => {
+                let who = if t.source == pb::TranscriptSource::SourceTranslationInput as i32 {
+                    "SPEAKER"
+                } else {
+                    "TRANSLATION"
+                };
+                if t.r#final {
+                    println!("[{ms:>6} ms] {who:<11} (final): {}", t.text);
+                } else {
+                    println!(
+                        "[{ms:>6} ms] {who:<11} +{:?} at {} ms",
+                        t.text, t.elapsed_ms
+                    );
+                }
+            }
+            Out::Audio(a) => {
+                let pcm: Vec<i16> = a
+                    .data
+                    .chunks_exact(2)
+                    .map(|b| i16::from_le_bytes([b[0], b[1]]))
+                    .collect();
+                if !first_audio && pcm.iter().any(|s| s.unsigned_abs() > 512) {
+                    first_audio = true;
+                    println!("[{ms:>6} ms] first translated audio");
+                }
+                audio.extend(pcm);
+            }
+            Out::Error(e) => println!("[{ms:>6} ms] error {}: {}", e.code, e.message),
+            Out::Ended(e) => {
+                let s = e.summary.unwrap_or_default();
+                println!(
+                    "[{ms:>6} ms] session ended ({}): {:.1} s, estimated cost ${:.5} (audio minutes × the per-minute price)",
+                    e.reason,
+                    f64::from(s.duration_ms) / 1000.0,
+                    s.cost_usd
+                );
+                break;
+            }
+            other => println!("[{ms:>6} ms] {other:?}"),
+        }
+    }
+    write_wav(&args.out, &audio, rate)?;
+    println!(
+        "translated audio: {:.2} s written to {}",
+        audio.len() as f64 / f64::from(rate),
         args.out.display()
     );
     Ok(())
