@@ -684,3 +684,88 @@ async fn an_upstream_that_keeps_dropping_is_given_up_after_three_losses() {
     assert!(e.message.contains("lost 4 times"), "{}", e.message);
     assert_eq!(h.host.ended().await.reason, "upstream_closed");
 }
+
+#[tokio::test(start_paused = true)]
+async fn telephony_audio_goes_up_as_24k_pcm16_and_comes_back_as_mulaw() {
+    // µ-law 8 kHz would pass through to a conversation; translation takes only 24 kHz PCM16.
+    let ulaw = pb::AudioFormat {
+        codec: pb::Codec::Mulaw as i32,
+        sample_rate_hz: 8000,
+        channels: 1,
+        frame_ms: 20,
+    };
+    let start = pb::SessionStart {
+        input_format: Some(ulaw),
+        output_format: Some(ulaw),
+        ..translation("hi")
+    };
+    let mut h = Harness::spawn(&start);
+    let mut up = connection(&mut h).await;
+    up.accept().await;
+    let s = started(&mut h).await;
+    assert_eq!(s.upstream_audio_format, "pcm16");
+    assert!(!s.input_passthrough && !s.output_passthrough);
+    // 400 ms of a µ-law tone (160 bytes a frame).
+    let tone: Vec<i16> = (0..3200)
+        .map(|i| ((i as f32 * 0.3).sin() * 10_000.0) as i16)
+        .collect();
+    for (i, c) in tone.chunks(160).enumerate() {
+        let mut data = Vec::new();
+        voice_audio::g711::encode_ulaw(c, &mut data);
+        h.host
+            .send(In::Audio(pb::AudioFrame {
+                data,
+                seq: i as u64 + 1,
+                ..Default::default()
+            }))
+            .await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let chunks = up.appends(2).await;
+    assert!(chunks.iter().all(|c| c.len() == CHUNK && !silent(c)));
+    up.audio(200, 200).await;
+    let f = h
+        .host
+        .until(|m| match m {
+            Out::Audio(f) => Some(f.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(f.data.len(), 160, "20 ms of µ-law 8 kHz");
+}
+
+#[tokio::test(start_paused = true)]
+async fn max_duration_and_shutdown_end_a_translation_with_a_drain() {
+    let start = pb::SessionStart {
+        max_duration_secs: 3,
+        ..translation("ru")
+    };
+    let mut h = Harness::spawn(&start);
+    let mut up = connection(&mut h).await;
+    up.accept().await;
+    started(&mut h).await;
+    let t0 = tokio::time::Instant::now();
+    loop {
+        if up.next().await["type"] == "session.close" {
+            break;
+        }
+    }
+    assert!(t0.elapsed() >= Duration::from_secs(3), "{:?}", t0.elapsed());
+    up.send(json!({"type": "session.closed", "event_id": "c"}))
+        .await;
+    assert_eq!(h.host.ended().await.reason, "max_duration");
+
+    let mut h = Harness::spawn(&translation("ru"));
+    let mut up = connection(&mut h).await;
+    up.accept().await;
+    started(&mut h).await;
+    h.shutdown.cancel();
+    loop {
+        if up.next().await["type"] == "session.close" {
+            break;
+        }
+    }
+    up.send(json!({"type": "session.closed", "event_id": "c"}))
+        .await;
+    assert_eq!(h.host.ended().await.reason, "shutdown");
+}
