@@ -658,7 +658,7 @@ async fn controls_other_than_end_are_refused_and_the_session_goes_on() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn an_upstream_that_keeps_dropping_is_given_up_after_three_losses() {
+async fn an_upstream_that_keeps_dropping_is_given_up_after_three_losses_in_a_row() {
     let mut h = Harness::spawn(&translation("vi"));
     let mut up = connection(&mut h).await;
     up.accept().await;
@@ -681,7 +681,7 @@ async fn an_upstream_that_keeps_dropping_is_given_up_after_three_losses() {
         h.host.error("upstream_resumed").await;
     }
     let e = h.host.error("translation_failed").await;
-    assert!(e.message.contains("lost 4 times"), "{}", e.message);
+    assert!(e.message.contains("lost 4 times in a row"), "{}", e.message);
     assert_eq!(h.host.ended().await.reason, "upstream_closed");
 }
 
@@ -768,4 +768,40 @@ async fn max_duration_and_shutdown_end_a_translation_with_a_drain() {
     up.send(json!({"type": "session.closed", "event_id": "c"}))
         .await;
     assert_eq!(h.host.ended().await.reason, "shutdown");
+}
+
+#[tokio::test(start_paused = true)]
+async fn losses_a_minute_apart_do_not_add_up() {
+    let mut h = Harness::spawn(&translation("id"));
+    let mut up = connection(&mut h).await;
+    up.accept().await;
+    started(&mut h).await;
+    // Five losses, each after 61 s of a healthy connection: always reopened.
+    for _ in 0..5 {
+        let reader = tokio::spawn(async move {
+            let t0 = tokio::time::Instant::now();
+            while t0.elapsed() < Duration::from_secs(61) {
+                up.next().await;
+            }
+            up
+        });
+        let old = reader.await.unwrap();
+        let _ = old
+            .peer
+            .to_client
+            .send(PeerMessage::Close {
+                code: Some(1000),
+                reason: None,
+            })
+            .await;
+        h.host.error("upstream_disconnected").await;
+        up = connection(&mut h).await;
+        up.accept().await;
+        h.host.error("upstream_resumed").await;
+    }
+    assert!(!h
+        .host
+        .seen
+        .iter()
+        .any(|m| matches!(m, Out::Error(e) if e.code == "translation_failed")));
 }

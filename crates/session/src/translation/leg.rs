@@ -10,7 +10,8 @@
 //! [`FromLeg::Done`].
 //!
 //! A lost upstream is reopened up to [`RECONNECTS`] times with backoff (the host is told
-//! `upstream_disconnected`, then `upstream_resumed`), for at most [`MAX_OUTAGES`] losses; past
+//! `upstream_disconnected`, then `upstream_resumed`), for at most [`MAX_OUTAGES`] losses in a row
+//! (a connection that stayed up for [`HEALTHY`] resets the count); past
 //! that the leg reports [`FromLeg::Failed`] with `translation_failed`. Audio the host sends while
 //! the leg reconnects is queued up to a bound, then dropped (`voice_audio_dropped_total`).
 
@@ -42,9 +43,12 @@ pub const FRAME: Duration = Duration::from_millis(FRAME_MS as u64);
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Times a lost upstream is reopened before the leg gives up.
 pub const RECONNECTS: u32 = 2;
-/// Losses a leg survives; the next one ends it (an upstream that keeps dropping is not retried
-/// forever).
+/// Losses in a row a leg survives; the next one ends it (an upstream that keeps dropping is not
+/// retried forever).
 pub const MAX_OUTAGES: u32 = 3;
+/// A connection up this long before it is lost starts the count of losses afresh (a long call may
+/// outlive several upstream sessions).
+pub const HEALTHY: Duration = Duration::from_secs(60);
 /// Backoff before reconnect attempt `n` (from 0).
 fn backoff(n: u32) -> Duration {
     Duration::from_millis(250 * 2u64.pow(n.min(4)))
@@ -172,8 +176,10 @@ pub struct Leg {
     events: mpsc::Sender<FromLeg>,
     /// Unusable output deltas reported (once per leg).
     bad_audio_warned: bool,
-    /// Upstream losses so far.
+    /// Upstream losses in a row (see [`HEALTHY`]).
     outages: u32,
+    /// When the current connection was opened.
+    up_since: Instant,
 }
 
 /// Why a leg stopped its main loop.
@@ -210,6 +216,7 @@ impl Leg {
             events,
             bad_audio_warned: false,
             outages: 0,
+            up_since: Instant::now(),
         }
     }
 
@@ -439,6 +446,9 @@ impl Leg {
         if let Some(mut c) = self.conn.take() {
             tokio::spawn(async move { c.close().await });
         }
+        if self.up_since.elapsed() >= HEALTHY {
+            self.outages = 0;
+        }
         self.outages += 1;
         if self.outages > MAX_OUTAGES {
             warn!(session_id = %self.session_id, speaker = %self.speaker, error = %e, "translation upstream lost again: giving up");
@@ -446,7 +456,7 @@ impl Leg {
                 HostError::new(
                     Code::TranslationFailed,
                     format!(
-                        "the translation upstream was lost {} times: {e}",
+                        "the translation upstream was lost {} times in a row: {e}",
                         self.outages
                     ),
                     false,
@@ -468,6 +478,7 @@ impl Leg {
             match self.setup.open().await {
                 Ok(conn) => {
                     self.conn = Some(conn);
+                    self.up_since = Instant::now();
                     self.error(HostError::new(
                         Code::UpstreamResumed,
                         "a new translation upstream session carries on",

@@ -197,14 +197,12 @@ async fn open_legs(
 
 impl Runner {
     fn started_message(&self) -> pb::SessionStarted {
-        let input = self.plan.input;
         pb::SessionStarted {
             session_id: self.id.clone(),
             model: self.tplan.model.clone(),
             dialect: pb::Dialect::Ga as i32,
             upstream_audio_format: "pcm16".into(),
-            input_passthrough: self.legs.iter().all(|l| l.input.is_passthrough())
-                && input.codec == voice_audio::Codec::Pcm16,
+            input_passthrough: self.legs.iter().all(|l| l.input.is_passthrough()),
             output_passthrough: false,
             effective_session_json: self.tplan.effective_session().to_string(),
         }
@@ -308,6 +306,7 @@ impl Runner {
                 )))
                 .await;
         };
+        names::count_frame(names::Direction::In, f.data.len());
         self.buf.clear();
         let seq = (f.seq > 0).then_some(f.seq);
         let handle = &mut self.legs[leg];
