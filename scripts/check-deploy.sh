@@ -88,7 +88,7 @@ KNOWN = {
     "voice_upstream_rollovers_total": "counter",
     "voice_upstream_rollover_gap_seconds": "histogram",
     "voice_record_errors_total": "counter",
-    "voice_translation_audio_milliseconds_total": "counter",
+    "voice_translation_audio_seconds_total": "counter",
     "voice_translation_latency_seconds": "histogram",
 }
 errors = []

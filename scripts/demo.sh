@@ -30,7 +30,7 @@ trap 'kill $SIDECAR 2>/dev/null || true' EXIT
 
 if [ -n "$TRANSLATE" ]; then
   ./target/release/voice-demo --sidecar "http://$GRPC" --translate "$TRANSLATE" --out target/demo/translation.wav
-  PREFIXES='"voice_translation_audio_milliseconds_total", "voice_translation_latency_seconds_sum", "voice_translation_latency_seconds_count", "voice_cost_microdollars_total", "voice_sessions_total"'
+  PREFIXES='"voice_translation_audio_seconds_total", "voice_translation_latency_seconds_sum", "voice_translation_latency_seconds_count", "voice_cost_microdollars_total", "voice_sessions_total"'
 else
   ./target/release/voice-demo --sidecar "http://$GRPC" --tools-listen "$TOOLS" --out target/demo/reply.wav
   PREFIXES='"voice_response_latency_seconds_sum", "voice_response_latency_seconds_count", "voice_tool_call_duration_seconds_count", "voice_silence_seconds_sum", "voice_sessions_total"'

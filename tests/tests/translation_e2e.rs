@@ -181,8 +181,9 @@ async fn translation_session_speaks_the_translation_in_the_host_format_and_meter
     assert!(summary.duration_ms >= 1000, "{summary:?}");
     let text = http_get(metrics, "/metrics").await;
     assert_eq!(
-        metric(&text, "voice_translation_audio_milliseconds_total", &[]),
-        (appends * 200) as f64
+        metric(&text, "voice_translation_audio_seconds_total", &[]),
+        ((appends * 200 + 500) / 1000) as f64,
+        "whole seconds, the last fraction rounded"
     );
     assert!(metric(&text, "voice_cost_microdollars_total", &[]) > 0.0);
     assert!(metric(&text, "voice_translation_latency_seconds_count", &[]) >= 1.0);

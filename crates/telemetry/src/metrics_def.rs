@@ -47,7 +47,7 @@ pub const LABELS_OVERFLOWED: &str = "voice_label_values_overflowed_total";
 pub const ROLLOVERS: &str = "voice_upstream_rollovers_total";
 pub const ROLLOVER_GAP: &str = "voice_upstream_rollover_gap_seconds";
 pub const RECORD_ERRORS: &str = "voice_record_errors_total";
-pub const TRANSLATION_AUDIO: &str = "voice_translation_audio_milliseconds_total";
+pub const TRANSLATION_AUDIO: &str = "voice_translation_audio_seconds_total";
 pub const TRANSLATION_LATENCY: &str = "voice_translation_latency_seconds";
 
 /// Why a session-record line was lost: the file could not be opened, a write failed, or the writer's
@@ -477,9 +477,10 @@ pub const FAMILIES: &[Family] = &[
     Family {
         name: TRANSLATION_AUDIO,
         kind: Kind::Counter,
-        // Milliseconds, counted (counters are integers; a 200 ms chunk is the unit of sending).
+        // Seconds, counted in whole seconds (counters take integers); a `_seconds` unit is for
+        // histograms here.
         unit: Unit::Count,
-        help: "Milliseconds of audio sent to translation legs (silence included): what translation sessions are billed by.",
+        help: "Seconds of audio sent to translation legs (silence included): what translation sessions are billed by.",
         series: Series::Unlabelled,
     },
     Family {

@@ -176,6 +176,10 @@ pub struct Leg {
     events: mpsc::Sender<FromLeg>,
     /// Unusable output deltas reported (once per leg).
     bad_audio_warned: bool,
+    /// Audio sent upstream, ms, and the whole seconds of it already counted in
+    /// `voice_translation_audio_seconds_total` (a counter takes whole numbers).
+    sent_ms: u64,
+    counted_s: u64,
     /// Upstream losses in a row (see [`HEALTHY`]).
     outages: u32,
     /// When the current connection was opened.
@@ -217,12 +221,20 @@ impl Leg {
             bad_audio_warned: false,
             outages: 0,
             up_since: Instant::now(),
+            sent_ms: 0,
+            counted_s: 0,
         }
     }
 
     /// Runs the leg to its end.
     pub async fn run(mut self, mut cmds: mpsc::Receiver<ToLeg>) {
-        match self.serve(&mut cmds).await {
+        let stop = self.serve(&mut cmds).await;
+        self.run_end(stop).await;
+        self.count_audio_rest();
+    }
+
+    async fn run_end(&mut self, stop: Stop) {
+        match stop {
             Stop::End => {
                 self.drain().await;
                 let _ = self.events.send(FromLeg::Done).await;
@@ -312,12 +324,28 @@ impl Leg {
         };
         conn.send_translation(&Cev::Append { audio: chunk }).await?;
         let ms = chunk.len() as u64 / BYTES_PER_MS;
-        counter!(names::TRANSLATION_AUDIO).increment(ms);
+        self.count_audio(ms);
         let _ = self
             .events
             .send(FromLeg::Sent(Duration::from_millis(ms)))
             .await;
         Ok(())
+    }
+
+    /// Counts sent audio in whole seconds as they complete.
+    fn count_audio(&mut self, ms: u64) {
+        self.sent_ms += ms;
+        let whole = self.sent_ms / 1000;
+        counter!(names::TRANSLATION_AUDIO).increment(whole - self.counted_s);
+        self.counted_s = whole;
+    }
+
+    /// At the leg's end, the last fraction of a second, rounded (so the counter is not biased low
+    /// over many short sessions).
+    fn count_audio_rest(&mut self) {
+        let rounded = (self.sent_ms + 500) / 1000;
+        counter!(names::TRANSLATION_AUDIO).increment(rounded.saturating_sub(self.counted_s));
+        self.counted_s = rounded.max(self.counted_s);
     }
 
     async fn on_event(&mut self, ev: Sev) -> Result<(), RealtimeError> {
