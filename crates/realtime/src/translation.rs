@@ -293,6 +293,37 @@ mod tests {
         );
     }
 
+    /// Every prefix of valid events, and each with one byte replaced by a JSON-significant one,
+    /// parses or fails cleanly (a panic fails the test).
+    #[test]
+    fn truncated_and_mutated_events_never_panic() {
+        let valid = [
+            r#"{"type":"session.output_audio.delta","event_id":"x","delta":"AQD/fw==","format":"pcm16","sample_rate":24000,"channels":1,"elapsed_ms":400}"#,
+            r#"{"type":"session.input_transcript.delta","event_id":"x","delta":"Hola ¿qué tal?","elapsed_ms":200}"#,
+            r#"{"type":"error","event_id":"x","error":{"type":"invalid_request_error","code":"bad","message":"no"}}"#,
+            r#"{"type":"session.created","event_id":"x","session":{"id":"s","type":"translation","audio":{"output":{"language":"es"}}}}"#,
+        ];
+        let mut parsed_ok = 0;
+        for text in valid {
+            assert!(TranslationServerEvent::parse(text).is_ok(), "{text}");
+            for end in (0..text.len()).filter(|&i| text.is_char_boundary(i)) {
+                parsed_ok += usize::from(TranslationServerEvent::parse(&text[..end]).is_ok());
+            }
+            for (i, _) in text.char_indices() {
+                for b in ['"', '{', '}', ':', ',', '1', '-', 'n', '\\'] {
+                    let mut m = String::with_capacity(text.len());
+                    m.push_str(&text[..i]);
+                    m.push(b);
+                    m.push_str(&text[i + text[i..].chars().next().map_or(0, char::len_utf8)..]);
+                    if let Ok(ev) = TranslationServerEvent::parse(&m) {
+                        let _ = ev.kind();
+                    }
+                }
+            }
+        }
+        assert_eq!(parsed_ok, 0, "no strict prefix of an object is valid JSON");
+    }
+
     #[test]
     fn bad_input_is_a_typed_error_never_a_panic() {
         use TranslationServerEvent as E;
