@@ -141,17 +141,21 @@ pub struct SimConfig {
     pub script_cycle: bool,
     /// Spoken when there is no (more) script.
     pub default_reply: String,
-    /// Transcripts handed out, in order, for the user's committed audio turns; when exhausted the
-    /// transcript is "user speech of N.N seconds".
+    /// Transcripts handed out, in order, for the user's committed audio turns (conversation and
+    /// transcription sessions, per session); when exhausted the transcript is "user speech of N.N
+    /// seconds". Translation sessions take their speech segments' source text from here too (then
+    /// "user speech N").
     pub user_transcripts: Vec<String>,
     /// Synthesized speech length per character of the spoken text.
     pub ms_per_char: u32,
-    /// Audio per `response.(output_)audio.delta`.
+    /// Audio per `response.(output_)audio.delta`; in transcription sessions, the pacing of the
+    /// transcript deltas (one per `chunk_ms` at `realtime_factor`).
     pub chunk_ms: u32,
     /// Delay between the message item starting and its first audio delta (model "thinking").
     pub first_audio_delay_ms: u64,
     /// Streaming speed relative to real time (upstream streams ~4x faster than playback). `0` or
-    /// negative: as fast as possible.
+    /// negative: as fast as possible. Translation sessions release one 200 ms frame per
+    /// `200 ms / realtime_factor`.
     pub realtime_factor: f64,
     /// Extra delay before `response.created`.
     pub response_delay_ms: u64,
@@ -172,6 +176,14 @@ pub struct SimConfig {
     /// What the model says after the output of a call carried over from an earlier session (a
     /// `function_call` item the client created), `{outputs}` replaced as in a `tools` step.
     pub carried_call_reply: String,
+    /// Translation sessions: the language the simulated speaker talks in. When it equals the
+    /// session's `audio.output.language` the speech is "already in the target language" and the
+    /// session answers with silence and no output transcript, as upstream may.
+    pub translation_source_language: String,
+    /// Translation sessions: the translated text of each input speech segment, in order; when
+    /// exhausted (or empty) the text is the source text prefixed with `(<target language>) `. The
+    /// source text of a segment comes from `user_transcripts` like a committed turn's transcript.
+    pub translation_outputs: Vec<String>,
 }
 
 impl Default for SimConfig {
@@ -197,6 +209,8 @@ impl Default for SimConfig {
             session_max_duration_ms: None,
             max_message_bytes: 15 * 1024 * 1024,
             carried_call_reply: "Thanks for holding. {outputs}".to_owned(),
+            translation_source_language: "nl".to_owned(),
+            translation_outputs: Vec::new(),
         }
     }
 }
@@ -243,5 +257,18 @@ mod tests {
     #[test]
     fn unknown_fields_rejected() {
         assert!(serde_json::from_str::<SimConfig>(r#"{"chunkms":5}"#).is_err());
+    }
+
+    #[test]
+    fn translation_fields_default_and_deserialize() {
+        let cfg: SimConfig = serde_json::from_str("{}").unwrap();
+        assert_eq!(cfg.translation_source_language, "nl");
+        assert!(cfg.translation_outputs.is_empty());
+        let cfg: SimConfig = serde_json::from_str(
+            r#"{"translation_source_language":"es","translation_outputs":["Hello"]}"#,
+        )
+        .unwrap();
+        assert_eq!(cfg.translation_source_language, "es");
+        assert_eq!(cfg.translation_outputs, vec!["Hello"]);
     }
 }

@@ -55,10 +55,22 @@ impl ProtocolError {
 /// Why a WebSocket upgrade was refused; maps to the HTTP status upstream would use.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HandshakeError {
-    #[error("unknown path {0:?}; the Realtime API lives at /v1/realtime")]
+    #[error(
+        "unknown path {0:?}; the Realtime API lives at /v1/realtime and /v1/realtime/translations"
+    )]
     NotFound(String),
     #[error("missing required query parameter 'model'")]
     MissingModel,
+    /// `intent` other than `transcription` (and no `model`).
+    #[error("invalid value for query parameter 'intent': {0:?} (supported: 'transcription')")]
+    InvalidIntent(String),
+    /// `intent=transcription` with `OpenAI-Beta: realtime=v1`: the simulator serves transcription
+    /// sessions in the GA dialect only.
+    #[error("transcription sessions are served in the GA dialect only; omit the 'OpenAI-Beta: realtime=v1' header")]
+    BetaTranscription,
+    /// A translation session for a model other than `gpt-realtime-translate(-…)`.
+    #[error("model {0:?} is not a translation model (expected 'gpt-realtime-translate')")]
+    InvalidModel(String),
     #[error("missing or invalid Authorization bearer token")]
     Unauthorized,
 }
@@ -67,7 +79,10 @@ impl HandshakeError {
     pub fn status(&self) -> u16 {
         match self {
             HandshakeError::NotFound(_) => 404,
-            HandshakeError::MissingModel => 400,
+            HandshakeError::MissingModel
+            | HandshakeError::InvalidIntent(_)
+            | HandshakeError::BetaTranscription
+            | HandshakeError::InvalidModel(_) => 400,
             HandshakeError::Unauthorized => 401,
         }
     }

@@ -1,5 +1,8 @@
-//! The listening side: binds the socket, accepts connections into per-session tasks, owns the shared
-//! counters and opt-in logs, and shuts everything down on request (or when the handle is dropped).
+//! The listening side: binds the socket, accepts connections into per-session tasks, performs the
+//! WebSocket handshake and routes each upgrade to its session kind (`/v1/realtime?model=` →
+//! conversation, `/v1/realtime?intent=transcription` → transcription, `/v1/realtime/translations?model=`
+//! → translation), owns the shared counters and opt-in logs, and shuts everything down on request (or
+//! when the handle is dropped).
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -7,12 +10,29 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use serde_json::json;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::http::{header, HeaderValue, StatusCode};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use voice_realtime::Dialect;
 
 use crate::config::SimConfig;
-use crate::session;
+use crate::error::HandshakeError;
+use crate::{session, transcription, translation};
+
+/// Which kind of Realtime session a connection is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SessionKind {
+    /// `GET /v1/realtime?model=…`: speech-to-speech conversation (both dialects).
+    Conversation,
+    /// `GET /v1/realtime?intent=transcription` (no `model`): listen-only transcription, GA dialect.
+    Transcription,
+    /// `GET /v1/realtime/translations?model=gpt-realtime-translate`: continuous speech translation.
+    Translation,
+}
 
 /// A snapshot of the simulator's counters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -31,6 +51,10 @@ pub struct SimStats {
     pub responses: u64,
     pub responses_cancelled: u64,
     pub truncations: u64,
+    /// `conversation.item.input_audio_transcription.completed` events of transcription sessions.
+    pub transcriptions: u64,
+    /// 200 ms output frames of translation sessions.
+    pub translation_frames: u64,
 }
 
 #[derive(Default)]
@@ -44,6 +68,8 @@ pub(crate) struct Counters {
     pub responses: AtomicU64,
     pub responses_cancelled: AtomicU64,
     pub truncations: AtomicU64,
+    pub transcriptions: AtomicU64,
+    pub translation_frames: AtomicU64,
 }
 
 /// A client event as received (when `record_client_events` is on). Unparseable text is kept as a
@@ -51,6 +77,7 @@ pub(crate) struct Counters {
 #[derive(Debug, Clone, PartialEq)]
 pub struct LoggedClientEvent {
     pub session_id: String,
+    pub kind: SessionKind,
     pub event: serde_json::Value,
 }
 
@@ -69,7 +96,9 @@ pub struct Truncation {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CloseRecord {
     pub session_id: String,
-    /// True when the simulator closed first (session cap, shutdown), false when the client did.
+    pub kind: SessionKind,
+    /// True when the simulator closed first (session cap, a translation's `session.close`), false
+    /// when the client did.
     pub by_server: bool,
     /// The close code in the client's close frame (its own close, or its reply to ours); `None`
     /// when the client sent none (abnormal closure).
@@ -159,7 +188,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch
             _ = stop.changed() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _peer)) => {
-                    sessions.spawn(session::run(stream, shared.clone(), stop.clone()));
+                    sessions.spawn(run(stream, shared.clone(), stop.clone()));
                 }
                 Err(e) => {
                     // Usually fd exhaustion under load; back off instead of spinning.
@@ -211,6 +240,16 @@ impl SimHandle {
         format!("{}/v1/realtime?model={model}", self.base_url())
     }
 
+    /// `ws://127.0.0.1:PORT/v1/realtime?intent=transcription`, a transcription session (GA dialect).
+    pub fn transcription_url(&self) -> String {
+        format!("{}/v1/realtime?intent=transcription", self.base_url())
+    }
+
+    /// `ws://127.0.0.1:PORT/v1/realtime/translations?model=MODEL`, a translation session.
+    pub fn translation_url(&self, model: &str) -> String {
+        format!("{}/v1/realtime/translations?model={model}", self.base_url())
+    }
+
     pub fn config(&self) -> &SimConfig {
         &self.shared.config
     }
@@ -233,6 +272,8 @@ impl SimHandle {
             responses: c.responses.load(Relaxed),
             responses_cancelled: c.responses_cancelled.load(Relaxed),
             truncations: c.truncations.load(Relaxed),
+            transcriptions: c.transcriptions.load(Relaxed),
+            translation_frames: c.translation_frames.load(Relaxed),
         }
     }
 
@@ -278,5 +319,147 @@ impl SimHandle {
             .iter()
             .cloned()
             .collect()
+    }
+}
+
+/// Where an accepted upgrade goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Route {
+    Conversation { dialect: Dialect, model: String },
+    Transcription,
+    Translation { model: String },
+}
+
+/// Query parameter `name` (first occurrence; empty values count as absent).
+fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
+    query
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+        .filter(|v| !v.is_empty())
+}
+
+/// The translation models: `gpt-realtime-translate` and its dated snapshots.
+fn is_translation_model(model: &str) -> bool {
+    model == "gpt-realtime-translate" || model.starts_with("gpt-realtime-translate-")
+}
+
+/// Validates the upgrade request and picks the session kind. A `model` on `/v1/realtime` always makes
+/// a conversation session, even beside `intent=transcription` (upstream's realtime-transcription guide:
+/// "a model-based URL creates a conversation session").
+fn check_request(req: &Request, config: &SimConfig) -> Result<Route, HandshakeError> {
+    let uri = req.uri();
+    let query = uri.query().unwrap_or_default();
+    let model = query_param(query, "model");
+    let beta = req
+        .headers()
+        .get("openai-beta")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|p| p.trim() == "realtime=v1"));
+    let route = match uri.path() {
+        "/v1/realtime" => match (model, query_param(query, "intent")) {
+            (Some(m), _) => Route::Conversation {
+                dialect: if beta { Dialect::Beta } else { Dialect::Ga },
+                model: m.to_owned(),
+            },
+            (None, Some("transcription")) if beta => return Err(HandshakeError::BetaTranscription),
+            (None, Some("transcription")) => Route::Transcription,
+            (None, Some(other)) => return Err(HandshakeError::InvalidIntent(other.to_owned())),
+            (None, None) => return Err(HandshakeError::MissingModel),
+        },
+        "/v1/realtime/translations" => match model {
+            Some(m) if is_translation_model(m) => Route::Translation {
+                model: m.to_owned(),
+            },
+            Some(m) => return Err(HandshakeError::InvalidModel(m.to_owned())),
+            None => return Err(HandshakeError::MissingModel),
+        },
+        other => return Err(HandshakeError::NotFound(other.to_owned())),
+    };
+    let key = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+        .ok_or(HandshakeError::Unauthorized)?;
+    if config
+        .api_key
+        .as_deref()
+        .is_some_and(|expected| expected != key)
+    {
+        return Err(HandshakeError::Unauthorized);
+    }
+    Ok(route)
+}
+
+fn error_response(e: &HandshakeError) -> ErrorResponse {
+    let body =
+        json!({"error": {"type": "invalid_request_error", "code": null, "message": e.to_string()}});
+    let mut r = ErrorResponse::new(Some(body.to_string()));
+    *r.status_mut() = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST);
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+/// Decrements the active-session gauge however the task ends.
+struct ActiveGuard(Arc<Shared>);
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.counters.sessions_active.fetch_sub(1, Relaxed);
+    }
+}
+
+/// Serves one TCP connection to completion: the handshake, then the routed session kind.
+// The handshake callback's error type is fixed by tungstenite.
+#[allow(clippy::result_large_err)]
+async fn run(stream: TcpStream, shared: Arc<Shared>, shutdown: watch::Receiver<bool>) {
+    shared.counters.connections.fetch_add(1, Relaxed);
+    let _ = stream.set_nodelay(true);
+    // The socket limit sits above the protocol limit so oversized messages get an error event.
+    let limit = shared
+        .config
+        .max_message_bytes
+        .saturating_mul(2)
+        .max(1 << 20);
+    // An 8 KiB read buffer instead of tungstenite's 128 KiB: each read zero-fills the spare
+    // capacity, and at hundreds of sessions that memset was the simulator's top cost.
+    let ws_config = WebSocketConfig::default()
+        .read_buffer_size(8 * 1024)
+        .max_message_size(Some(limit))
+        .max_frame_size(Some(limit));
+    let mut accepted: Option<Route> = None;
+    let callback = |req: &Request, resp: Response| match check_request(req, &shared.config) {
+        Ok(route) => {
+            accepted = Some(route);
+            Ok(resp)
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "rejecting realtime upgrade");
+            Err(error_response(&e))
+        }
+    };
+    let handshake =
+        tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(ws_config));
+    let Ok(Ok(ws)) = tokio::time::timeout(Duration::from_secs(10), handshake).await else {
+        shared.counters.rejected_handshakes.fetch_add(1, Relaxed);
+        return;
+    };
+    let Some(route) = accepted else {
+        return;
+    };
+    shared.counters.sessions_active.fetch_add(1, Relaxed);
+    let _guard = ActiveGuard(shared.clone());
+    match route {
+        Route::Conversation { dialect, model } => {
+            session::serve(ws, shared, dialect, &model, shutdown).await;
+        }
+        Route::Transcription => transcription::serve(ws, shared, shutdown).await,
+        Route::Translation { model } => translation::serve(ws, shared, &model, shutdown).await,
     }
 }

@@ -1,5 +1,6 @@
-//! One simulated Realtime session: the handshake, then a single task that owns all session state and
-//! multiplexes the socket, the response-streaming timer and the expiry deadline with one `select!`.
+//! One simulated Realtime conversation session (after `server::run`'s handshake): a single task that
+//! owns all session state and multiplexes the socket, the response-streaming timer and the expiry
+//! deadline with one `select!`.
 //!
 //! One task and one reusable timer per connection (no per-response tasks, no channels) keeps a session
 //! at a few KiB so 1,000 of them fit on two cores. Responses are state machines advanced by the timer;
@@ -16,17 +17,16 @@ use serde_json::{json, Map, Value};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
-use tokio_tungstenite::tungstenite::http::{header, HeaderValue, StatusCode};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 use voice_realtime::{Dialect, WireAudioFormat};
 
 use crate::config::{ScriptStep, SimConfig};
-use crate::error::{HandshakeError, ProtocolError};
+use crate::error::ProtocolError;
 use crate::protocol::{self, ClientEvent};
+use crate::server::SessionKind;
 use crate::server::{CloseRecord, LoggedClientEvent, SeedRecord, Shared, Truncation};
 use crate::session_config::SessionConfig;
 use crate::synth::Utterance;
@@ -42,108 +42,19 @@ const MAX_STEPS_PER_TICK: usize = 16;
 static ID_COUNTER: AtomicU64 = AtomicU64::new(1);
 
 /// Process-unique ids in upstream's `prefix_xxx` style; a counter is far cheaper than a UUID per event.
-fn new_id(prefix: &str) -> String {
+pub(crate) fn new_id(prefix: &str) -> String {
     format!("{prefix}_sim{:013x}", ID_COUNTER.fetch_add(1, Relaxed))
 }
 
-fn check_request(req: &Request, config: &SimConfig) -> Result<(Dialect, String), HandshakeError> {
-    let uri = req.uri();
-    if uri.path() != "/v1/realtime" {
-        return Err(HandshakeError::NotFound(uri.path().to_owned()));
-    }
-    let model = uri
-        .query()
-        .unwrap_or_default()
-        .split('&')
-        .filter_map(|kv| kv.split_once('='))
-        .find(|(k, _)| *k == "model")
-        .map(|(_, v)| v.to_owned())
-        .filter(|v| !v.is_empty())
-        .ok_or(HandshakeError::MissingModel)?;
-    let key = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .filter(|k| !k.is_empty())
-        .ok_or(HandshakeError::Unauthorized)?;
-    if config
-        .api_key
-        .as_deref()
-        .is_some_and(|expected| expected != key)
-    {
-        return Err(HandshakeError::Unauthorized);
-    }
-    let beta = req
-        .headers()
-        .get("openai-beta")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|p| p.trim() == "realtime=v1"));
-    Ok((if beta { Dialect::Beta } else { Dialect::Ga }, model))
-}
-
-fn error_response(e: &HandshakeError) -> ErrorResponse {
-    let body =
-        json!({"error": {"type": "invalid_request_error", "code": null, "message": e.to_string()}});
-    let mut r = ErrorResponse::new(Some(body.to_string()));
-    *r.status_mut() = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST);
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    r
-}
-
-/// Decrements the active-session gauge however the task ends.
-struct ActiveGuard(Arc<Shared>);
-impl Drop for ActiveGuard {
-    fn drop(&mut self) {
-        self.0.counters.sessions_active.fetch_sub(1, Relaxed);
-    }
-}
-
-/// Serves one TCP connection to completion.
-// The handshake callback's error type is fixed by tungstenite.
-#[allow(clippy::result_large_err)]
-pub(crate) async fn run(stream: TcpStream, shared: Arc<Shared>, shutdown: watch::Receiver<bool>) {
-    shared.counters.connections.fetch_add(1, Relaxed);
-    let _ = stream.set_nodelay(true);
-    // The socket limit sits above the protocol limit so oversized messages get an error event.
-    let limit = shared
-        .config
-        .max_message_bytes
-        .saturating_mul(2)
-        .max(1 << 20);
-    // An 8 KiB read buffer instead of tungstenite's 128 KiB: each read zero-fills the spare
-    // capacity, and at hundreds of sessions that memset was the simulator's top cost.
-    let ws_config = WebSocketConfig::default()
-        .read_buffer_size(8 * 1024)
-        .max_message_size(Some(limit))
-        .max_frame_size(Some(limit));
-    let mut accepted: Option<(Dialect, String)> = None;
-    let callback = |req: &Request, resp: Response| match check_request(req, &shared.config) {
-        Ok(info) => {
-            accepted = Some(info);
-            Ok(resp)
-        }
-        Err(e) => {
-            tracing::debug!(error = %e, "rejecting realtime upgrade");
-            Err(error_response(&e))
-        }
-    };
-    let handshake =
-        tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(ws_config));
-    let Ok(Ok(ws)) = tokio::time::timeout(Duration::from_secs(10), handshake).await else {
-        shared.counters.rejected_handshakes.fetch_add(1, Relaxed);
-        return;
-    };
-    let Some((dialect, model)) = accepted else {
-        return;
-    };
-    shared.counters.sessions_active.fetch_add(1, Relaxed);
-    let _guard = ActiveGuard(shared.clone());
-    let mut session = Session::new(shared, dialect, &model);
+/// Serves one upgraded conversation session to completion (the handshake is `server::run`'s).
+pub(crate) async fn serve(
+    ws: WebSocketStream<TcpStream>,
+    shared: Arc<Shared>,
+    dialect: Dialect,
+    model: &str,
+    shutdown: watch::Receiver<bool>,
+) {
+    let mut session = Session::new(shared, dialect, model);
     session.event_loop(ws, shutdown).await;
     session.end_seeding();
 }
@@ -403,6 +314,7 @@ impl Session {
     fn record_close(&self, by_server: bool, client: Option<CloseFrame>) {
         self.shared.record_close(CloseRecord {
             session_id: self.id.clone(),
+            kind: SessionKind::Conversation,
             by_server,
             client_code: client.as_ref().map(|f| u16::from(f.code)),
             client_reason: client.map(|f| f.reason.to_string()).unwrap_or_default(),
@@ -543,6 +455,7 @@ impl Session {
             };
             self.shared.record(LoggedClientEvent {
                 session_id: self.id.clone(),
+                kind: SessionKind::Conversation,
                 event,
             });
         }

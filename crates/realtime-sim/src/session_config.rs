@@ -160,7 +160,7 @@ impl SessionConfig {
 }
 
 /// Fills upstream's defaults into a turn_detection object (null stays null = manual turns).
-fn normalize_td(v: &Value, dialect: Dialect) -> Value {
+pub(crate) fn normalize_td(v: &Value, dialect: Dialect) -> Value {
     let Some(o) = v.as_object() else {
         return Value::Null;
     };
@@ -180,7 +180,7 @@ fn normalize_td(v: &Value, dialect: Dialect) -> Value {
 
 /// `noise_reduction.strength` "defaults to 1 when noise reduction is first enabled. Omitting strength
 /// from a session update preserves the current strength" (the 3.57.0 model's docstring).
-fn normalize_noise_reduction(v: &Value, current: Option<&Value>) -> Value {
+pub(crate) fn normalize_noise_reduction(v: &Value, current: Option<&Value>) -> Value {
     let mut v = v.clone();
     if let Some(o) = v.as_object_mut() {
         if !o.contains_key("strength") {
@@ -193,6 +193,14 @@ fn normalize_noise_reduction(v: &Value, current: Option<&Value>) -> Value {
         }
     }
     v
+}
+
+/// The turn detection a GA `audio.input.turn_detection` value (normalised) stands for; transcription
+/// sessions share the conversation sessions' shape.
+pub(crate) fn ga_turn_detection(td: &Value) -> Option<TurnDetection> {
+    let mut j = Obj::new();
+    j.insert("audio".into(), json!({"input": {"turn_detection": td}}));
+    derive(Dialect::Ga, &j).turn_detection
 }
 
 fn derive(dialect: Dialect, j: &Obj) -> Derived {
@@ -515,7 +523,7 @@ fn validate_tracing(f: &Fields, k: &str) -> R {
     }
 }
 
-fn validate_turn_detection(f: &Fields, k: &str, dialect: Dialect) -> R {
+pub(crate) fn validate_turn_detection(f: &Fields, k: &str, dialect: Dialect) -> R {
     let Some(o) = f.object(k, true)? else {
         return Ok(());
     };
@@ -568,7 +576,7 @@ fn validate_turn_detection(f: &Fields, k: &str, dialect: Dialect) -> R {
     Ok(())
 }
 
-fn validate_transcription(f: &Fields, k: &str, dialect: Dialect) -> R {
+pub(crate) fn validate_transcription(f: &Fields, k: &str, dialect: Dialect) -> R {
     let Some(o) = f.object(k, true)? else {
         return Ok(());
     };

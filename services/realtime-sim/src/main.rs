@@ -1,5 +1,6 @@
 //! `realtime-sim`: runs the offline Realtime API simulator as a standalone process, for manual testing
-//! and as the far end of load benchmarks. Configuration comes from an optional JSON/TOML file.
+//! and as the far end of load benchmarks. Configuration comes from an optional JSON/TOML file. It prints
+//! the conversation, transcription and translation URLs it serves.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -11,7 +12,7 @@ use voice_realtime_sim::{SimConfig, SimServer};
 #[derive(Debug, Parser)]
 #[command(
     name = "realtime-sim",
-    about = "Offline simulator of the OpenAI Realtime API (GA and beta dialects)"
+    about = "Offline simulator of the OpenAI Realtime API (conversation sessions in the GA and beta dialects, transcription and translation sessions)"
 )]
 struct Args {
     /// Address to listen on.
@@ -89,7 +90,9 @@ async fn main() -> anyhow::Result<()> {
     let sim = SimServer::bind(args.listen, config)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
-    println!("{}/v1/realtime?model=gpt-realtime", sim.base_url());
+    println!("{}", sim.realtime_url("gpt-realtime"));
+    println!("{}", sim.transcription_url());
+    println!("{}", sim.translation_url("gpt-realtime-translate"));
     wait_for_signal().await;
     tracing::info!(stats = ?sim.stats(), "shutting down");
     sim.shutdown().await;
