@@ -88,6 +88,9 @@ KNOWN = {
     "voice_upstream_rollovers_total": "counter",
     "voice_upstream_rollover_gap_seconds": "histogram",
     "voice_record_errors_total": "counter",
+    "voice_shadow_segment_latency_seconds": "histogram",
+    "voice_shadow_errors_total": "counter",
+    "voice_shadow_audio_seconds_total": "counter",
 }
 errors = []
 

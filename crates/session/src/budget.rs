@@ -55,8 +55,14 @@ impl Budget {
             return (None, None);
         };
         let cost = prices.cost_usd(usage);
+        (Some(cost), self.add_usd(cost))
+    }
+
+    /// Adds a cost priced elsewhere (audio minutes of a companion leg). Returns, the first time the
+    /// total is over the limit, what to tell the host.
+    pub fn add_usd(&mut self, cost: f64) -> Option<Exceeded> {
         self.cost_usd += cost;
-        let exceeded = match self.limit {
+        match self.limit {
             Some((budget_usd, end)) if self.cost_usd > budget_usd && !self.warned => {
                 self.warned = true;
                 Some(Exceeded {
@@ -66,8 +72,7 @@ impl Budget {
                 })
             }
             _ => None,
-        };
-        (Some(cost), exceeded)
+        }
     }
 }
 

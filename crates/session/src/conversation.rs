@@ -12,6 +12,7 @@ use crate::audio_check::AudioCheck;
 use crate::barge_in::{self, Situation, EARCON_ITEM};
 use crate::budget::Budget;
 use crate::dead_air::{Closed, DeadAir, Phase};
+mod companion;
 mod long_call;
 pub use long_call::{SwitchPlan, SwitchSend, CONTINUATION_NOTE, MAX_REPLAY};
 
@@ -186,6 +187,8 @@ pub struct Conversation {
     call_limit: Option<crate::rollover::CallLimit>,
     /// The session record (`--records-dir`), off unless configured.
     records: crate::records::Recorder,
+    /// Audio the transcription leg sent upstream (billed per minute).
+    shadow_billed: Duration,
 }
 
 impl Conversation {
@@ -233,6 +236,7 @@ impl Conversation {
             call_limit: Conversation::call_limit_for(&plan, now),
             records,
             budget: Budget::new(plan.prices, plan.budget),
+            shadow_billed: Duration::ZERO,
             plan,
             out: Outbox::default(),
             input,
@@ -1155,15 +1159,21 @@ impl Conversation {
         let round = self.tools.response_done(&response.id);
         self.request_opt(round, now);
         self.pump(now);
-        if let Some(e) = exceeded {
-            counter!(names::BUDGET_EXCEEDED).increment(1);
-            warn!(session_id = %self.id, cost_usd = e.cost_usd, budget_usd = e.budget_usd,
-                "session over budget");
-            self.out
-                .host_error(HostError::new(Code::BudgetExceeded, e.message(), false));
-            if e.end {
-                return Err(End::Budget);
-            }
+        match exceeded {
+            Some(e) => self.over_budget(&e),
+            None => Ok(()),
+        }
+    }
+
+    /// The session went over its budget (once): the host is told, and the session ends if it asked.
+    fn over_budget(&mut self, e: &crate::budget::Exceeded) -> Result<(), End> {
+        counter!(names::BUDGET_EXCEEDED).increment(1);
+        warn!(session_id = %self.id, cost_usd = e.cost_usd, budget_usd = e.budget_usd,
+            "session over budget");
+        self.out
+            .host_error(HostError::new(Code::BudgetExceeded, e.message(), false));
+        if e.end {
+            return Err(End::Budget);
         }
         Ok(())
     }

@@ -52,6 +52,8 @@ pub enum Code {
     InputAudioTooFast,
     // Session records.
     RecordWriteFailed,
+    // Companion sessions.
+    ShadowTranscriptionFailed,
 }
 
 impl Code {
@@ -91,6 +93,7 @@ impl Code {
         Code::ControlRateLimited,
         Code::InputAudioTooFast,
         Code::RecordWriteFailed,
+        Code::ShadowTranscriptionFailed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -129,6 +132,7 @@ impl Code {
             Code::ControlRateLimited => "control_rate_limited",
             Code::InputAudioTooFast => "input_audio_too_fast",
             Code::RecordWriteFailed => "record_write_failed",
+            Code::ShadowTranscriptionFailed => "shadow_transcription_failed",
         }
     }
 

@@ -774,11 +774,8 @@ impl SessionPlan {
             session_fields::transcription(start.transcription.as_ref(), dialect)?;
         let kind = match pb::SessionKind::try_from(start.kind) {
             Ok(pb::SessionKind::Conversation) => SessionKind::Conversation,
-            Ok(
-                k @ (pb::SessionKind::Transcription
-                | pb::SessionKind::Translation
-                | pb::SessionKind::Interpreter),
-            ) => {
+            Ok(pb::SessionKind::Transcription) => SessionKind::Transcription,
+            Ok(k @ (pb::SessionKind::Translation | pb::SessionKind::Interpreter)) => {
                 return Err(StartError::Other(format!(
                     "kind {} is not available in this build",
                     k.as_str_name()

@@ -16,6 +16,7 @@ use crate::plan::SessionPlan;
 use crate::rollover::{Rollover, Switch};
 use crate::scheduler::tagged_response;
 use crate::tools::{self, ToolChannels, ToolOutcome};
+use crate::transcription::{Leg, LegEvent, LegSettings};
 use crate::upstream::{self, Connect, Next, Policy, Reconnect};
 use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
@@ -120,7 +121,12 @@ pub async fn run_session<S>(
         info_span!("session", session_id = %id, model = %plan.model, dialect = %plan.dialect);
     async move {
         gauge!(names::SESSIONS_ACTIVE).increment(1.0);
-        let outcome = run(plan, inbound, out, ctx, id).await;
+        let outcome = match plan.kind {
+            crate::plan::SessionKind::Transcription => {
+                crate::transcription::runner::run(plan, inbound, out, ctx, id).await
+            }
+            crate::plan::SessionKind::Conversation => run(plan, inbound, out, ctx, id).await,
+        };
         gauge!(names::SESSIONS_ACTIVE).decrement(1.0);
         counter!(names::SESSIONS_TOTAL, "outcome" => outcome).increment(1);
     }
@@ -197,7 +203,9 @@ where
         tools: FuturesUnordered::new(),
         host_stall_warned: false,
         bad_events: WarnLimiter::new(),
+        shadow: None,
     };
+    s.shadow = shadow_leg(&s.ctx, &s.conv.plan, &s.conv.id, seed);
     s.conv.start();
     let end = s.run(&mut inbound).await;
     s.finish(end).await
@@ -241,7 +249,7 @@ fn seed_of(id: &str) -> u64 {
 
 /// What a failed host stream means for the host, if it is the host's fault: the session's end and the
 /// error that explains it.
-fn host_stream_error(status: &Status) -> Option<(End, HostError)> {
+pub(crate) fn host_stream_error(status: &Status) -> Option<(End, HostError)> {
     let msg = status.message();
     if status.code() == tonic::Code::OutOfRange && msg.contains("message length too large") {
         return Some((
@@ -287,6 +295,16 @@ impl Drop for StalledGuard {
     }
 }
 
+/// `Control.commit`: the host ends the user's turn (and the leg's segment).
+fn is_commit(m: &pb::ClientMessage) -> bool {
+    matches!(
+        &m.message,
+        Some(pb::client_message::Message::Control(pb::Control {
+            action: Some(pb::control::Action::Commit(_))
+        }))
+    )
+}
+
 fn server(m: Out) -> pb::ServerMessage {
     pb::ServerMessage { message: Some(m) }
 }
@@ -313,6 +331,52 @@ struct SessionLoop {
     /// When the last input frame went upstream, and (after a switch) the last one on the old socket.
     last_frame_at: Option<std::time::Instant>,
     gap_from: Option<std::time::Instant>,
+    /// The transcription leg (`SessionStart.shadow_transcription`), while it runs.
+    shadow: Option<Leg>,
+}
+
+/// The session's transcription leg, if it asked for one. It segments on its own when no turn
+/// detection upstream says where speech stops.
+fn shadow_leg(ctx: &SessionContext, plan: &SessionPlan, id: &str, seed: u64) -> Option<Leg> {
+    let leg = plan.shadow.as_ref()?;
+    let own_segments = plan.config.turn_detection == voice_realtime::TurnDetection::Disabled;
+    Some(Leg::spawn(
+        leg,
+        plan.wire_in,
+        own_segments,
+        leg_settings(ctx, plan, id, seed),
+    ))
+}
+
+/// How a transcription leg reaches upstream: the session's settings, `intent=transcription`.
+pub(crate) fn leg_settings(
+    ctx: &SessionContext,
+    plan: &SessionPlan,
+    id: &str,
+    seed: u64,
+) -> LegSettings {
+    let mut opts = ctx.connect_options(plan);
+    opts.intent = voice_realtime::Intent::Transcription;
+    opts.dialect = voice_realtime::Dialect::Ga;
+    if let Some(l) = &plan.shadow {
+        opts.model = l.transcription.model.clone();
+    }
+    LegSettings {
+        connector: ctx.connector.clone(),
+        opts,
+        setup_timeout: ctx.setup_timeout,
+        backoff_base: ctx.reconnect.backoff_base,
+        backoff_max: ctx.reconnect.backoff_max,
+        seed: seed ^ 0x5ead_0f1e,
+        session_id: id.to_string(),
+    }
+}
+
+async fn recv_leg(leg: &mut Option<Leg>) -> Option<LegEvent> {
+    match leg {
+        Some(l) => l.next().await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn recv_standby(
@@ -396,10 +460,25 @@ impl SessionLoop {
                     Some(Ok(pb::ClientMessage { message: Some(pb::client_message::Message::Audio(f)) })) => {
                         tokio::task::unconstrained(self.on_audio(f)).await
                     }
-                    Some(Ok(m)) => self.conv.on_host(m, Instant::now()),
+                    Some(Ok(m)) => {
+                        if is_commit(&m) {
+                            if let Some(leg) = &mut self.shadow {
+                                leg.commit();
+                            }
+                        }
+                        self.conv.on_host(m, Instant::now())
+                    }
                 },
                 ev = recv(&mut self.link) => match ev {
-                    Ok(ev) => self.conv.on_upstream(ev, Instant::now()),
+                    Ok(ev) => {
+                        // The conversation's turn detection says where the leg's segments end.
+                        if matches!(ev, voice_realtime::ServerEvent::SpeechStopped { .. }) {
+                            if let Some(leg) = &mut self.shadow {
+                                leg.commit();
+                            }
+                        }
+                        self.conv.on_upstream(ev, Instant::now())
+                    }
                     Err(RealtimeError::Parse(e)) => {
                         counter!(names::UPSTREAM_ERRORS, "code" => crate::metrics::BAD_EVENT).increment(1);
                         if let Warn::Log { suppressed } = self.bad_events.check(Instant::now()) {
@@ -423,6 +502,14 @@ impl SessionLoop {
                     }
                     Ok(())
                 }
+                ev = recv_leg(&mut self.shadow), if self.shadow.is_some() => match ev {
+                    Some(ev) => self.conv.on_shadow(ev, Instant::now()),
+                    // The leg gave up (it told the host): the conversation goes on without it.
+                    None => {
+                        self.shadow = None;
+                        Ok(())
+                    }
+                },
                 ev = recv_standby(&mut self.standby), if self.standby.is_some() => {
                     self.standby_event(ev);
                     Ok(())
@@ -469,6 +556,9 @@ impl SessionLoop {
         };
         if wire.is_empty() {
             return Ok(());
+        }
+        if let Some(leg) = &mut self.shadow {
+            leg.feed(wire);
         }
         match self.link.as_mut() {
             Some(conn) => {
@@ -893,6 +983,12 @@ impl SessionLoop {
         };
         // Calls still running are cancelled by dropping their futures (hosts see the RPC cancelled).
         self.tools = FuturesUnordered::new();
+        // The leg's last segment, and the texts still due, before SessionEnded.
+        if let Some(leg) = self.shadow.take() {
+            for ev in leg.finish().await {
+                let _ = self.conv.on_shadow(ev, Instant::now());
+            }
+        }
         self.conv.finish(reason, notes, Instant::now());
         while let Some(a) = self.conv.out.pop() {
             if let Action::Host(m) = a {
