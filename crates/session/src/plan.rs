@@ -783,7 +783,7 @@ impl SessionPlan {
             }
             Err(_) => return Err(StartError::Other(format!("unknown kind {}", start.kind))),
         };
-        let shadow = crate::transcription::LegPlan::from_start(start, &kind, dialect, wire_in)?;
+        let shadow = crate::transcription::LegPlan::from_start(start, &kind, dialect)?;
 
         let budget = match start.budget_usd {
             0.0 => None,

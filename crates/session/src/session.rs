@@ -359,7 +359,7 @@ pub(crate) fn leg_settings(
     opts.intent = voice_realtime::Intent::Transcription;
     opts.dialect = voice_realtime::Dialect::Ga;
     if let Some(l) = &plan.shadow {
-        opts.model = l.transcription.model.clone();
+        opts.model.clone_from(&l.transcription.model);
     }
     LegSettings {
         connector: ctx.connector.clone(),

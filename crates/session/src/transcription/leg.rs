@@ -31,7 +31,7 @@ use crate::upstream::{self, Backoff, Connect};
 const QUEUE: usize = 500;
 /// Events queued for the session at most.
 const EVENTS: usize = 256;
-/// Failed opens in a row before the leg gives up.
+/// Failed opens in a row (at the start, or after a loss) before the leg gives up.
 pub const MAX_ATTEMPTS: u32 = 4;
 /// How long the end of a session waits for the last segments' text.
 pub const DRAIN: Duration = Duration::from_secs(5);
@@ -269,7 +269,7 @@ async fn run(
                 None => break,
                 Some(i) => {
                     if let Err(e) = t.input(i, &mut link).await {
-                        link = t.lost(e);
+                        link = t.lost(&e);
                     }
                 }
             },
@@ -278,7 +278,7 @@ async fn run(
                 Err(voice_realtime::RealtimeError::Parse(e)) => {
                     debug!(session_id = %t.s.session_id, error = %e, "unparseable transcription-leg event ignored");
                 }
-                Err(e) => link = t.lost(e.to_string()),
+                Err(e) => link = t.lost(&e.to_string()),
             },
             () = sleep_until(wake), if wake.is_some() => {
                 if let Link::Backoff { attempt, .. } = link {
@@ -363,7 +363,7 @@ impl Task {
     }
 
     /// The link dropped: what was in flight is lost (the host is told), and the leg reopens.
-    fn lost(&mut self, why: String) -> Link {
+    fn lost(&mut self, why: &str) -> Link {
         counter!(names::SHADOW_ERRORS, "kind" => "upstream").increment(1);
         let lost = self.committing.len() + self.by_item.len();
         self.committing.clear();
@@ -381,7 +381,7 @@ impl Task {
         }
         Link::Backoff {
             until: Instant::now() + self.backoff.delay(0),
-            attempt: 1,
+            attempt: 0,
         }
     }
 

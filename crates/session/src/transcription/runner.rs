@@ -214,7 +214,7 @@ impl Runner {
                     Code::InvalidControl,
                     format!(
                         "a TRANSCRIPTION session takes only commit, clear_input and end controls, not {:?}",
-                        c.action.map(|a| control_name(&a)).unwrap_or("none")
+                        c.action.map_or("none", |a| control_name(&a))
                     ),
                     false,
                 ))

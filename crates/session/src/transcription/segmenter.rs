@@ -84,9 +84,8 @@ impl Segmenter {
 
     fn block(&mut self, voiced: bool) -> bool {
         let (next, commit) = match (self.state, voiced) {
-            (State::Quiet, false) => (State::Quiet, false),
+            (State::Quiet | State::Onset { .. }, false) => (State::Quiet, false),
             (State::Quiet, true) => (State::Onset { voiced: 1 }, false),
-            (State::Onset { .. }, false) => (State::Quiet, false),
             (State::Onset { voiced }, true) if voiced + 1 >= blocks(MIN_SPEECH) => (
                 State::Speech {
                     silent: 0,
