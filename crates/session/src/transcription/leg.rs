@@ -46,8 +46,9 @@ enum Input {
     Audio(Vec<u8>),
     /// A segment ends here (ms of input audio since the start).
     Commit(u64),
-    /// The session is ending: commit what is left, deliver the last texts, close.
-    Finish(u64),
+    /// The session is ending: commit what is left (if it holds speech: up to here), deliver the
+    /// last texts, close.
+    Finish(Option<u64>),
 }
 
 /// What the leg reports to the session.
@@ -82,8 +83,12 @@ pub struct Leg {
     pcm: Vec<u8>,
     /// PCM16 bytes fed so far (dropped ones included: offsets follow the session's input).
     fed: u64,
-    /// Set when nobody else says where segments end.
-    segmenter: Option<Segmenter>,
+    /// Where speech is: the leg commits on it when nobody else says where segments end.
+    segmenter: Segmenter,
+    segment_itself: bool,
+    /// Speech since the last commit (the end commits the rest only then: trailing silence is
+    /// not worth a billed segment, and a model given only silence may invent words).
+    heard: bool,
     dropped: u64,
 }
 
@@ -117,7 +122,9 @@ impl Leg {
             convert,
             pcm: Vec::new(),
             fed: 0,
-            segmenter: segment_itself.then(Segmenter::new),
+            segmenter: Segmenter::new(),
+            segment_itself,
+            heard: false,
             dropped: 0,
         }
     }
@@ -141,7 +148,8 @@ impl Leg {
             }
         };
         self.fed += pcm.len() as u64;
-        let ended = self.segmenter.as_mut().map_or(0, |s| s.push(&pcm));
+        let ended = self.segmenter.push(&pcm);
+        self.heard |= ended > 0 || self.segmenter.in_speech();
         if let Err(e) = tx.try_send(Input::Audio(pcm)) {
             if matches!(e, mpsc::error::TrySendError::Closed(_)) {
                 // The task gave up (it told the host): stop feeding it.
@@ -151,16 +159,15 @@ impl Leg {
             self.dropped += 1;
             counter!(names::SHADOW_ERRORS, "kind" => "audio_dropped").increment(1);
         }
-        if ended > 0 {
+        if ended > 0 && self.segment_itself {
             self.commit();
         }
     }
 
     /// A segment ends now (the conversation's speech stopped, or the host committed).
     pub fn commit(&mut self) {
-        if let Some(s) = &mut self.segmenter {
-            s.reset();
-        }
+        self.segmenter.reset();
+        self.heard = false;
         let at = self.position_ms();
         if let Some(tx) = &self.tx {
             let _ = tx.try_send(Input::Commit(at));
@@ -175,7 +182,7 @@ impl Leg {
     /// Ends the leg: commits what is left, and returns the events until the task is done (at most
     /// [`DRAIN`] plus the close).
     pub async fn finish(mut self) -> Vec<LegEvent> {
-        let at = self.position_ms();
+        let at = self.heard.then(|| self.position_ms());
         if let Some(tx) = self.tx.take() {
             // Room is made by the task; if it is stuck the drain deadline below still holds.
             let _ = tokio::time::timeout(DRAIN, tx.send(Input::Finish(at))).await;
@@ -401,7 +408,10 @@ impl Task {
             Input::Commit(at) => self.commit(at, link).await,
             Input::Finish(at) => {
                 self.finishing = Some(Instant::now() + DRAIN);
-                self.commit(at, link).await
+                match at {
+                    Some(at) => self.commit(at, link).await,
+                    None => Ok(()),
+                }
             }
         }
     }
