@@ -132,6 +132,10 @@ pub struct Conversation {
     audio_response: Option<String>,
     /// The assistant item whose audio is arriving, and how much of it upstream has sent.
     upstream_item_audio: Option<(String, Duration)>,
+    /// Assistant items of an earlier upstream session that the playout still held when the link
+    /// was lost or switched: a barge-in on one flushes the host but never truncates it upstream
+    /// (the new session does not know the item and would refuse the truncate).
+    stale_items: Vec<String>,
     /// End of the user's last turn, until the first assistant audio after it.
     user_turn_end: Option<Instant>,
     latency_by_response: HashMap<String, u32>,
@@ -252,6 +256,7 @@ impl Conversation {
             cancelled: VecDeque::new(),
             audio_response: None,
             upstream_item_audio: None,
+            stale_items: Vec::new(),
             user_turn_end: None,
             latency_by_response: HashMap::new(),
             response_spans: HashMap::new(),
@@ -1039,9 +1044,11 @@ impl Conversation {
         }
         self.playout.flush();
         self.output.reset();
-        let truncate = p
-            .truncate
-            .filter(|(item, _)| !self.items.is_out_of_band(item));
+        let truncate = p.truncate.filter(|(item, _)| {
+            !self.items.is_out_of_band(item) && !self.stale_items.contains(item)
+        });
+        // The playout is empty now: nothing of an earlier session can be played any more.
+        self.stale_items.clear();
         if let Some((item_id, ms)) = truncate {
             self.up(ClientEvent::ItemTruncate {
                 item_id,
@@ -1515,6 +1522,7 @@ impl Conversation {
         }
         self.output.reset();
         self.upstream_item_audio = None;
+        self.stale_items = self.playout.item_ids();
         self.tools.orphan_all();
         let code = if std::mem::take(&mut self.expired) || is_expiry(error) {
             Code::SessionExpired

@@ -265,6 +265,59 @@ async fn reconnect_backs_off_with_jitter_and_the_session_is_never_blind() {
     h.host.error("upstream_resumed").await;
 }
 
+/// Regression (found by the soak test): audio of the old upstream session still playing at the host
+/// after a reconnect. A barge-in on it must flush the host but never truncate it in the new session,
+/// which does not know the item (upstream answers `item_not_found`); an item of the new session is
+/// truncated as usual.
+#[tokio::test(start_paused = true)]
+async fn a_barge_in_after_a_reconnect_never_truncates_an_item_of_the_old_session() {
+    let (mut h, mut up) = Harness::start(paced(start_with_tool(5000))).await;
+    let rid = up.respond_to_text(&h.host, "tell me a story").await;
+    up.audio(&rid, "item_old", 3000).await;
+    h.host
+        .until(|m| matches!(m, Out::Audio(f) if f.item_id == "item_old").then_some(()))
+        .await;
+    // The link drops while 3 s of paced audio are still queued for the host.
+    up.close().await;
+    h.host.error("upstream_disconnected").await;
+    let mut up2 = h.connection().await;
+    up2.accept().await;
+    // The response that was cut off is asked for again on the new session.
+    let (create, _) = up2.until("response.create").await;
+    h.host.error("upstream_resumed").await;
+    // The old item is still audible at the host: the caller speaks over it.
+    up2.speech_started().await;
+    let i = h.host.interrupted().await;
+    assert_eq!(
+        i.item_id, "item_old",
+        "the host still flushes the old audio"
+    );
+    assert!(i.played_ms > 0);
+    // A response of the new session, interrupted in turn: its item is truncated, and it is the first
+    // truncate the new session sees.
+    let rid2 = up2.created_for(&create).await;
+    up2.audio(&rid2, "item_new", 2000).await;
+    h.host
+        .until(|m| matches!(m, Out::Audio(f) if f.item_id == "item_new").then_some(()))
+        .await;
+    tokio::time::sleep(ms(500)).await;
+    up2.speech_started().await;
+    let i2 = h.host.interrupted().await;
+    assert_eq!(i2.item_id, "item_new");
+    let (truncate, before) = up2.until("conversation.item.truncate").await;
+    assert_eq!(
+        truncate["item_id"], "item_new",
+        "an item of the old session was truncated on the new one: {truncate}"
+    );
+    assert_eq!(truncate["audio_end_ms"], u64::from(i2.played_ms));
+    assert!(
+        before
+            .iter()
+            .all(|e| e["type"] != "conversation.item.delete" || e["item_id"] != "item_old"),
+        "nothing of the old session is deleted on the new one either: {before:?}"
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn shutdown_during_a_backoff_ends_the_session_at_once() {
     let (mut h, mut up) = Harness::start(start_with_tool(1000)).await;
