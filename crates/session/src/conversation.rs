@@ -85,6 +85,9 @@ pub enum End {
     Budget,
     /// `SessionStart.max_duration_secs` was reached.
     MaxDuration,
+    /// The host stopped reading its stream: output waited on a full stream past the host-stall
+    /// timeout (`--host-stall-timeout-ms`).
+    HostStalled,
     Upstream(RealtimeError),
 }
 
@@ -99,6 +102,7 @@ impl End {
             End::Shutdown => "shutdown",
             End::Budget => "budget_exceeded",
             End::MaxDuration => "max_duration",
+            End::HostStalled => "host_stalled",
             End::Upstream(RealtimeError::Closed { .. }) => "upstream_closed",
             End::Upstream(_) => "upstream_error",
         }

@@ -318,6 +318,50 @@ async fn a_barge_in_after_a_reconnect_never_truncates_an_item_of_the_old_session
     );
 }
 
+/// Regression (found by the soak test): a host that stops reading its stream froze its session for
+/// good (the session waited on the full stream forever, holding its upstream socket). It now ends
+/// `host_stalled` once output has waited `--host-stall-timeout-ms` (10 s by default).
+#[tokio::test(start_paused = true)]
+async fn a_host_that_stops_reading_is_ended_after_the_stall_timeout() {
+    let (mut h, mut up) = Harness::start(start_with_tool(5000)).await;
+    let rid = up.respond_to_text(&h.host, "talk for a long time").await;
+    // 20 s of audio, a thousand host frames: far more than the host's stream holds (256 messages),
+    // and the host reads none of it.
+    up.audio(&rid, "item_a", 20_000).await;
+    let t0 = Instant::now();
+    tokio::time::timeout(Duration::from_secs(60), &mut h.task)
+        .await
+        .expect("the session never gave up on a host that does not read")
+        .expect("session task");
+    let took = Instant::now() - t0;
+    assert!(
+        took >= ms(10_000) && took < ms(10_100),
+        "ended {took:?} after the stream filled, not at the 10 s stall timeout"
+    );
+    // The upstream socket was closed with the session.
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        while up.peer.from_client.recv().await.is_some() {}
+    })
+    .await;
+    assert!(closed.is_ok(), "the upstream connection is still open");
+    // Reading again, the host finds what fit in its stream, and then the end of it.
+    let mut audio = 0;
+    let mut ended = None;
+    while let Some(m) = h.host.rx.recv().await {
+        match m.expect("no status").message {
+            Some(Out::Audio(_)) => audio += 1,
+            Some(Out::Ended(e)) => ended = Some(e.reason),
+            _ => {}
+        }
+    }
+    assert!(audio > 100 && audio <= 256, "{audio} audio frames");
+    // The stream was full when the session ended: no room was left for SessionEnded.
+    assert!(
+        ended.is_none() || ended.as_deref() == Some("host_stalled"),
+        "{ended:?}"
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn shutdown_during_a_backoff_ends_the_session_at_once() {
     let (mut h, mut up) = Harness::start(start_with_tool(1000)).await;
