@@ -88,6 +88,7 @@ KNOWN = {
     "voice_upstream_rollovers_total": "counter",
     "voice_upstream_rollover_gap_seconds": "histogram",
     "voice_record_errors_total": "counter",
+    "voice_tasks_active": "gauge",
 }
 errors = []
 

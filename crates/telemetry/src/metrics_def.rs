@@ -47,6 +47,7 @@ pub const LABELS_OVERFLOWED: &str = "voice_label_values_overflowed_total";
 pub const ROLLOVERS: &str = "voice_upstream_rollovers_total";
 pub const ROLLOVER_GAP: &str = "voice_upstream_rollover_gap_seconds";
 pub const RECORD_ERRORS: &str = "voice_record_errors_total";
+pub const TASKS_ACTIVE: &str = "voice_tasks_active";
 
 /// Why a session-record line was lost: the file could not be opened, a write failed, or the writer's
 /// queue was full.
@@ -471,6 +472,13 @@ pub const FAMILIES: &[Family] = &[
             key: "kind",
             values: RECORD_ERROR_KINDS,
         },
+    },
+    Family {
+        name: TASKS_ACTIVE,
+        kind: Kind::Gauge,
+        unit: Unit::Count,
+        help: "Tokio tasks alive in the sidecar's runtime, taken at each scrape (sessions, connections, tool calls, background closes); flat under steady load, growing only with a leak.",
+        series: Series::Unlabelled,
     },
 ];
 
