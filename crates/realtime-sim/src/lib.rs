@@ -18,6 +18,7 @@
 
 mod config;
 mod error;
+mod ledger;
 /// G.711 comes from the audio crate (the design lets the simulator depend on `audio`).
 pub use voice_audio::g711;
 mod protocol;
@@ -29,7 +30,9 @@ pub mod vad;
 
 pub use config::{ScriptStep, ScriptToolCall, SimConfig};
 pub use error::{HandshakeError, ProtocolError};
+pub use ledger::{ClosedBy, LedgerSummary, Unanswered};
 pub use server::{
-    CloseRecord, LoggedClientEvent, SeedRecord, SimHandle, SimServer, SimStats, Truncation,
+    CloseRecord, LoggedClientEvent, SeedRecord, SimHandle, SimServer, SimStats, SimStatsSource,
+    Truncation,
 };
 pub use voice_realtime::{Dialect, WireAudioFormat};

@@ -12,10 +12,11 @@ use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::config::SimConfig;
+use crate::ledger::{Ledger, LedgerSummary};
 use crate::session;
 
 /// A snapshot of the simulator's counters.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct SimStats {
     /// TCP connections accepted (including rejected handshakes).
     pub connections: u64,
@@ -31,6 +32,13 @@ pub struct SimStats {
     pub responses: u64,
     pub responses_cancelled: u64,
     pub truncations: u64,
+    /// Responses cancelled because the user started speaking (barge-ins upstream saw).
+    pub responses_interrupted: u64,
+    /// Sockets dropped and `server_error` events sent by fault injection.
+    pub drops_injected: u64,
+    pub errors_injected: u64,
+    /// Function calls issued.
+    pub tool_calls: u64,
 }
 
 #[derive(Default)]
@@ -44,6 +52,10 @@ pub(crate) struct Counters {
     pub responses: AtomicU64,
     pub responses_cancelled: AtomicU64,
     pub truncations: AtomicU64,
+    pub responses_interrupted: AtomicU64,
+    pub drops_injected: AtomicU64,
+    pub errors_injected: AtomicU64,
+    pub tool_calls: AtomicU64,
 }
 
 /// A client event as received (when `record_client_events` is on). Unparseable text is kept as a
@@ -94,6 +106,7 @@ pub(crate) struct Shared {
     truncations: Mutex<VecDeque<Truncation>>,
     closes: Mutex<VecDeque<CloseRecord>>,
     seeds: Mutex<VecDeque<SeedRecord>>,
+    ledger: Option<Mutex<Ledger>>,
 }
 
 fn push_bounded<T>(m: &Mutex<VecDeque<T>>, cap: usize, v: T) {
@@ -121,6 +134,13 @@ impl Shared {
     pub fn record_seed(&self, s: SeedRecord) {
         push_bounded(&self.seeds, self.config.log_capacity, s);
     }
+
+    /// Runs `f` on the tool ledger, when it is kept.
+    pub fn ledger(&self, f: impl FnOnce(&mut Ledger)) {
+        if let Some(l) = &self.ledger {
+            f(&mut l.lock().unwrap_or_else(PoisonError::into_inner));
+        }
+    }
 }
 
 /// Entry point: `SimServer::bind(addr, config)`.
@@ -132,12 +152,13 @@ impl SimServer {
         let listener = TcpListener::bind(addr).await?;
         let local_addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
-            config,
             counters: Counters::default(),
             log: Mutex::new(VecDeque::new()),
             truncations: Mutex::new(VecDeque::new()),
             closes: Mutex::new(VecDeque::new()),
             seeds: Mutex::new(VecDeque::new()),
+            ledger: config.tool_ledger.then(|| Mutex::new(Ledger::default())),
+            config,
         });
         let (stop_tx, stop_rx) = watch::channel(false);
         let task = tokio::spawn(accept_loop(listener, shared.clone(), stop_rx));
@@ -222,18 +243,18 @@ impl SimHandle {
     }
 
     pub fn stats(&self) -> SimStats {
-        let c = &self.shared.counters;
-        SimStats {
-            connections: c.connections.load(Relaxed),
-            rejected_handshakes: c.rejected_handshakes.load(Relaxed),
-            sessions_active: c.sessions_active.load(Relaxed),
-            events_in: c.events_in.load(Relaxed),
-            events_out: c.events_out.load(Relaxed),
-            errors_sent: c.errors_sent.load(Relaxed),
-            responses: c.responses.load(Relaxed),
-            responses_cancelled: c.responses_cancelled.load(Relaxed),
-            truncations: c.truncations.load(Relaxed),
-        }
+        self.stats_source().stats()
+    }
+
+    /// The tool ledger's totals (`None` unless `tool_ledger` is on).
+    pub fn ledger(&self) -> Option<LedgerSummary> {
+        self.stats_source().ledger()
+    }
+
+    /// A reader of the counters and the ledger that outlives [`SimHandle::shutdown`] (to report
+    /// on every session once all are closed).
+    pub fn stats_source(&self) -> SimStatsSource {
+        SimStatsSource(self.shared.clone())
     }
 
     /// Client events received by all sessions, oldest first (empty unless `record_client_events`).
@@ -278,5 +299,40 @@ impl SimHandle {
             .iter()
             .cloned()
             .collect()
+    }
+}
+
+/// See [`SimHandle::stats_source`].
+#[derive(Clone)]
+pub struct SimStatsSource(Arc<Shared>);
+
+impl SimStatsSource {
+    pub fn stats(&self) -> SimStats {
+        let c = &self.0.counters;
+        SimStats {
+            connections: c.connections.load(Relaxed),
+            rejected_handshakes: c.rejected_handshakes.load(Relaxed),
+            sessions_active: c.sessions_active.load(Relaxed),
+            events_in: c.events_in.load(Relaxed),
+            events_out: c.events_out.load(Relaxed),
+            errors_sent: c.errors_sent.load(Relaxed),
+            responses: c.responses.load(Relaxed),
+            responses_cancelled: c.responses_cancelled.load(Relaxed),
+            truncations: c.truncations.load(Relaxed),
+            responses_interrupted: c.responses_interrupted.load(Relaxed),
+            drops_injected: c.drops_injected.load(Relaxed),
+            errors_injected: c.errors_injected.load(Relaxed),
+            tool_calls: c.tool_calls.load(Relaxed),
+        }
+    }
+
+    /// The tool ledger's totals (`None` unless `tool_ledger` is on).
+    pub fn ledger(&self) -> Option<LedgerSummary> {
+        let now = tokio::time::Instant::now();
+        self.0.ledger.as_ref().map(|l| {
+            l.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .summary(now)
+        })
     }
 }
