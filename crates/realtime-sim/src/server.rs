@@ -107,6 +107,8 @@ pub(crate) struct Shared {
     closes: Mutex<VecDeque<CloseRecord>>,
     seeds: Mutex<VecDeque<SeedRecord>>,
     ledger: Option<Mutex<Ledger>>,
+    /// Client events refused with an `error` event, by code (at most 64 codes).
+    client_errors: Mutex<std::collections::BTreeMap<String, u64>>,
 }
 
 fn push_bounded<T>(m: &Mutex<VecDeque<T>>, cap: usize, v: T) {
@@ -135,6 +137,18 @@ impl Shared {
         push_bounded(&self.seeds, self.config.log_capacity, s);
     }
 
+    pub fn record_client_error(&self, code: &str) {
+        let mut m = self
+            .client_errors
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = m.get_mut(code) {
+            *n += 1;
+        } else if m.len() < 64 {
+            m.insert(code.to_owned(), 1);
+        }
+    }
+
     /// Runs `f` on the tool ledger, when it is kept.
     pub fn ledger(&self, f: impl FnOnce(&mut Ledger)) {
         if let Some(l) = &self.ledger {
@@ -158,6 +172,7 @@ impl SimServer {
             closes: Mutex::new(VecDeque::new()),
             seeds: Mutex::new(VecDeque::new()),
             ledger: config.tool_ledger.then(|| Mutex::new(Ledger::default())),
+            client_errors: Mutex::default(),
             config,
         });
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -324,6 +339,15 @@ impl SimStatsSource {
             errors_injected: c.errors_injected.load(Relaxed),
             tool_calls: c.tool_calls.load(Relaxed),
         }
+    }
+
+    /// Client events refused with an `error` event (invalid, or not valid at that moment), by code.
+    pub fn client_errors(&self) -> std::collections::BTreeMap<String, u64> {
+        self.0
+            .client_errors
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// The tool ledger's totals (`None` unless `tool_ledger` is on).

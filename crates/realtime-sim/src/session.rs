@@ -482,6 +482,7 @@ impl Session {
 
     fn send_error(&mut self, client_event_id: Option<&str>, e: &ProtocolError) {
         self.shared.counters.errors_sent.fetch_add(1, Relaxed);
+        self.shared.record_client_error(e.code);
         tracing::debug!(session = %self.id, code = e.code, message = %e.message, "client error");
         self.emit(
             json!({"type": "error", "error": {"type": "invalid_request_error", "code": e.code,

@@ -791,5 +791,12 @@ async fn the_tool_ledger_tells_answered_carried_duplicated_and_unanswered_calls(
     let s = sim.ledger().unwrap();
     assert_eq!((s.carried, s.unanswered.len()), (1, 0));
     assert_eq!(sim.stats().tool_calls, 2);
+    assert!(sim.stats_source().client_errors().is_empty());
+    c2.send(json!({"type": "conversation.item.create", "item": {"type": "function_call_output", "call_id": "call_nope", "output": "x"}})).await;
+    c2.expect_error("invalid_tool_call_id").await;
+    assert_eq!(
+        sim.stats_source().client_errors(),
+        [("invalid_tool_call_id".to_string(), 1)].into()
+    );
     sim.shutdown().await;
 }

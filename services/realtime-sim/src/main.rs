@@ -100,8 +100,8 @@ async fn main() -> anyhow::Result<()> {
     let handle_stats = sim.stats_source();
     sim.shutdown().await;
     if let Some(p) = &args.stats_json {
-        let doc =
-            serde_json::json!({"stats": handle_stats.stats(), "ledger": handle_stats.ledger()});
+        let doc = serde_json::json!({"stats": handle_stats.stats(),
+            "client_errors": handle_stats.client_errors(), "ledger": handle_stats.ledger()});
         std::fs::write(p, serde_json::to_string_pretty(&doc)?)
             .with_context(|| format!("writing {}", p.display()))?;
     }
