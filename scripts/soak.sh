@@ -18,6 +18,7 @@
 #   SOAK_SEED          seed of the load generator's random choices       [1]
 #   SOAK_OUT           also write the summary table (Markdown) here      [unset]
 #   SOAK_KEEP          1: keep the work directory (reports, logs)        [0]
+#   SOAK_SIDECAR_ARGS  extra voice-sidecar flags, e.g. "--host-stall-timeout-ms 5000" [unset]
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -87,7 +88,7 @@ wait_port "$SIM_PORT" "$SIM_PID"
 "$BIN/voice-sidecar" --listen "127.0.0.1:$GRPC_PORT" --backend openai \
   --realtime-url "ws://127.0.0.1:$SIM_PORT" --api-key-file "$WORK/api-key" \
   --metrics-listen "127.0.0.1:$METRICS_PORT" --log warn --max-sessions 5000 \
-  --shutdown-grace-secs 5 \
+  --shutdown-grace-secs 5 ${SOAK_SIDECAR_ARGS:-} \
   >"$WORK/sidecar.log" 2>&1 &
 SC_PID=$!; PIDS+=("$SC_PID")
 wait_port "$GRPC_PORT" "$SC_PID"

@@ -438,7 +438,7 @@ fn caller_start(tool_addr: SocketAddr, paced: bool) -> pb::SessionStart {
     }
 }
 
-/// A caller's voice: 1.5 s turns, pauses of 0.7-2.6 s (the short ones run into the answer).
+/// A caller's voice: 1.5 s turns, pauses of 0.7-4 s (the short ones run into the answer).
 struct Voice {
     frame: usize,
     silence_left: usize,
@@ -464,7 +464,7 @@ impl Voice {
         self.frame += 1;
         if self.frame == f.speech.len() {
             self.frame = 0;
-            self.silence_left = rng.range(35, 130) as usize;
+            self.silence_left = rng.range(35, 200) as usize;
         }
         out
     }
