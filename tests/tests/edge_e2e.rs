@@ -1,8 +1,7 @@
 //! The sidecar's service edge under hostile or broken peers, over the real binary: idle streams
 //! cannot starve admission, messages over the gRPC size limit and undecodable bytes are explained,
 //! oversized tool-host answers are `TOOL_STATUS_INVALID_OUTPUT`, a host that stops reading is ended
-//! `host_stalled`, and callback addresses must be in
-//! the allowlist.
+//! `host_stalled`, and callback addresses must be in the allowlist.
 
 use serde_json::json;
 use std::net::SocketAddr;
