@@ -91,6 +91,7 @@ KNOWN = {
     "voice_shadow_segment_latency_seconds": "histogram",
     "voice_shadow_errors_total": "counter",
     "voice_shadow_audio_seconds_total": "counter",
+    "voice_tasks_active": "gauge",
 }
 errors = []
 

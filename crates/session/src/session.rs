@@ -58,6 +58,9 @@ pub struct SessionContext {
     pub reconnect: Policy,
     /// Whether sessions can open upstream sessions (the sidecar's readiness).
     pub reachability: Arc<upstream::Reachability>,
+    /// How long a session waits on a host that is not reading its stream before it ends with
+    /// `host_stalled` (`--host-stall-timeout-ms`).
+    pub host_stall_timeout: Duration,
 }
 
 impl SessionContext {
@@ -76,6 +79,7 @@ impl SessionContext {
             connector: Arc::new(upstream::WebSocketConnector),
             reconnect: Policy::default(),
             reachability: Arc::new(upstream::Reachability::new(3)),
+            host_stall_timeout: DEFAULT_HOST_STALL_TIMEOUT,
         }
     }
 
@@ -91,6 +95,9 @@ impl SessionContext {
         }
     }
 }
+
+/// The default of `--host-stall-timeout-ms`.
+pub const DEFAULT_HOST_STALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub type HostSender = mpsc::Sender<Result<pb::ServerMessage, Status>>;
 
@@ -936,12 +943,23 @@ impl SessionLoop {
             // record how long, so a slow host shows up as such and not as sidecar latency.
             Err(TrySendError::Full(m)) => {
                 let t0 = Instant::now();
+                let limit = self.ctx.host_stall_timeout;
                 // Visible while it lasts (the histogram below records it only when it ends).
                 let stalled = StalledGuard::enter();
-                let r = self.host.send(m).await.map_err(|_| End::HostGone);
+                let r = tokio::time::timeout(limit, self.host.send(m)).await;
                 drop(stalled);
                 let waited = t0.elapsed();
                 histogram!(names::HOST_STALL).record(waited.as_secs_f64());
+                let Ok(sent) = r else {
+                    // A host that never reads again would hold the session, its upstream socket
+                    // and its tool calls forever.
+                    warn!(
+                        session_id = %self.conv.id,
+                        waited_ms = waited.as_millis() as u64,
+                        "the host has not read its Converse stream for --host-stall-timeout-ms: ending the session (host_stalled)"
+                    );
+                    return Err(End::HostStalled);
+                };
                 if waited >= Duration::from_secs(1) && !self.host_stall_warned {
                     self.host_stall_warned = true;
                     warn!(
@@ -950,7 +968,7 @@ impl SessionLoop {
                         "the host is not reading its Converse stream; output was held back (reported once per session)"
                     );
                 }
-                r
+                sent.map_err(|_| End::HostGone)
             }
         }
     }
@@ -976,8 +994,9 @@ impl SessionLoop {
         self.connecting = None;
         self.opening = None;
         self.drop_standby();
+        let stalled = matches!(end, End::HostStalled);
         let notes = match end {
-            End::Upstream(_) | End::Budget => String::new(),
+            End::Upstream(_) | End::Budget | End::HostStalled => String::new(),
             _ if self.conv.plan.extract_notes => self.extract_notes().await,
             _ => String::new(),
         };
@@ -992,7 +1011,16 @@ impl SessionLoop {
         self.conv.finish(reason, notes, Instant::now());
         while let Some(a) = self.conv.out.pop() {
             if let Action::Host(m) = a {
-                if self.emit(m).await.is_err() {
+                // A host that stalled gets what still fits in its stream (`SessionEnded` if there
+                // is room), without another wait.
+                let sent = if stalled {
+                    self.host
+                        .try_send(Ok(server(m)))
+                        .map_err(|_| End::HostStalled)
+                } else {
+                    self.emit(m).await
+                };
+                if sent.is_err() {
                     break;
                 }
             }

@@ -47,6 +47,7 @@ pub const LABELS_OVERFLOWED: &str = "voice_label_values_overflowed_total";
 pub const ROLLOVERS: &str = "voice_upstream_rollovers_total";
 pub const ROLLOVER_GAP: &str = "voice_upstream_rollover_gap_seconds";
 pub const RECORD_ERRORS: &str = "voice_record_errors_total";
+pub const TASKS_ACTIVE: &str = "voice_tasks_active";
 pub const SHADOW_SEGMENT_LATENCY: &str = "voice_shadow_segment_latency_seconds";
 pub const SHADOW_ERRORS: &str = "voice_shadow_errors_total";
 pub const SHADOW_AUDIO: &str = "voice_shadow_audio_seconds_total";
@@ -504,6 +505,13 @@ pub const FAMILIES: &[Family] = &[
             values: RECORD_ERROR_KINDS,
         },
     },
+    Family {
+        name: TASKS_ACTIVE,
+        kind: Kind::Gauge,
+        unit: Unit::Count,
+        help: "Tokio tasks alive in the sidecar's runtime, taken at each scrape (sessions, connections, tool calls, background closes); flat under steady load, growing only with a leak.",
+        series: Series::Unlabelled,
+    },
 ];
 
 /// The table entry for `name`.
@@ -666,7 +674,9 @@ mod tests {
                 Kind::Histogram => {}
             }
             if f.unit == Unit::Seconds {
-                assert!(f.name.ends_with("_seconds"), "{}", f.name);
+                // A counter of seconds is `<name>_seconds_total`.
+                let base = f.name.strip_suffix("_total").unwrap_or(f.name);
+                assert!(base.ends_with("_seconds"), "{}", f.name);
             }
             assert!(!f.help.is_empty() && !f.help.contains('\n'), "{}", f.name);
         }
