@@ -90,6 +90,10 @@ KNOWN = {
     "voice_record_errors_total": "counter",
     "voice_translation_audio_seconds_total": "counter",
     "voice_translation_latency_seconds": "histogram",
+    "voice_shadow_segment_latency_seconds": "histogram",
+    "voice_shadow_errors_total": "counter",
+    "voice_shadow_audio_seconds_total": "counter",
+    "voice_tasks_active": "gauge",
 }
 errors = []
 

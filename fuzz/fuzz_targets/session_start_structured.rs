@@ -79,6 +79,7 @@ struct Tool {
     description: String,
     schema: Schema,
     timeout_ms: u32,
+    redact: bool,
 }
 
 #[derive(Arbitrary, Debug)]
@@ -102,6 +103,10 @@ struct Start {
     preamble: Option<(u8, String)>,
     silence_guard: Option<(u8, u32, Vec<u8>)>,
     callback: Option<Result<String, bool>>,
+    kind: u8,
+    shadow: Option<(String, String, String, Vec<String>, bool)>,
+    memory: String,
+    target_language: String,
 }
 
 fuzz_target!(|s: Start| {
@@ -118,6 +123,7 @@ fuzz_target!(|s: Start| {
                 description: t.description.clone(),
                 parameters_json_schema: t.schema.text(),
                 timeout_ms: t.timeout_ms,
+                redact_in_records: t.redact,
             })
             .collect(),
         tool_choice: s.tool_choice,
@@ -148,6 +154,19 @@ fuzz_target!(|s: Start| {
                 Err(b) => pb::tool_routing::Route::InStream(b),
             }),
         }),
+        kind: i32::from(s.kind % 5), // one past the last kind too
+        shadow_transcription: s.shadow.map(|(model, language, delay, keywords, include_logprobs)| {
+            pb::Transcription {
+                model,
+                language,
+                delay,
+                keywords,
+                include_logprobs,
+                ..Default::default()
+            }
+        }),
+        memory: s.memory,
+        target_language: s.target_language,
         ..Default::default()
     };
     let _ = SessionPlan::from_start(&start, defaults());

@@ -1,7 +1,7 @@
 //! The sidecar's service edge under hostile or broken peers, over the real binary: idle streams
 //! cannot starve admission, messages over the gRPC size limit and undecodable bytes are explained,
-//! oversized tool-host answers are `TOOL_STATUS_INVALID_OUTPUT`, and callback addresses must be in
-//! the allowlist.
+//! oversized tool-host answers are `TOOL_STATUS_INVALID_OUTPUT`, a host that stops reading is ended
+//! `host_stalled`, and callback addresses must be in the allowlist.
 
 use serde_json::json;
 use std::net::SocketAddr;
@@ -487,4 +487,70 @@ async fn readiness_follows_upstream_reachability_and_liveness_does_not() {
     let host = HostSession::open_started(sidecar.addr, start_16k_quiet_guard()).await;
     drop(host);
     drop(sim);
+}
+
+/// A host that stops reading its stream (found by the soak test): the sidecar ends the session
+/// `host_stalled` after `--host-stall-timeout-ms` instead of waiting for it forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_that_stops_reading_is_ended_host_stalled() {
+    let sim = start_sim(SimConfig {
+        default_reply: "This answer is long on purpose, so that its audio fills the stream of a host that has stopped reading. ".repeat(4),
+        realtime_factor: 0.0,
+        ..Default::default()
+    })
+    .await;
+    let (sidecar, metrics_addr) =
+        start_sidecar_with_metrics(&sim.base_url(), &["--host-stall-timeout-ms", "500"]).await;
+    // A small receive window, as a real client that stops reading has: the stream fills.
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", sidecar.addr))
+        .unwrap()
+        .initial_stream_window_size(Some(65_535))
+        .initial_connection_window_size(Some(65_535))
+        .connect()
+        .await
+        .unwrap();
+    let start = pb::SessionStart {
+        output_format: Some(pcm16(24000)),
+        ..start_16k_quiet_guard()
+    };
+    let mut host =
+        HostSession::open_with(pb::voice_sidecar_client::VoiceSidecarClient::new(ch), start)
+            .await
+            .expect("admitted");
+    host.until_started(Duration::from_secs(10)).await;
+    host.send_text("say something long").await;
+    // Not reading from here on.
+    let t0 = Instant::now();
+    loop {
+        let text = http_get(metrics_addr, "/metrics").await;
+        if metric(
+            &text,
+            "voice_sessions_total",
+            &[("outcome", "host_stalled")],
+        ) == 1.0
+        {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "the session was not ended host_stalled: {}",
+            text.lines()
+                .filter(|l| l.starts_with("voice_sessions_") || l.starts_with("voice_host_stalled"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Reading again: what was queued, then the end of the stream.
+    let drained = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Ok(Some(_)) = host.rx.message().await {}
+    })
+    .await;
+    assert!(
+        drained.is_ok(),
+        "the stream is still open after the session ended"
+    );
+    let text = http_get(metrics_addr, "/metrics").await;
+    assert_eq!(metric(&text, "voice_sessions_active", &[]), 0.0);
+    assert_eq!(metric(&text, "voice_host_stalled_sessions", &[]), 0.0);
 }

@@ -37,7 +37,6 @@ fn tool(name: &str, redact: bool) -> pb::ToolDefinition {
             .to_string(),
         timeout_ms: 5000,
         redact_in_records: redact,
-        ..Default::default()
     }
 }
 

@@ -46,6 +46,9 @@ const WINDOW: WindowFunction = WindowFunction::BlackmanHarris;
 pub const MAX_PHASES: usize = 1024;
 /// Highest rate accepted (well above anything the proto allows; guards table/buffer sizes).
 pub const MAX_RATE: u32 = 192_000;
+/// Largest conversion ratio either way (the proto's widest is 48 kHz ↔ 8 kHz, 6:1). The sinc
+/// fallback's filter grows with the ratio: at 192 kHz → 1 Hz it would hold millions of taps.
+pub const MAX_RATIO: u32 = 24;
 /// Kernel half-width in samples of the lower rate (look-ahead = this many low-rate samples).
 const HALF_TAPS_LOW: usize = 18;
 /// Highest frequency (fraction of the lower Nyquist) that must pass with > 90 dB SNR.
@@ -368,6 +371,11 @@ impl StreamResampler {
             }
         }
         let (fin, fout) = (u64::from(in_rate), u64::from(out_rate));
+        if fin.max(fout) > fin.min(fout) * u64::from(MAX_RATIO) {
+            return Err(AudioError::UnsupportedFormat(format!(
+                "resampling {in_rate} Hz to {out_rate} Hz is a ratio over {MAX_RATIO}:1"
+            )));
+        }
         let kind = if in_rate == out_rate {
             Kind::Identity
         } else if fout / gcd(fin, fout) <= MAX_PHASES as u64 {
@@ -853,5 +861,19 @@ mod tests {
             .collect();
         let out = one_shot(&mut r, &sq);
         assert!(out.contains(&i16::MAX) && out.contains(&i16::MIN));
+    }
+
+    /// Found by fuzzing: an extreme ratio built a sinc filter of millions of taps (seconds of CPU
+    /// and hundreds of MB for one resampler). Refused now, both ways; the widest allowed still works.
+    #[test]
+    fn extreme_ratios_are_refused_not_built() {
+        for (a, b) in [(192_000, 1), (1, 192_000), (192_000, 7_999)] {
+            let e = StreamResampler::new(a, b).unwrap_err();
+            assert!(e.to_string().contains("ratio"), "{e}");
+        }
+        let mut r = StreamResampler::new(192_000, 8_000).expect("24:1 is allowed");
+        let mut out = Vec::new();
+        r.process(&[0i16; 1920], &mut out).unwrap();
+        assert!(out.len() <= 80, "{}", out.len());
     }
 }

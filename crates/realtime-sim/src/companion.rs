@@ -186,7 +186,8 @@ impl Wire {
         self.outbox.push(s);
         self.emitted += 1;
         let cfg = &self.shared.config;
-        if cfg.drop_after_events.is_some_and(|n| self.emitted >= n) {
+        let drop_after = cfg.companion_drop_after_events.or(cfg.drop_after_events);
+        if drop_after.is_some_and(|n| self.emitted >= n) {
             self.dropping = true;
             return;
         }

@@ -169,6 +169,18 @@ pub struct SimConfig {
     pub drop_after_events: Option<u64>,
     /// Fault: send one `server_error` error event after this many server events per session.
     pub error_after_events: Option<u64>,
+    /// Fault for transcription and translation sessions only (overrides `drop_after_events` for
+    /// them): close the socket abruptly after this many server events, so a companion leg fails
+    /// while the conversation beside it goes on.
+    pub companion_drop_after_events: Option<u64>,
+    /// Inject `drop_after_events` only into every Nth session (the Nth, 2Nth, ... connection
+    /// accepted); unset: every session.
+    pub drop_every_nth_session: Option<u64>,
+    /// Inject `error_after_events` only into every Nth session; unset: every session.
+    pub error_every_nth_session: Option<u64>,
+    /// Keep the tool ledger (`SimHandle::ledger`): every function call issued and the outputs it
+    /// got, across sessions. Grows with the calls made; meant for soak tests.
+    pub tool_ledger: bool,
     /// Fault/limit: after this long, send `error` code `session_expired` and close.
     pub session_max_duration_ms: Option<u64>,
     /// Client messages larger than this get an error event (upstream's limit is 15 MiB).
@@ -206,6 +218,10 @@ impl Default for SimConfig {
             log_capacity: 10_000,
             drop_after_events: None,
             error_after_events: None,
+            companion_drop_after_events: None,
+            drop_every_nth_session: None,
+            error_every_nth_session: None,
+            tool_ledger: false,
             session_max_duration_ms: None,
             max_message_bytes: 15 * 1024 * 1024,
             carried_call_reply: "Thanks for holding. {outputs}".to_owned(),

@@ -22,6 +22,7 @@
 mod companion;
 mod config;
 mod error;
+mod ledger;
 /// G.711 comes from the audio crate (the design lets the simulator depend on `audio`).
 pub use voice_audio::g711;
 mod protocol;
@@ -35,9 +36,10 @@ pub mod vad;
 
 pub use config::{ScriptStep, ScriptToolCall, SimConfig};
 pub use error::{HandshakeError, ProtocolError};
+pub use ledger::{ClosedBy, LedgerSummary, Unanswered};
 pub use server::{
     CloseRecord, LoggedClientEvent, SeedRecord, SessionKind, SimHandle, SimServer, SimStats,
-    Truncation,
+    SimStatsSource, Truncation,
 };
 pub use translation::OUTPUT_LANGUAGES as TRANSLATION_OUTPUT_LANGUAGES;
 pub use voice_realtime::{Dialect, WireAudioFormat};

@@ -21,6 +21,7 @@ use voice_realtime::Dialect;
 
 use crate::config::SimConfig;
 use crate::error::HandshakeError;
+use crate::ledger::{Ledger, LedgerSummary};
 use crate::{session, transcription, translation};
 
 /// Which kind of Realtime session a connection is.
@@ -35,7 +36,7 @@ pub enum SessionKind {
 }
 
 /// A snapshot of the simulator's counters.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct SimStats {
     /// TCP connections accepted (including rejected handshakes).
     pub connections: u64,
@@ -55,6 +56,13 @@ pub struct SimStats {
     pub transcriptions: u64,
     /// 200 ms output frames of translation sessions.
     pub translation_frames: u64,
+    /// Responses cancelled because the user started speaking (barge-ins upstream saw).
+    pub responses_interrupted: u64,
+    /// Sockets dropped and `server_error` events sent by fault injection.
+    pub drops_injected: u64,
+    pub errors_injected: u64,
+    /// Function calls issued.
+    pub tool_calls: u64,
 }
 
 #[derive(Default)]
@@ -70,6 +78,10 @@ pub(crate) struct Counters {
     pub truncations: AtomicU64,
     pub transcriptions: AtomicU64,
     pub translation_frames: AtomicU64,
+    pub responses_interrupted: AtomicU64,
+    pub drops_injected: AtomicU64,
+    pub errors_injected: AtomicU64,
+    pub tool_calls: AtomicU64,
 }
 
 /// A client event as received (when `record_client_events` is on). Unparseable text is kept as a
@@ -123,6 +135,9 @@ pub(crate) struct Shared {
     truncations: Mutex<VecDeque<Truncation>>,
     closes: Mutex<VecDeque<CloseRecord>>,
     seeds: Mutex<VecDeque<SeedRecord>>,
+    ledger: Option<Mutex<Ledger>>,
+    /// Client events refused with an `error` event, by code (at most 64 codes).
+    client_errors: Mutex<std::collections::BTreeMap<String, u64>>,
 }
 
 fn push_bounded<T>(m: &Mutex<VecDeque<T>>, cap: usize, v: T) {
@@ -150,6 +165,25 @@ impl Shared {
     pub fn record_seed(&self, s: SeedRecord) {
         push_bounded(&self.seeds, self.config.log_capacity, s);
     }
+
+    pub fn record_client_error(&self, code: &str) {
+        let mut m = self
+            .client_errors
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = m.get_mut(code) {
+            *n += 1;
+        } else if m.len() < 64 {
+            m.insert(code.to_owned(), 1);
+        }
+    }
+
+    /// Runs `f` on the tool ledger, when it is kept.
+    pub fn ledger(&self, f: impl FnOnce(&mut Ledger)) {
+        if let Some(l) = &self.ledger {
+            f(&mut l.lock().unwrap_or_else(PoisonError::into_inner));
+        }
+    }
 }
 
 /// Entry point: `SimServer::bind(addr, config)`.
@@ -161,12 +195,14 @@ impl SimServer {
         let listener = TcpListener::bind(addr).await?;
         let local_addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
-            config,
             counters: Counters::default(),
             log: Mutex::new(VecDeque::new()),
             truncations: Mutex::new(VecDeque::new()),
             closes: Mutex::new(VecDeque::new()),
             seeds: Mutex::new(VecDeque::new()),
+            ledger: config.tool_ledger.then(|| Mutex::new(Ledger::default())),
+            client_errors: Mutex::default(),
+            config,
         });
         let (stop_tx, stop_rx) = watch::channel(false);
         let task = tokio::spawn(accept_loop(listener, shared.clone(), stop_rx));
@@ -261,20 +297,18 @@ impl SimHandle {
     }
 
     pub fn stats(&self) -> SimStats {
-        let c = &self.shared.counters;
-        SimStats {
-            connections: c.connections.load(Relaxed),
-            rejected_handshakes: c.rejected_handshakes.load(Relaxed),
-            sessions_active: c.sessions_active.load(Relaxed),
-            events_in: c.events_in.load(Relaxed),
-            events_out: c.events_out.load(Relaxed),
-            errors_sent: c.errors_sent.load(Relaxed),
-            responses: c.responses.load(Relaxed),
-            responses_cancelled: c.responses_cancelled.load(Relaxed),
-            truncations: c.truncations.load(Relaxed),
-            transcriptions: c.transcriptions.load(Relaxed),
-            translation_frames: c.translation_frames.load(Relaxed),
-        }
+        self.stats_source().stats()
+    }
+
+    /// The tool ledger's totals (`None` unless `tool_ledger` is on).
+    pub fn ledger(&self) -> Option<LedgerSummary> {
+        self.stats_source().ledger()
+    }
+
+    /// A reader of the counters and the ledger that outlives [`SimHandle::shutdown`] (to report
+    /// on every session once all are closed).
+    pub fn stats_source(&self) -> SimStatsSource {
+        SimStatsSource(self.shared.clone())
     }
 
     /// Client events received by all sessions, oldest first (empty unless `record_client_events`).
@@ -419,7 +453,7 @@ impl Drop for ActiveGuard {
 // The handshake callback's error type is fixed by tungstenite.
 #[allow(clippy::result_large_err)]
 async fn run(stream: TcpStream, shared: Arc<Shared>, shutdown: watch::Receiver<bool>) {
-    shared.counters.connections.fetch_add(1, Relaxed);
+    let ordinal = shared.counters.connections.fetch_add(1, Relaxed) + 1;
     let _ = stream.set_nodelay(true);
     // The socket limit sits above the protocol limit so oversized messages get an error event.
     let limit = shared
@@ -457,9 +491,55 @@ async fn run(stream: TcpStream, shared: Arc<Shared>, shutdown: watch::Receiver<b
     let _guard = ActiveGuard(shared.clone());
     match route {
         Route::Conversation { dialect, model } => {
-            session::serve(ws, shared, dialect, &model, shutdown).await;
+            session::serve(ws, shared, dialect, &model, ordinal, shutdown).await;
         }
         Route::Transcription => transcription::serve(ws, shared, shutdown).await,
         Route::Translation { model } => translation::serve(ws, shared, &model, shutdown).await,
+    }
+}
+
+/// See [`SimHandle::stats_source`].
+#[derive(Clone)]
+pub struct SimStatsSource(Arc<Shared>);
+
+impl SimStatsSource {
+    pub fn stats(&self) -> SimStats {
+        let c = &self.0.counters;
+        SimStats {
+            connections: c.connections.load(Relaxed),
+            rejected_handshakes: c.rejected_handshakes.load(Relaxed),
+            sessions_active: c.sessions_active.load(Relaxed),
+            events_in: c.events_in.load(Relaxed),
+            events_out: c.events_out.load(Relaxed),
+            errors_sent: c.errors_sent.load(Relaxed),
+            responses: c.responses.load(Relaxed),
+            responses_cancelled: c.responses_cancelled.load(Relaxed),
+            truncations: c.truncations.load(Relaxed),
+            responses_interrupted: c.responses_interrupted.load(Relaxed),
+            drops_injected: c.drops_injected.load(Relaxed),
+            errors_injected: c.errors_injected.load(Relaxed),
+            tool_calls: c.tool_calls.load(Relaxed),
+            transcriptions: c.transcriptions.load(Relaxed),
+            translation_frames: c.translation_frames.load(Relaxed),
+        }
+    }
+
+    /// Client events refused with an `error` event (invalid, or not valid at that moment), by code.
+    pub fn client_errors(&self) -> std::collections::BTreeMap<String, u64> {
+        self.0
+            .client_errors
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The tool ledger's totals (`None` unless `tool_ledger` is on).
+    pub fn ledger(&self) -> Option<LedgerSummary> {
+        let now = tokio::time::Instant::now();
+        self.0.ledger.as_ref().map(|l| {
+            l.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .summary(now)
+        })
     }
 }

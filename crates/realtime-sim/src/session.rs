@@ -25,6 +25,7 @@ use voice_realtime::{Dialect, WireAudioFormat};
 
 use crate::config::{ScriptStep, SimConfig};
 use crate::error::ProtocolError;
+use crate::ledger::ClosedBy;
 use crate::protocol::{self, ClientEvent};
 use crate::server::SessionKind;
 use crate::server::{CloseRecord, LoggedClientEvent, SeedRecord, Shared, Truncation};
@@ -52,11 +53,19 @@ pub(crate) async fn serve(
     shared: Arc<Shared>,
     dialect: Dialect,
     model: &str,
+    ordinal: u64,
     shutdown: watch::Receiver<bool>,
 ) {
-    let mut session = Session::new(shared, dialect, model);
+    let mut session = Session::new(shared, dialect, model, ordinal);
     session.event_loop(ws, shutdown).await;
     session.end_seeding();
+    let by = if session.dropping {
+        ClosedBy::FaultDrop
+    } else {
+        ClosedBy::Other
+    };
+    let id = session.id.clone();
+    session.shared.ledger(|l| l.closed(&id, Instant::now(), by));
 }
 
 enum Planned {
@@ -159,6 +168,9 @@ struct Session {
     idle_from: Option<Instant>,
     outbox: Vec<String>,
     emitted: u64,
+    /// This session gets the configured faults (see `SimConfig::drop_every_nth_session`).
+    fault_drop: bool,
+    fault_error: bool,
     error_injected: bool,
     dropping: bool,
     closing: bool,
@@ -170,7 +182,10 @@ struct Session {
 }
 
 impl Session {
-    fn new(shared: Arc<Shared>, dialect: Dialect, model: &str) -> Self {
+    fn new(shared: Arc<Shared>, dialect: Dialect, model: &str, ordinal: u64) -> Self {
+        let every = |n: Option<u64>| n.is_none_or(|n| n <= 1 || ordinal.is_multiple_of(n));
+        let fault_drop = every(shared.config.drop_every_nth_session);
+        let fault_error = every(shared.config.error_every_nth_session);
         let id = format!("sess_{}", uuid::Uuid::new_v4().simple());
         let now_unix = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -203,6 +218,8 @@ impl Session {
             idle_from: None,
             outbox: Vec::new(),
             emitted: 0,
+            fault_drop,
+            fault_error,
             error_injected: false,
             dropping: false,
             closing: false,
@@ -358,13 +375,18 @@ impl Session {
         self.outbox.push(s);
         self.emitted += 1;
         let cfg = &self.shared.config;
-        if cfg.drop_after_events.is_some_and(|n| self.emitted >= n) {
+        if self.fault_drop && cfg.drop_after_events.is_some_and(|n| self.emitted >= n) {
             self.dropping = true;
+            self.shared.counters.drops_injected.fetch_add(1, Relaxed);
             return;
         }
-        if !self.error_injected && cfg.error_after_events.is_some_and(|n| self.emitted >= n) {
+        if self.fault_error
+            && !self.error_injected
+            && cfg.error_after_events.is_some_and(|n| self.emitted >= n)
+        {
             self.error_injected = true;
             self.shared.counters.errors_sent.fetch_add(1, Relaxed);
+            self.shared.counters.errors_injected.fetch_add(1, Relaxed);
             self.emit(json!({"type": "error", "error": {"type": "server_error", "code": "server_error",
                 "message": "The server had an error while processing your request (injected fault).",
                 "param": null, "event_id": null}}));
@@ -373,6 +395,7 @@ impl Session {
 
     fn send_error(&mut self, client_event_id: Option<&str>, e: &ProtocolError) {
         self.shared.counters.errors_sent.fetch_add(1, Relaxed);
+        self.shared.record_client_error(e.code);
         tracing::debug!(session = %self.id, code = e.code, message = %e.message, "client error");
         self.emit(
             json!({"type": "error", "error": {"type": "invalid_request_error", "code": e.code,
@@ -595,6 +618,10 @@ impl Session {
                     self.emit(json!({"type": "input_audio_buffer.speech_started", "audio_start_ms": audio_start_ms, "item_id": item_id}));
                     self.speech = Some((item_id, audio_start_ms));
                     if td.interrupt_response && self.active.is_some() {
+                        self.shared
+                            .counters
+                            .responses_interrupted
+                            .fetch_add(1, Relaxed);
                         self.cancel_response("turn_detected");
                     }
                     // Speech resets the idle timeout (the cancel above may just have armed it).
@@ -757,6 +784,8 @@ impl Session {
                     .and_then(Value::as_str)
                     .unwrap_or_default();
                 self.input_text_chars += output.len();
+                let id = &self.id;
+                self.shared.ledger(|l| l.output(call_id, id));
                 if let Some(aw) = self
                     .awaiting
                     .as_mut()
@@ -784,6 +813,9 @@ impl Session {
                     .collect();
                 let text = text.join(" ");
                 self.input_text_chars += text.len();
+                if item.get("role").and_then(Value::as_str) == Some("user") {
+                    self.shared.ledger(|l| l.text(&text));
+                }
                 if item.get("role").and_then(Value::as_str) == Some("user") && !text.is_empty() {
                     self.pending_user_text = Some(text);
                 }
@@ -1422,6 +1454,10 @@ impl Session {
             "call_id": call_id, "name": name, "arguments": arguments});
         self.emit(json!({"type": "response.output_item.done", "response_id": r.id, "output_index": output_index, "item": item}));
         r.out_text_chars += arguments.len();
+        self.shared.counters.tool_calls.fetch_add(1, Relaxed);
+        let id = &self.id;
+        self.shared
+            .ledger(|l| l.issued(&call_id, id, Instant::now()));
         if r.in_band {
             self.known_calls.insert(call_id.clone(), name);
             self.push_item(ConvItem {

@@ -729,3 +729,74 @@ async fn many_concurrent_sessions() {
     assert_eq!(st.responses, 50);
     sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn faults_go_to_every_nth_session_only() {
+    let sim = start(SimConfig {
+        drop_after_events: Some(2),
+        drop_every_nth_session: Some(2),
+        ..fast()
+    })
+    .await;
+    let mut dropped = Vec::new();
+    for _ in 0..4 {
+        let mut c = connect(&sim, Dialect::Ga).await; // event 1
+        c.send(json!({"type": "input_audio_buffer.clear"})).await; // 2, then the drop if faulted
+        c.send(json!({"type": "input_audio_buffer.clear"})).await;
+        assert_eq!(c.recv().await["type"], "input_audio_buffer.cleared");
+        dropped.push(c.try_recv(Duration::from_secs(2)).await.is_none());
+    }
+    assert_eq!(dropped, [false, true, false, true]);
+    assert_eq!(sim.stats().drops_injected, 2);
+    assert!(sim.ledger().is_none(), "no ledger unless asked for");
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_tool_ledger_tells_answered_carried_duplicated_and_unanswered_calls() {
+    let sim = start(SimConfig {
+        tool_ledger: true,
+        ..tool_config()
+    })
+    .await;
+    let mut c = connect(&sim, Dialect::Ga).await;
+    c.send(declare_tools(&c)).await;
+    c.until("session.updated").await;
+    c.send(json!({"type": "response.create"})).await;
+    let evs = c.until("response.done").await;
+    let output = evs.last().unwrap()["response"]["output"].clone();
+    let (a, b) = (output[1]["call_id"].clone(), output[2]["call_id"].clone());
+    // `a` answered twice on its own session; `b` never there.
+    for _ in 0..2 {
+        c.send(json!({"type": "conversation.item.create", "item": {"type": "function_call_output", "call_id": a, "output": "x"}})).await;
+    }
+    c.send(json!({"type": "input_audio_buffer.clear"})).await;
+    c.until("input_audio_buffer.cleared").await;
+    let s = sim.ledger().unwrap();
+    assert_eq!((s.issued, s.answered_live, s.duplicated), (2, 0, 1));
+    assert_eq!(s.unanswered.len(), 1);
+    assert_eq!(s.unanswered[0].call_id, b.as_str().unwrap());
+    assert_eq!(s.unanswered[0].closed_by, None, "still open");
+    drop(c);
+    // A later session reports `b`'s result as context: carried.
+    let mut c2 = connect(&sim, Dialect::Ga).await;
+    user_text(
+        &mut c2,
+        &format!(
+            "Result of the earlier get_time tool call: {{\"call_id\":\"{}\"}}",
+            b.as_str().unwrap()
+        ),
+    )
+    .await;
+    let s = sim.ledger().unwrap();
+    assert_eq!((s.carried, s.unanswered.len()), (1, 0));
+    assert_eq!(sim.stats().tool_calls, 2);
+    assert!(sim.stats_source().client_errors().is_empty());
+    c2.send(json!({"type": "conversation.item.create", "item": {"type": "function_call_output", "call_id": "call_nope", "output": "x"}})).await;
+    c2.expect_error("invalid_tool_call_id").await;
+    assert_eq!(
+        sim.stats_source().client_errors(),
+        [("invalid_tool_call_id".to_string(), 1)].into()
+    );
+    sim.shutdown().await;
+}

@@ -58,8 +58,8 @@ impl Budget {
         (Some(cost), self.add_usd(cost))
     }
 
-    /// Adds a cost priced by the caller (audio minutes of a translation session, whose model is
-    /// billed per minute and reports no usage). Returns, the first time the total is over the
+    /// Adds a cost priced elsewhere (audio minutes of a companion leg or a translation session,
+    /// billed per minute with no usage reported). Returns, the first time the total is over the
     /// limit, what to tell the host.
     pub fn add_usd(&mut self, cost: f64) -> Option<Exceeded> {
         self.cost_usd += cost;

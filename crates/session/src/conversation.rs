@@ -12,6 +12,7 @@ use crate::audio_check::AudioCheck;
 use crate::barge_in::{self, Situation, EARCON_ITEM};
 use crate::budget::Budget;
 use crate::dead_air::{Closed, DeadAir, Phase};
+mod companion;
 mod long_call;
 pub use long_call::{SwitchPlan, SwitchSend, CONTINUATION_NOTE, MAX_REPLAY};
 
@@ -85,6 +86,9 @@ pub enum End {
     Budget,
     /// `SessionStart.max_duration_secs` was reached.
     MaxDuration,
+    /// The host stopped reading its stream: output waited on a full stream past the host-stall
+    /// timeout (`--host-stall-timeout-ms`).
+    HostStalled,
     Upstream(RealtimeError),
 }
 
@@ -99,6 +103,7 @@ impl End {
             End::Shutdown => "shutdown",
             End::Budget => "budget_exceeded",
             End::MaxDuration => "max_duration",
+            End::HostStalled => "host_stalled",
             End::Upstream(RealtimeError::Closed { .. }) => "upstream_closed",
             End::Upstream(_) => "upstream_error",
         }
@@ -132,6 +137,10 @@ pub struct Conversation {
     audio_response: Option<String>,
     /// The assistant item whose audio is arriving, and how much of it upstream has sent.
     upstream_item_audio: Option<(String, Duration)>,
+    /// Assistant items of an earlier upstream session that the playout still held when the link
+    /// was lost or switched: a barge-in on one flushes the host but never truncates it upstream
+    /// (the new session does not know the item and would refuse the truncate).
+    stale_items: Vec<String>,
     /// End of the user's last turn, until the first assistant audio after it.
     user_turn_end: Option<Instant>,
     latency_by_response: HashMap<String, u32>,
@@ -186,6 +195,8 @@ pub struct Conversation {
     call_limit: Option<crate::rollover::CallLimit>,
     /// The session record (`--records-dir`), off unless configured.
     records: crate::records::Recorder,
+    /// Audio the transcription leg sent upstream (billed per minute).
+    shadow_billed: Duration,
 }
 
 impl Conversation {
@@ -233,6 +244,7 @@ impl Conversation {
             call_limit: Conversation::call_limit_for(&plan, now),
             records,
             budget: Budget::new(plan.prices, plan.budget),
+            shadow_billed: Duration::ZERO,
             plan,
             out: Outbox::default(),
             input,
@@ -252,6 +264,7 @@ impl Conversation {
             cancelled: VecDeque::new(),
             audio_response: None,
             upstream_item_audio: None,
+            stale_items: Vec::new(),
             user_turn_end: None,
             latency_by_response: HashMap::new(),
             response_spans: HashMap::new(),
@@ -1040,9 +1053,11 @@ impl Conversation {
         }
         self.playout.flush();
         self.output.reset();
-        let truncate = p
-            .truncate
-            .filter(|(item, _)| !self.items.is_out_of_band(item));
+        let truncate = p.truncate.filter(|(item, _)| {
+            !self.items.is_out_of_band(item) && !self.stale_items.contains(item)
+        });
+        // The playout is empty now: nothing of an earlier session can be played any more.
+        self.stale_items.clear();
         if let Some((item_id, ms)) = truncate {
             self.up(ClientEvent::ItemTruncate {
                 item_id,
@@ -1155,15 +1170,21 @@ impl Conversation {
         let round = self.tools.response_done(&response.id);
         self.request_opt(round, now);
         self.pump(now);
-        if let Some(e) = exceeded {
-            counter!(names::BUDGET_EXCEEDED).increment(1);
-            warn!(session_id = %self.id, cost_usd = e.cost_usd, budget_usd = e.budget_usd,
-                "session over budget");
-            self.out
-                .host_error(HostError::new(Code::BudgetExceeded, e.message(), false));
-            if e.end {
-                return Err(End::Budget);
-            }
+        match exceeded {
+            Some(e) => self.over_budget(&e),
+            None => Ok(()),
+        }
+    }
+
+    /// The session went over its budget (once): the host is told, and the session ends if it asked.
+    fn over_budget(&mut self, e: &crate::budget::Exceeded) -> Result<(), End> {
+        counter!(names::BUDGET_EXCEEDED).increment(1);
+        warn!(session_id = %self.id, cost_usd = e.cost_usd, budget_usd = e.budget_usd,
+            "session over budget");
+        self.out
+            .host_error(HostError::new(Code::BudgetExceeded, e.message(), false));
+        if e.end {
+            return Err(End::Budget);
         }
         Ok(())
     }
@@ -1517,6 +1538,7 @@ impl Conversation {
         }
         self.output.reset();
         self.upstream_item_audio = None;
+        self.stale_items = self.playout.item_ids();
         self.tools.orphan_all();
         let code = if std::mem::take(&mut self.expired) || is_expiry(error) {
             Code::SessionExpired

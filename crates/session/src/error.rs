@@ -52,6 +52,8 @@ pub enum Code {
     InputAudioTooFast,
     // Session records.
     RecordWriteFailed,
+    // Companion sessions.
+    ShadowTranscriptionFailed,
     // Translation sessions.
     TranslationFailed,
 }
@@ -93,6 +95,7 @@ impl Code {
         Code::ControlRateLimited,
         Code::InputAudioTooFast,
         Code::RecordWriteFailed,
+        Code::ShadowTranscriptionFailed,
         Code::TranslationFailed,
     ];
 
@@ -132,6 +135,7 @@ impl Code {
             Code::ControlRateLimited => "control_rate_limited",
             Code::InputAudioTooFast => "input_audio_too_fast",
             Code::RecordWriteFailed => "record_write_failed",
+            Code::ShadowTranscriptionFailed => "shadow_transcription_failed",
             Code::TranslationFailed => "translation_failed",
         }
     }

@@ -28,7 +28,7 @@ pub const SETUP_CODES: &[Code] = &[
 ];
 
 /// One `End` of each kind, for their `reason()` strings (the `voice_sessions_total` outcomes).
-fn every_end() -> [End; 10] {
+fn every_end() -> [End; 11] {
     let ends = [
         End::MessageTooLarge,
         End::BadMessage,
@@ -38,6 +38,7 @@ fn every_end() -> [End; 10] {
         End::Shutdown,
         End::Budget,
         End::MaxDuration,
+        End::HostStalled,
         End::Upstream(RealtimeError::Closed {
             code: None,
             reason: None,
@@ -55,6 +56,7 @@ fn every_end() -> [End; 10] {
             | End::Shutdown
             | End::Budget
             | End::MaxDuration
+            | End::HostStalled
             | End::Upstream(_) => {}
         }
     }
@@ -111,6 +113,7 @@ mod tests {
             assert_eq!(unique.len(), list.len(), "{list:?}");
         }
         assert!(session_outcomes().contains(&"client_end"));
+        assert!(session_outcomes().contains(&"host_stalled"));
         assert!(session_outcomes().contains(&SETUP_FAILED));
         // Unknown codes are counted as "other", which is registered.
         assert!(upstream_error_codes().contains(&bounded_code("no_such_code")));
@@ -140,6 +143,20 @@ mod tests {
             session_owned, 5,
             "a Series::Session family is not registered here"
         );
+    }
+
+    #[test]
+    fn every_end_reason_is_listed_in_the_proto() {
+        let proto = include_str!("../../../proto/voice/v1/sidecar.proto");
+        let from = proto.find("message SessionEnded {").expect("SessionEnded");
+        let doc = &proto[from..from + proto[from..].find("string reason").expect("reason")];
+        for e in every_end() {
+            assert!(
+                doc.contains(&format!("\"{}\"", e.reason())),
+                "{} is not in SessionEnded's reason comment",
+                e.reason()
+            );
+        }
     }
 
     #[test]

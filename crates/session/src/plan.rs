@@ -783,12 +783,7 @@ impl SessionPlan {
             session_fields::transcription(start.transcription.as_ref(), dialect)?;
         let kind = match pb::SessionKind::try_from(start.kind) {
             Ok(pb::SessionKind::Conversation) => SessionKind::Conversation,
-            Ok(k @ pb::SessionKind::Transcription) => {
-                return Err(StartError::Other(format!(
-                    "kind {} is not available in this build",
-                    k.as_str_name()
-                )))
-            }
+            Ok(pb::SessionKind::Transcription) => SessionKind::Transcription,
             Ok(k @ (pb::SessionKind::Translation | pb::SessionKind::Interpreter)) => {
                 SessionKind::Translation(crate::translation::TranslationPlan::from_start(
                     start,
@@ -799,7 +794,7 @@ impl SessionPlan {
         };
         let shadow = match kind {
             SessionKind::Translation(_) => None,
-            _ => crate::transcription::LegPlan::from_start(start, &kind, dialect, wire_in)?,
+            _ => crate::transcription::LegPlan::from_start(start, &kind, dialect)?,
         };
 
         let budget = match start.budget_usd {

@@ -171,6 +171,17 @@ impl Playout {
         Some((c.item_id.clone(), played))
     }
 
+    /// Every item the playout still knows: the one being played and those with frames queued.
+    pub fn item_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.current.iter().map(|c| c.item_id.clone()).collect();
+        for f in &self.queue {
+            if !ids.contains(&f.frame.item_id) {
+                ids.push(f.frame.item_id.clone());
+            }
+        }
+        ids
+    }
+
     /// Barge-in: forget queued audio and the audible horizon.
     pub fn flush(&mut self) -> usize {
         let n = self.queue.len();
@@ -217,6 +228,22 @@ mod tests {
         p.push(frame("j", 20), t0 + ms(390));
         assert_eq!(p.played(t0 + ms(395)).unwrap(), ("j".to_string(), ms(0)));
         assert_eq!(p.played(t0 + ms(415)).unwrap(), ("j".to_string(), ms(15)));
+    }
+
+    #[test]
+    fn item_ids_lists_the_playing_item_and_the_queued_ones_once_each() {
+        let t0 = Instant::now();
+        let mut p = Playout::new(Some(Duration::from_millis(20)));
+        assert!(p.item_ids().is_empty());
+        for item in ["a", "a", "b", "b", "c"] {
+            p.push(frame(item, 20), t0);
+        }
+        let mut out = Vec::new();
+        p.due(t0, &mut out);
+        assert_eq!(out.len(), 2, "both frames of a are out (20 ms lead)");
+        assert_eq!(p.item_ids(), ["a", "b", "c"]);
+        p.flush();
+        assert!(p.item_ids().is_empty());
     }
 
     #[test]

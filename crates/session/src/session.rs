@@ -16,6 +16,7 @@ use crate::plan::SessionPlan;
 use crate::rollover::{Rollover, Switch};
 use crate::scheduler::tagged_response;
 use crate::tools::{self, ToolChannels, ToolOutcome};
+use crate::transcription::{Leg, LegEvent, LegSettings};
 use crate::upstream::{self, Connect, Next, Policy, Reconnect};
 use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
@@ -57,6 +58,9 @@ pub struct SessionContext {
     pub reconnect: Policy,
     /// Whether sessions can open upstream sessions (the sidecar's readiness).
     pub reachability: Arc<upstream::Reachability>,
+    /// How long a session waits on a host that is not reading its stream before it ends with
+    /// `host_stalled` (`--host-stall-timeout-ms`).
+    pub host_stall_timeout: Duration,
 }
 
 impl SessionContext {
@@ -75,6 +79,7 @@ impl SessionContext {
             connector: Arc::new(upstream::WebSocketConnector),
             reconnect: Policy::default(),
             reachability: Arc::new(upstream::Reachability::new(3)),
+            host_stall_timeout: DEFAULT_HOST_STALL_TIMEOUT,
         }
     }
 
@@ -90,6 +95,9 @@ impl SessionContext {
         }
     }
 }
+
+/// The default of `--host-stall-timeout-ms`.
+pub const DEFAULT_HOST_STALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub type HostSender = mpsc::Sender<Result<pb::ServerMessage, Status>>;
 
@@ -120,7 +128,16 @@ pub async fn run_session<S>(
         info_span!("session", session_id = %id, model = %plan.model, dialect = %plan.dialect);
     async move {
         gauge!(names::SESSIONS_ACTIVE).increment(1.0);
-        let outcome = run(plan, inbound, out, ctx, id).await;
+        let outcome = match &plan.kind {
+            crate::plan::SessionKind::Transcription => {
+                crate::transcription::runner::run(plan, inbound, out, ctx, id).await
+            }
+            crate::plan::SessionKind::Translation(t) => {
+                let t = t.clone();
+                crate::translation::runner::run(plan, t, inbound, out, ctx, id).await
+            }
+            crate::plan::SessionKind::Conversation => run(plan, inbound, out, ctx, id).await,
+        };
         gauge!(names::SESSIONS_ACTIVE).decrement(1.0);
         counter!(names::SESSIONS_TOTAL, "outcome" => outcome).increment(1);
     }
@@ -146,10 +163,6 @@ async fn run<S>(
 where
     S: Stream<Item = Result<pb::ClientMessage, Status>> + Unpin + Send,
 {
-    if let crate::plan::SessionKind::Translation(t) = &plan.kind {
-        let t = t.clone();
-        return crate::translation::runner::run(plan, t, inbound, out, ctx, id).await;
-    }
     let pipelines = InputPipeline::new(plan.input, plan.wire_in, plan.max_frame_bytes)
         .and_then(|i| OutputPipeline::new(plan.wire_out, plan.output).map(|o| (i, o)))
         .map_err(|e| HostError::new(Code::InvalidAudioFormat, e.to_string(), false));
@@ -201,7 +214,9 @@ where
         tools: FuturesUnordered::new(),
         host_stall_warned: false,
         bad_events: WarnLimiter::new(),
+        shadow: None,
     };
+    s.shadow = shadow_leg(&s.ctx, &s.conv.plan, &s.conv.id, seed);
     s.conv.start();
     let end = s.run(&mut inbound).await;
     s.finish(end).await
@@ -291,6 +306,16 @@ impl Drop for StalledGuard {
     }
 }
 
+/// `Control.commit`: the host ends the user's turn (and the leg's segment).
+fn is_commit(m: &pb::ClientMessage) -> bool {
+    matches!(
+        &m.message,
+        Some(pb::client_message::Message::Control(pb::Control {
+            action: Some(pb::control::Action::Commit(_))
+        }))
+    )
+}
+
 fn server(m: Out) -> pb::ServerMessage {
     pb::ServerMessage { message: Some(m) }
 }
@@ -317,6 +342,52 @@ struct SessionLoop {
     /// When the last input frame went upstream, and (after a switch) the last one on the old socket.
     last_frame_at: Option<std::time::Instant>,
     gap_from: Option<std::time::Instant>,
+    /// The transcription leg (`SessionStart.shadow_transcription`), while it runs.
+    shadow: Option<Leg>,
+}
+
+/// The session's transcription leg, if it asked for one. It segments on its own when no turn
+/// detection upstream says where speech stops.
+fn shadow_leg(ctx: &SessionContext, plan: &SessionPlan, id: &str, seed: u64) -> Option<Leg> {
+    let leg = plan.shadow.as_ref()?;
+    let own_segments = plan.config.turn_detection == voice_realtime::TurnDetection::Disabled;
+    Some(Leg::spawn(
+        leg,
+        plan.wire_in,
+        own_segments,
+        leg_settings(ctx, plan, id, seed),
+    ))
+}
+
+/// How a transcription leg reaches upstream: the session's settings, `intent=transcription`.
+pub(crate) fn leg_settings(
+    ctx: &SessionContext,
+    plan: &SessionPlan,
+    id: &str,
+    seed: u64,
+) -> LegSettings {
+    let mut opts = ctx.connect_options(plan);
+    opts.intent = voice_realtime::Intent::Transcription;
+    opts.dialect = voice_realtime::Dialect::Ga;
+    if let Some(l) = &plan.shadow {
+        opts.model.clone_from(&l.transcription.model);
+    }
+    LegSettings {
+        connector: ctx.connector.clone(),
+        opts,
+        setup_timeout: ctx.setup_timeout,
+        backoff_base: ctx.reconnect.backoff_base,
+        backoff_max: ctx.reconnect.backoff_max,
+        seed: seed ^ 0x5ead_0f1e,
+        session_id: id.to_string(),
+    }
+}
+
+async fn recv_leg(leg: &mut Option<Leg>) -> Option<LegEvent> {
+    match leg {
+        Some(l) => l.next().await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn recv_standby(
@@ -400,10 +471,25 @@ impl SessionLoop {
                     Some(Ok(pb::ClientMessage { message: Some(pb::client_message::Message::Audio(f)) })) => {
                         tokio::task::unconstrained(self.on_audio(f)).await
                     }
-                    Some(Ok(m)) => self.conv.on_host(m, Instant::now()),
+                    Some(Ok(m)) => {
+                        if is_commit(&m) {
+                            if let Some(leg) = &mut self.shadow {
+                                leg.commit();
+                            }
+                        }
+                        self.conv.on_host(m, Instant::now())
+                    }
                 },
                 ev = recv(&mut self.link) => match ev {
-                    Ok(ev) => self.conv.on_upstream(ev, Instant::now()),
+                    Ok(ev) => {
+                        // The conversation's turn detection says where the leg's segments end.
+                        if matches!(ev, voice_realtime::ServerEvent::SpeechStopped { .. }) {
+                            if let Some(leg) = &mut self.shadow {
+                                leg.commit();
+                            }
+                        }
+                        self.conv.on_upstream(ev, Instant::now())
+                    }
                     Err(RealtimeError::Parse(e)) => {
                         counter!(names::UPSTREAM_ERRORS, "code" => crate::metrics::BAD_EVENT).increment(1);
                         if let Warn::Log { suppressed } = self.bad_events.check(Instant::now()) {
@@ -427,6 +513,14 @@ impl SessionLoop {
                     }
                     Ok(())
                 }
+                ev = recv_leg(&mut self.shadow), if self.shadow.is_some() => match ev {
+                    Some(ev) => self.conv.on_shadow(ev, Instant::now()),
+                    // The leg gave up (it told the host): the conversation goes on without it.
+                    None => {
+                        self.shadow = None;
+                        Ok(())
+                    }
+                },
                 ev = recv_standby(&mut self.standby), if self.standby.is_some() => {
                     self.standby_event(ev);
                     Ok(())
@@ -473,6 +567,9 @@ impl SessionLoop {
         };
         if wire.is_empty() {
             return Ok(());
+        }
+        if let Some(leg) = &mut self.shadow {
+            leg.feed(wire);
         }
         match self.link.as_mut() {
             Some(conn) => {
@@ -850,12 +947,23 @@ impl SessionLoop {
             // record how long, so a slow host shows up as such and not as sidecar latency.
             Err(TrySendError::Full(m)) => {
                 let t0 = Instant::now();
+                let limit = self.ctx.host_stall_timeout;
                 // Visible while it lasts (the histogram below records it only when it ends).
                 let stalled = StalledGuard::enter();
-                let r = self.host.send(m).await.map_err(|_| End::HostGone);
+                let r = tokio::time::timeout(limit, self.host.send(m)).await;
                 drop(stalled);
                 let waited = t0.elapsed();
                 histogram!(names::HOST_STALL).record(waited.as_secs_f64());
+                let Ok(sent) = r else {
+                    // A host that never reads again would hold the session, its upstream socket
+                    // and its tool calls forever.
+                    warn!(
+                        session_id = %self.conv.id,
+                        waited_ms = waited.as_millis() as u64,
+                        "the host has not read its Converse stream for --host-stall-timeout-ms: ending the session (host_stalled)"
+                    );
+                    return Err(End::HostStalled);
+                };
                 if waited >= Duration::from_secs(1) && !self.host_stall_warned {
                     self.host_stall_warned = true;
                     warn!(
@@ -864,7 +972,7 @@ impl SessionLoop {
                         "the host is not reading its Converse stream; output was held back (reported once per session)"
                     );
                 }
-                r
+                sent.map_err(|_| End::HostGone)
             }
         }
     }
@@ -890,17 +998,33 @@ impl SessionLoop {
         self.connecting = None;
         self.opening = None;
         self.drop_standby();
+        let stalled = matches!(end, End::HostStalled);
         let notes = match end {
-            End::Upstream(_) | End::Budget => String::new(),
+            End::Upstream(_) | End::Budget | End::HostStalled => String::new(),
             _ if self.conv.plan.extract_notes => self.extract_notes().await,
             _ => String::new(),
         };
         // Calls still running are cancelled by dropping their futures (hosts see the RPC cancelled).
         self.tools = FuturesUnordered::new();
+        // The leg's last segment, and the texts still due, before SessionEnded.
+        if let Some(leg) = self.shadow.take() {
+            for ev in leg.finish().await {
+                let _ = self.conv.on_shadow(ev, Instant::now());
+            }
+        }
         self.conv.finish(reason, notes, Instant::now());
         while let Some(a) = self.conv.out.pop() {
             if let Action::Host(m) = a {
-                if self.emit(m).await.is_err() {
+                // A host that stalled gets what still fits in its stream (`SessionEnded` if there
+                // is room), without another wait.
+                let sent = if stalled {
+                    self.host
+                        .try_send(Ok(server(m)))
+                        .map_err(|_| End::HostStalled)
+                } else {
+                    self.emit(m).await
+                };
+                if sent.is_err() {
                     break;
                 }
             }

@@ -265,6 +265,103 @@ async fn reconnect_backs_off_with_jitter_and_the_session_is_never_blind() {
     h.host.error("upstream_resumed").await;
 }
 
+/// Regression (found by the soak test): audio of the old upstream session still playing at the host
+/// after a reconnect. A barge-in on it must flush the host but never truncate it in the new session,
+/// which does not know the item (upstream answers `item_not_found`); an item of the new session is
+/// truncated as usual.
+#[tokio::test(start_paused = true)]
+async fn a_barge_in_after_a_reconnect_never_truncates_an_item_of_the_old_session() {
+    let (mut h, mut up) = Harness::start(paced(start_with_tool(5000))).await;
+    let rid = up.respond_to_text(&h.host, "tell me a story").await;
+    up.audio(&rid, "item_old", 3000).await;
+    h.host
+        .until(|m| matches!(m, Out::Audio(f) if f.item_id == "item_old").then_some(()))
+        .await;
+    // The link drops while 3 s of paced audio are still queued for the host.
+    up.close().await;
+    h.host.error("upstream_disconnected").await;
+    let mut up2 = h.connection().await;
+    up2.accept().await;
+    // The response that was cut off is asked for again on the new session.
+    let (create, _) = up2.until("response.create").await;
+    h.host.error("upstream_resumed").await;
+    // The old item is still audible at the host: the caller speaks over it.
+    up2.speech_started().await;
+    let i = h.host.interrupted().await;
+    assert_eq!(
+        i.item_id, "item_old",
+        "the host still flushes the old audio"
+    );
+    assert!(i.played_ms > 0);
+    // A response of the new session, interrupted in turn: its item is truncated, and it is the first
+    // truncate the new session sees.
+    let rid2 = up2.created_for(&create).await;
+    up2.audio(&rid2, "item_new", 2000).await;
+    h.host
+        .until(|m| matches!(m, Out::Audio(f) if f.item_id == "item_new").then_some(()))
+        .await;
+    tokio::time::sleep(ms(500)).await;
+    up2.speech_started().await;
+    let i2 = h.host.interrupted().await;
+    assert_eq!(i2.item_id, "item_new");
+    let (truncate, before) = up2.until("conversation.item.truncate").await;
+    assert_eq!(
+        truncate["item_id"], "item_new",
+        "an item of the old session was truncated on the new one: {truncate}"
+    );
+    assert_eq!(truncate["audio_end_ms"], u64::from(i2.played_ms));
+    assert!(
+        before
+            .iter()
+            .all(|e| e["type"] != "conversation.item.delete" || e["item_id"] != "item_old"),
+        "nothing of the old session is deleted on the new one either: {before:?}"
+    );
+}
+
+/// Regression (found by the soak test): a host that stops reading its stream froze its session for
+/// good (the session waited on the full stream forever, holding its upstream socket). It now ends
+/// `host_stalled` once output has waited `--host-stall-timeout-ms` (10 s by default).
+#[tokio::test(start_paused = true)]
+async fn a_host_that_stops_reading_is_ended_after_the_stall_timeout() {
+    let (mut h, mut up) = Harness::start(start_with_tool(5000)).await;
+    let rid = up.respond_to_text(&h.host, "talk for a long time").await;
+    // 20 s of audio, a thousand host frames: far more than the host's stream holds (256 messages),
+    // and the host reads none of it.
+    up.audio(&rid, "item_a", 20_000).await;
+    let t0 = Instant::now();
+    tokio::time::timeout(Duration::from_secs(60), &mut h.task)
+        .await
+        .expect("the session never gave up on a host that does not read")
+        .expect("session task");
+    let took = Instant::now() - t0;
+    assert!(
+        took >= ms(10_000) && took < ms(10_100),
+        "ended {took:?} after the stream filled, not at the 10 s stall timeout"
+    );
+    // The upstream socket was closed with the session.
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        while up.peer.from_client.recv().await.is_some() {}
+    })
+    .await;
+    assert!(closed.is_ok(), "the upstream connection is still open");
+    // Reading again, the host finds what fit in its stream, and then the end of it.
+    let mut audio = 0;
+    let mut ended = None;
+    while let Some(m) = h.host.rx.recv().await {
+        match m.expect("no status").message {
+            Some(Out::Audio(_)) => audio += 1,
+            Some(Out::Ended(e)) => ended = Some(e.reason),
+            _ => {}
+        }
+    }
+    assert!(audio > 100 && audio <= 256, "{audio} audio frames");
+    // The stream was full when the session ended: no room was left for SessionEnded.
+    assert!(
+        ended.is_none() || ended.as_deref() == Some("host_stalled"),
+        "{ended:?}"
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn shutdown_during_a_backoff_ends_the_session_at_once() {
     let (mut h, mut up) = Harness::start(start_with_tool(1000)).await;

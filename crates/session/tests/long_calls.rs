@@ -310,3 +310,44 @@ async fn a_standby_that_cannot_be_opened_is_retried_and_the_call_goes_on() {
         "{stuck_events:?}"
     );
 }
+
+/// Like after a reconnect (see `in_process.rs`): audio of the old upstream session still playing at
+/// the host after a forced switch is flushed on a barge-in but never truncated on the new session,
+/// which does not know the item; an item of the new session is truncated as usual.
+#[tokio::test(start_paused = true)]
+async fn a_barge_in_after_a_forced_switch_never_truncates_an_item_of_the_old_session() {
+    let mut start = quiet_guard(start_with_tool(5000));
+    start.pacing = Some(pb::Pacing {
+        enabled: true,
+        lead_ms: 100,
+    });
+    let (mut h, mut up) = Harness::start_with(start, &short_sessions()).await;
+    tokio::time::sleep(secs(5)).await;
+    // 25 s of paced audio from 5 s on: no natural pause before the forced switch at 26 s.
+    let rid = up.respond_to_text(&h.host, "tell me a long story").await;
+    up.audio(&rid, "item_old", 25_000).await;
+    let mut next = h.connection().await;
+    next.accept().await;
+    let rolled = h.host.rolled_over().await;
+    assert!(rolled.forced);
+    // The cut-off response is asked for again on the new session.
+    let (create, _) = next.until("response.create").await;
+    // The old item is still playing: the caller speaks over it.
+    next.speech_started().await;
+    let i = h.host.interrupted().await;
+    assert_eq!(i.item_id, "item_old");
+    let rid2 = next.created_for(&create).await;
+    next.audio(&rid2, "item_new", 2000).await;
+    h.host
+        .until(|m| matches!(m, Out::Audio(f) if f.item_id == "item_new").then_some(()))
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    next.speech_started().await;
+    let i2 = h.host.interrupted().await;
+    assert_eq!(i2.item_id, "item_new");
+    let (truncate, _) = next.until("conversation.item.truncate").await;
+    assert_eq!(
+        truncate["item_id"], "item_new",
+        "an item of the old session was truncated on the new one: {truncate}"
+    );
+}

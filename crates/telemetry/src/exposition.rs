@@ -101,6 +101,7 @@ async fn respond<B>(req: &Request<B>, handle: PrometheusHandle) -> Response<Full
             .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
         return r;
     }
+    set_tasks_active();
     // Rendering walks every series under the registry's locks: keep it off the async workers.
     let body = match tokio::task::spawn_blocking(move || render(&handle)).await {
         Ok(body) => body,
@@ -113,6 +114,16 @@ async fn respond<B>(req: &Request<B>, handle: PrometheusHandle) -> Response<Full
     r.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static(TEXT_FORMAT));
     r
+}
+
+/// `voice_tasks_active`: the runtime's live task count, read when it is scraped (this scrape's own
+/// connection task included).
+#[allow(clippy::cast_precision_loss)]
+fn set_tasks_active() {
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        metrics::gauge!(crate::metrics_def::TASKS_ACTIVE)
+            .set(rt.metrics().num_alive_tasks() as f64);
+    }
 }
 
 fn status(code: StatusCode, text: &'static str) -> Response<Full<Bytes>> {

@@ -49,6 +49,15 @@ pub const ROLLOVER_GAP: &str = "voice_upstream_rollover_gap_seconds";
 pub const RECORD_ERRORS: &str = "voice_record_errors_total";
 pub const TRANSLATION_AUDIO: &str = "voice_translation_audio_seconds_total";
 pub const TRANSLATION_LATENCY: &str = "voice_translation_latency_seconds";
+pub const TASKS_ACTIVE: &str = "voice_tasks_active";
+pub const SHADOW_SEGMENT_LATENCY: &str = "voice_shadow_segment_latency_seconds";
+pub const SHADOW_ERRORS: &str = "voice_shadow_errors_total";
+pub const SHADOW_AUDIO: &str = "voice_shadow_audio_seconds_total";
+
+/// What went wrong on a transcription leg: it could not open (or reopen), upstream sent an error or
+/// dropped it, a segment's transcription failed, or audio was dropped because the leg lagged or was
+/// down.
+pub const SHADOW_ERROR_KINDS: &[&str] = &["connect", "upstream", "segment_failed", "audio_dropped"];
 
 /// Why a session-record line was lost: the file could not be opened, a write failed, or the writer's
 /// queue was full.
@@ -465,6 +474,30 @@ pub const FAMILIES: &[Family] = &[
         series: Series::Unlabelled,
     },
     Family {
+        name: SHADOW_SEGMENT_LATENCY,
+        kind: Kind::Histogram,
+        unit: Unit::Seconds,
+        help: "Transcription leg: a segment's end (its commit) to its final text.",
+        series: Series::Unlabelled,
+    },
+    Family {
+        name: SHADOW_ERRORS,
+        kind: Kind::Counter,
+        unit: Unit::Count,
+        help: "Transcription-leg failures, by kind; the conversation is not affected.",
+        series: Series::Values {
+            key: "kind",
+            values: SHADOW_ERROR_KINDS,
+        },
+    },
+    Family {
+        name: SHADOW_AUDIO,
+        kind: Kind::Counter,
+        unit: Unit::Seconds,
+        help: "Audio sent to transcription legs (billed per minute by the leg's model).",
+        series: Series::Unlabelled,
+    },
+    Family {
         name: RECORD_ERRORS,
         kind: Kind::Counter,
         unit: Unit::Count,
@@ -473,6 +506,13 @@ pub const FAMILIES: &[Family] = &[
             key: "kind",
             values: RECORD_ERROR_KINDS,
         },
+    },
+    Family {
+        name: TASKS_ACTIVE,
+        kind: Kind::Gauge,
+        unit: Unit::Count,
+        help: "Tokio tasks alive in the sidecar's runtime, taken at each scrape (sessions, connections, tool calls, background closes); flat under steady load, growing only with a leak.",
+        series: Series::Unlabelled,
     },
     Family {
         name: TRANSLATION_AUDIO,
@@ -565,6 +605,7 @@ pub(crate) fn builder() -> PrometheusBuilder {
         SILENCE,
         TOOL_CALL_DURATION,
         UPSTREAM_CONNECT,
+        SHADOW_SEGMENT_LATENCY,
         DEAD_AIR,
         PREAMBLE_TO_ANSWER,
         TRANSLATION_LATENCY,
@@ -652,7 +693,9 @@ mod tests {
                 Kind::Histogram => {}
             }
             if f.unit == Unit::Seconds {
-                assert!(f.name.ends_with("_seconds"), "{}", f.name);
+                // A counter of seconds is `<name>_seconds_total`.
+                let base = f.name.strip_suffix("_total").unwrap_or(f.name);
+                assert!(base.ends_with("_seconds"), "{}", f.name);
             }
             assert!(!f.help.is_empty() && !f.help.contains('\n'), "{}", f.name);
         }

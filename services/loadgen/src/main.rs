@@ -20,6 +20,8 @@ mod probe;
 mod report;
 mod session;
 mod shards;
+mod soak;
+mod verdict;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -62,6 +64,12 @@ enum Cmd {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// Soak test: keep N sessions (callers with tools and barge-ins, hostile hosts) running for a
+    /// while and sample the sidecar's RSS, fds and tasks (see `soak.rs`; run by scripts/soak.sh).
+    Soak(soak::SoakArgs),
+    /// Judge a soak run (its report, the simulator's tool ledger, the sidecar log); exits non-zero
+    /// on a failed verdict.
+    SoakVerdict(verdict::VerdictArgs),
     /// Turn run (and floor) JSON reports into a Markdown table with target verdicts.
     Summarize {
         #[arg(long)]
@@ -171,6 +179,17 @@ fn main() -> Result<()> {
             }
             print!("{}", report::markdown(&reports, floor.as_ref()));
             Ok(())
+        }
+        Some(Cmd::Soak(a)) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+            .block_on(soak::run(a)),
+        Some(Cmd::SoakVerdict(a)) => {
+            if verdict::run(&a)? {
+                Ok(())
+            } else {
+                std::process::exit(1)
+            }
         }
         Some(Cmd::Run(a)) => run_blocking(a),
         None => run_blocking(cli.run),

@@ -24,6 +24,10 @@ struct Args {
     /// File holding the API key clients must present; without it any non-empty bearer key is accepted.
     #[arg(long)]
     api_key_file: Option<PathBuf>,
+    /// At shutdown (SIGTERM/SIGINT), write the counters and, with `tool_ledger` on, the tool
+    /// ledger's totals here as JSON.
+    #[arg(long)]
+    stats_json: Option<PathBuf>,
 }
 
 fn load_config(path: &Path) -> anyhow::Result<SimConfig> {
@@ -95,6 +99,14 @@ async fn main() -> anyhow::Result<()> {
     println!("{}", sim.translation_url("gpt-realtime-translate"));
     wait_for_signal().await;
     tracing::info!(stats = ?sim.stats(), "shutting down");
+    // Sessions still open are closed first, so the ledger sees how every session ended.
+    let handle_stats = sim.stats_source();
     sim.shutdown().await;
+    if let Some(p) = &args.stats_json {
+        let doc = serde_json::json!({"stats": handle_stats.stats(),
+            "client_errors": handle_stats.client_errors(), "ledger": handle_stats.ledger()});
+        std::fs::write(p, serde_json::to_string_pretty(&doc)?)
+            .with_context(|| format!("writing {}", p.display()))?;
+    }
     Ok(())
 }

@@ -87,6 +87,10 @@ pub struct Args {
     /// How long a new stream may take to send its `SessionStart`, milliseconds.
     #[arg(long, env = "VOICE_SIDECAR_START_TIMEOUT_MS")]
     pub start_timeout_ms: Option<u64>,
+    /// How long a session waits for a host that has stopped reading its `Converse` stream (the
+    /// stream's queue is full) before it ends the session with `host_stalled`, milliseconds.
+    #[arg(long, env = "VOICE_SIDECAR_HOST_STALL_TIMEOUT_MS")]
+    pub host_stall_timeout_ms: Option<u64>,
     /// Consecutive failures to reach the upstream (connect errors, setup timeouts) after which
     /// readiness (gRPC health of `voice.v1.VoiceSidecar`) turns NOT_SERVING; liveness is untouched.
     #[arg(long, env = "VOICE_SIDECAR_UPSTREAM_UNREADY_AFTER")]
@@ -192,6 +196,7 @@ pub struct FileConfig {
     pub shutdown_grace_secs: Option<u64>,
     pub max_pending_starts: Option<usize>,
     pub start_timeout_ms: Option<u64>,
+    pub host_stall_timeout_ms: Option<u64>,
     pub upstream_unready_after: Option<u32>,
     pub upstream_probe_secs: Option<u64>,
     pub max_message_bytes: Option<usize>,
@@ -260,6 +265,7 @@ pub struct Config {
     pub shutdown_grace: Duration,
     pub max_pending_starts: usize,
     pub start_timeout: Duration,
+    pub host_stall_timeout: Duration,
     pub upstream_unready_after: u32,
     pub upstream_probe: Duration,
     pub max_message_bytes: usize,
@@ -393,6 +399,12 @@ impl Config {
         if !(1..=600_000).contains(&start_timeout_ms) {
             bail!("--start-timeout-ms must be within 1..=600000, got {start_timeout_ms}");
         }
+        let host_stall_timeout_ms = pick!(host_stall_timeout_ms).unwrap_or(10_000);
+        if !(1..=3_600_000).contains(&host_stall_timeout_ms) {
+            bail!(
+                "--host-stall-timeout-ms must be within 1..=3600000, got {host_stall_timeout_ms}"
+            );
+        }
         let dl = voice_session::Limits::default();
         let limits = voice_session::Limits {
             max_tool_rounds_per_turn: pick!(max_tool_rounds_per_turn)
@@ -481,6 +493,7 @@ impl Config {
             shutdown_grace: Duration::from_secs(pick!(shutdown_grace_secs).unwrap_or(20)),
             max_pending_starts,
             start_timeout: Duration::from_millis(start_timeout_ms),
+            host_stall_timeout: Duration::from_millis(host_stall_timeout_ms),
             upstream_unready_after: pick!(upstream_unready_after).unwrap_or(3).max(1),
             upstream_probe: Duration::from_secs(pick!(upstream_probe_secs).unwrap_or(10).max(1)),
             max_message_bytes,
@@ -607,6 +620,14 @@ mod tests {
         let c = load(&[]).unwrap();
         assert_eq!(c.max_pending_starts, 64);
         assert_eq!(c.start_timeout, Duration::from_millis(5000));
+        assert_eq!(c.host_stall_timeout, Duration::from_millis(10_000));
+        assert_eq!(
+            load(&["--host-stall-timeout-ms", "250"])
+                .unwrap()
+                .host_stall_timeout,
+            Duration::from_millis(250)
+        );
+        assert!(load(&["--host-stall-timeout-ms", "0"]).is_err());
         assert_eq!(c.max_message_bytes, 4 * 1024 * 1024);
         assert_eq!(c.max_tool_channels, 64);
         assert!(c.tool_host_allow.check("http://127.0.0.1:1").is_ok());

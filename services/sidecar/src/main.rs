@@ -75,6 +75,7 @@ async fn main() -> Result<()> {
     ctx.reachability = Arc::new(voice_session::upstream::Reachability::new(
         cfg.upstream_unready_after,
     ));
+    ctx.host_stall_timeout = cfg.host_stall_timeout;
     let ctx = Arc::new(ctx);
     let readiness_ctx = ctx.clone();
     let defaults = Defaults {

@@ -242,6 +242,7 @@ impl Conversation {
         }
         self.output.reset();
         self.upstream_item_audio = None;
+        self.stale_items = self.playout.item_ids();
         self.awaiting_reply = false;
         self.transcript_due = None;
         for rid in std::mem::take(&mut self.created_responses) {

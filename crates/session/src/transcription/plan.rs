@@ -18,8 +18,6 @@ pub struct LegPlan {
     pub transcription: Transcription,
     /// Token logprobs on each final transcript (`include`).
     pub logprobs: bool,
-    /// The audio the leg gets: the conversation's input wire format (one conversion, two sinks).
-    pub format: WireFormat,
     /// USD per minute of audio, from the model table (unknown models: not costed).
     pub price_per_minute: Option<f64>,
 }
@@ -31,7 +29,6 @@ impl LegPlan {
         start: &pb::SessionStart,
         kind: &Kind,
         dialect: Dialect,
-        format: WireFormat,
     ) -> Result<Option<LegPlan>, StartError> {
         let given = start.shadow_transcription.as_ref();
         if *kind == Kind::Conversation && given.is_none() {
@@ -83,18 +80,18 @@ impl LegPlan {
         Ok(Some(LegPlan {
             transcription,
             logprobs,
-            format,
             price_per_minute,
         }))
     }
 
     /// The `session` of the leg's `session.update` (`RealtimeTranscriptionSessionCreateRequest`):
-    /// no turn detection — the sidecar commits each segment itself.
+    /// 24 kHz PCM16, the only format a transcription session takes (a G.711 call's wire audio is
+    /// converted for it); no turn detection — the sidecar commits each segment itself.
     pub fn session(&self) -> Value {
         let mut s = json!({
             "type": "transcription",
             "audio": {"input": {
-                "format": wire_audio(self.format).ga_json(),
+                "format": wire_audio(WireFormat::Pcm16_24k).ga_json(),
                 "transcription": self.transcription.to_json(),
                 "turn_detection": null,
             }},
@@ -119,18 +116,12 @@ mod tests {
 
     #[test]
     fn a_conversation_has_a_leg_only_when_asked() {
-        let none = LegPlan::from_start(
-            &start(None),
-            &Kind::Conversation,
-            Dialect::Ga,
-            WireFormat::Pcm16_24k,
-        );
+        let none = LegPlan::from_start(&start(None), &Kind::Conversation, Dialect::Ga);
         assert_eq!(none.unwrap(), None);
         let leg = LegPlan::from_start(
             &start(Some(pb::Transcription::default())),
             &Kind::Conversation,
             Dialect::Ga,
-            WireFormat::Ulaw8k,
         )
         .unwrap()
         .unwrap();
@@ -138,7 +129,7 @@ mod tests {
         assert!(leg.price_per_minute.is_some_and(|p| p > 0.0));
         let s = leg.session();
         assert_eq!(s["type"], "transcription");
-        assert_eq!(s["audio"]["input"]["format"]["type"], "audio/pcmu");
+        assert_eq!(s["audio"]["input"]["format"]["type"], "audio/pcm");
         assert!(s["audio"]["input"]["turn_detection"].is_null());
         assert!(s.get("include").is_none());
     }
@@ -151,14 +142,9 @@ mod tests {
             include_logprobs: true,
             ..Default::default()
         };
-        let leg = LegPlan::from_start(
-            &start(Some(t)),
-            &Kind::Transcription,
-            Dialect::Ga,
-            WireFormat::Pcm16_24k,
-        )
-        .unwrap()
-        .unwrap();
+        let leg = LegPlan::from_start(&start(Some(t)), &Kind::Transcription, Dialect::Ga)
+            .unwrap()
+            .unwrap();
         let s = leg.session();
         assert_eq!(
             s["audio"]["input"]["format"],
@@ -172,19 +158,14 @@ mod tests {
             s["include"],
             json!(["item.input_audio_transcription.logprobs"])
         );
-        let bare = LegPlan::from_start(
-            &start(None),
-            &Kind::Transcription,
-            Dialect::Ga,
-            WireFormat::Pcm16_24k,
-        );
+        let bare = LegPlan::from_start(&start(None), &Kind::Transcription, Dialect::Ga);
         assert!(bare.unwrap().is_some());
     }
 
     #[test]
     fn bad_options_name_the_shadow_field() {
         let refused = |t: pb::Transcription, kind: Kind, dialect: Dialect| {
-            LegPlan::from_start(&start(Some(t)), &kind, dialect, WireFormat::Pcm16_24k)
+            LegPlan::from_start(&start(Some(t)), &kind, dialect)
                 .unwrap_err()
                 .to_string()
         };
