@@ -194,7 +194,9 @@ async fn interpreter_call_with_two_speakers_comes_back_tagged_per_speaker() {
     // No scripted texts: each simulated leg says "(<its target>) user speech <n>", so the text shows
     // which leg (direction) it came from.
     let sim = sim(&[], &[]).await;
-    let sidecar = start_sidecar(&sim.base_url(), &[]).await;
+    let records = tempfile::tempdir().unwrap();
+    let dir_arg = records.path().display().to_string();
+    let sidecar = start_sidecar(&sim.base_url(), &["--records-dir", &dir_arg]).await;
     let start = pb::SessionStart {
         kind: pb::SessionKind::Interpreter as i32,
         interpreter: Some(pb::Interpreter {
@@ -264,6 +266,50 @@ async fn interpreter_call_with_two_speakers_comes_back_tagged_per_speaker() {
         .count();
     assert_eq!(closes, 2);
     sent_events_validate(&sim);
+
+    // The session record: start (both legs' configuration), each leg's final transcripts, the end.
+    let path = records.path().join(format!("{}.jsonl", started.session_id));
+    let mut lines = Vec::new();
+    for _ in 0..100 {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        lines = text
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).expect("JSON lines"))
+            .collect();
+        if lines.last().is_some_and(|l| l["type"] == "end") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(lines.first().unwrap()["type"], "start", "{lines:?}");
+    assert_eq!(lines[0]["kind"], "interpreter");
+    assert_eq!(
+        lines[0]["session"]["b"]["audio"]["output"]["language"],
+        "en"
+    );
+    let end = lines.last().unwrap();
+    assert_eq!(end["type"], "end");
+    assert_eq!(end["reason"], "client_end");
+    let cost = ended.summary.as_ref().unwrap().cost_usd;
+    assert!((end["cost_usd"].as_f64().unwrap() - cost).abs() < 1e-12);
+    let finals: Vec<(String, String)> = lines
+        .iter()
+        .filter(|l| l["type"] == "transcript" && l["source"] == "translation_output")
+        .map(|l| {
+            (
+                l["speaker"].as_str().unwrap().into(),
+                l["text"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert!(
+        finals.contains(&("a".into(), "(es) user speech 1".into())),
+        "{finals:?}"
+    );
+    assert!(
+        finals.contains(&("b".into(), "(en) user speech 1".into())),
+        "{finals:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

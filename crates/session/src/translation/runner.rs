@@ -12,9 +12,11 @@ use crate::budget::Budget;
 use crate::conversation::End;
 use crate::error::{Code, HostError};
 use crate::plan::SessionPlan;
+use crate::records::Recorder;
 use crate::session::{HostSender, SessionContext};
 use futures_util::{Stream, StreamExt};
 use metrics::counter;
+use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -57,6 +59,8 @@ struct Runner {
     host_gone: bool,
     buf: Vec<u8>,
     started: Instant,
+    /// The session record (`--records-dir`): start, final transcripts, end.
+    records: Recorder,
 }
 
 /// Runs a TRANSLATION or INTERPRETER session to completion; returns its outcome.
@@ -92,7 +96,12 @@ where
     };
     // The legs hold the only senders: the channel closes when every leg's task is over.
     drop(events_tx);
+    let records = match &plan.records_dir {
+        Some(dir) => Recorder::open(dir, &id, started),
+        None => Recorder::off(),
+    };
     let mut r = Runner {
+        records,
         id,
         budget: Budget::new(None, tplan.budget),
         plan,
@@ -106,6 +115,15 @@ where
         buf: Vec::new(),
         started,
     };
+    r.records.record(
+        "start",
+        json!({"session_id": r.id,
+            "kind": if r.legs.len() == 1 { "translation" } else { "interpreter" },
+            "model": r.tplan.model, "session": r.tplan.effective_session(),
+            "labels": r.plan.labels, "input_format": format!("{:?}", r.plan.input),
+            "output_format": format!("{:?}", r.plan.output)}),
+        Instant::now(),
+    );
     let started_msg = r.started_message();
     if r.emit(Out::Started(started_msg)).await.is_err() {
         return r.finish(End::HostGone).await;
@@ -365,14 +383,37 @@ impl Runner {
         self.emit(Out::Error(e.into_pb())).await
     }
 
+    /// Sends one message to the host (numbering audio, recording final transcripts first, so the
+    /// record has them even when the host is gone).
     async fn emit(&mut self, mut m: Out) -> Result<(), End> {
+        match &mut m {
+            Out::Audio(f) => {
+                f.seq = self.seq;
+                self.seq += 1;
+                names::count_frame(names::Direction::Out, f.data.len());
+            }
+            Out::Transcript(t) if t.r#final => {
+                let source = if t.source == pb::TranscriptSource::SourceTranslationInput as i32 {
+                    "translation_input"
+                } else {
+                    "translation_output"
+                };
+                let role = if t.role == pb::Role::User as i32 {
+                    "user"
+                } else {
+                    "assistant"
+                };
+                self.records.record(
+                    "transcript",
+                    json!({"role": role, "source": source, "speaker": t.speaker,
+                        "text": t.text, "elapsed_ms": t.elapsed_ms}),
+                    Instant::now(),
+                );
+            }
+            _ => {}
+        }
         if self.host_gone {
             return Err(End::HostGone);
-        }
-        if let Out::Audio(f) = &mut m {
-            f.seq = self.seq;
-            self.seq += 1;
-            names::count_frame(names::Direction::Out, f.data.len());
         }
         if self.host.send(Ok(server(m))).await.is_err() {
             self.host_gone = true;
@@ -423,9 +464,22 @@ impl Runner {
             cost_usd: self.budget.cost_usd(),
             ..Default::default()
         };
+        let audio_ms = u64::try_from(self.sent.as_millis()).unwrap_or(u64::MAX);
+        self.records.record(
+            "end",
+            json!({"reason": reason, "cost_usd": summary.cost_usd,
+                "summary": {"duration_ms": summary.duration_ms, "audio_ms": audio_ms}}),
+            Instant::now(),
+        );
+        self.records.close();
+        if let Some(why) = self.records.take_failure() {
+            let _ = self
+                .error(HostError::new(Code::RecordWriteFailed, why, false))
+                .await;
+        }
         info!(
             reason,
-            audio_sent_ms = self.sent.as_millis() as u64,
+            audio_sent_ms = audio_ms,
             cost_usd = summary.cost_usd,
             "translation session ended"
         );
