@@ -805,3 +805,31 @@ async fn losses_a_minute_apart_do_not_add_up() {
         .iter()
         .any(|m| matches!(m, Out::Error(e) if e.code == "translation_failed")));
 }
+
+#[tokio::test(start_paused = true)]
+async fn input_faster_than_real_time_is_dropped_past_the_burst() {
+    let mut h = Harness::spawn(&translation("es"));
+    let mut up = connection(&mut h).await;
+    up.accept().await;
+    started(&mut h).await;
+    // 5 s of audio at once, no time passing: the 2 s burst goes up, the rest is dropped.
+    for i in 0..250 {
+        h.host
+            .send(In::Audio(pb::AudioFrame {
+                data: tone_frame(),
+                seq: i + 1,
+                ..Default::default()
+            }))
+            .await;
+    }
+    let e = h.host.error("input_audio_too_fast").await;
+    assert!(e.retryable);
+    let mut speech = 0;
+    for c in up.appends(15).await {
+        speech += usize::from(!silent(&c));
+    }
+    assert!(
+        (9..=11).contains(&speech),
+        "{speech} chunks of speech: about the 2 s burst"
+    );
+}

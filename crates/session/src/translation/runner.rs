@@ -11,6 +11,7 @@ use super::plan::TranslationPlan;
 use crate::budget::Budget;
 use crate::conversation::End;
 use crate::error::{Code, HostError};
+use crate::limits::AudioBudget;
 use crate::plan::SessionPlan;
 use crate::records::Recorder;
 use crate::session::{HostSender, SessionContext};
@@ -41,6 +42,8 @@ fn server(m: Out) -> pb::ServerMessage {
 struct LegHandle {
     speaker: Option<&'static str>,
     input: InputPipeline,
+    /// This speaker's input held to real time plus the burst allowance (`input_audio_too_fast`).
+    audio_budget: AudioBudget,
     tx: mpsc::Sender<ToLeg>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -59,6 +62,8 @@ struct Runner {
     host_gone: bool,
     buf: Vec<u8>,
     started: Instant,
+    /// `input_audio_too_fast` was reported (once per session).
+    too_fast_told: bool,
     /// The session record (`--records-dir`): start, final transcripts, end.
     records: Recorder,
 }
@@ -114,6 +119,7 @@ where
         host_gone: false,
         buf: Vec::new(),
         started,
+        too_fast_told: false,
     };
     r.records.record(
         "start",
@@ -206,6 +212,7 @@ async fn open_legs(
         legs.push(LegHandle {
             speaker: leg_plan.speaker,
             input,
+            audio_budget: AudioBudget::new(plan.limits.audio_burst, Instant::now()),
             tx,
             task: tokio::spawn(leg.run(rx)),
         });
@@ -332,6 +339,21 @@ impl Runner {
             return self.error(HostError::audio(&e)).await;
         }
         if self.buf.is_empty() {
+            return Ok(());
+        }
+        let audio = WireFormat::Pcm16_24k.duration_of(self.buf.len());
+        if !handle.audio_budget.admit(audio, Instant::now()) {
+            counter!(names::AUDIO_DROPPED, "reason" => "too_fast").increment(1);
+            counter!(names::LIMITS_HIT, "limit" => "input_audio_rate").increment(1);
+            if !std::mem::replace(&mut self.too_fast_told, true) {
+                return self
+                    .error(HostError::new(
+                        Code::InputAudioTooFast,
+                        "input audio arrives faster than real time: the excess is dropped (reported once)",
+                        true,
+                    ))
+                    .await;
+            }
             return Ok(());
         }
         let pcm = std::mem::take(&mut self.buf);
