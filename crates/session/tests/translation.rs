@@ -833,3 +833,30 @@ async fn input_faster_than_real_time_is_dropped_past_the_burst() {
         "{speech} chunks of speech: about the 2 s burst"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn large_host_frames_get_no_silence_inside_the_speech() {
+    let mut h = Harness::spawn(&translation("ja"));
+    let mut up = connection(&mut h).await;
+    up.accept().await;
+    started(&mut h).await;
+    // 2.4 s of speech as eight 300 ms frames, one every 300 ms: the host is never quiet for a
+    // whole frame's worth of real time, so no chunk in the middle may be silence.
+    let frame: Vec<u8> = (0..15).flat_map(|_| tone_frame()).collect();
+    for i in 0..8 {
+        h.host
+            .send(In::Audio(pb::AudioFrame {
+                data: frame.clone(),
+                seq: i + 1,
+                ..Default::default()
+            }))
+            .await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let chunks = up.appends(11).await;
+    let silent_inside = chunks[..11].iter().filter(|c| silent(c)).count();
+    assert_eq!(silent_inside, 0, "silence inserted into the speech");
+    // Then the host is quiet: silence again.
+    let after = up.appends(3).await;
+    assert!(silent(&after[2]));
+}

@@ -3,7 +3,9 @@
 //! The leg gets 24 kHz PCM16 from the runner ([`ToLeg::Audio`]) and appends it upstream in 200 ms
 //! chunks. It keeps its own 200 ms clock: while no host audio has come for a frame or more, it sends
 //! silence (padding a partial chunk first), because the engine treats a pause in sending as
-//! contiguous audio. Translated audio comes back as 24 kHz PCM16 and leaves in the host's output
+//! contiguous audio (only when the leg is over a frame behind real time: a host that sends large
+//! frames, or ran ahead within its burst allowance, gets no silence inside its speech). Translated
+//! audio comes back as 24 kHz PCM16 and leaves in the host's output
 //! format; transcript deltas are passed on with their `elapsed_ms`. At [`ToLeg::End`] (or when the
 //! runner is gone) the leg flushes its last chunk, sends `session.close`, drains the output until
 //! `session.closed` (at most [`DRAIN_TIMEOUT`]), sends the final transcripts and reports
@@ -184,6 +186,9 @@ pub struct Leg {
     outages: u32,
     /// When the current connection was opened.
     up_since: Instant,
+    /// The real-time origin of the audio sent: at `clock_base + sent_ms` the leg is level with real
+    /// time (moved on at a reconnect, so an outage is not filled with silence afterwards).
+    clock_base: Instant,
 }
 
 /// Why a leg stopped its main loop.
@@ -223,6 +228,7 @@ impl Leg {
             up_since: Instant::now(),
             sent_ms: 0,
             counted_s: 0,
+            clock_base: Instant::now(),
         }
     }
 
@@ -263,9 +269,7 @@ impl Leg {
                     None => return Stop::Gone,
                 },
                 _ = clock.tick() => {
-                    let now = Instant::now();
-                    let quiet = self.last_audio.is_none_or(|t| now.duration_since(t) >= FRAME);
-                    if quiet {
+                    if self.quiet(Instant::now()) {
                         self.send_padded().await
                     } else {
                         Ok(())
@@ -294,6 +298,17 @@ impl Leg {
                 }
             }
         }
+    }
+
+    /// Whether the clock's tick sends silence: the host has sent nothing for a frame or more, and
+    /// what the leg sent is over a frame behind real time (a host that sends large frames, or ran
+    /// ahead within its burst allowance, gets no silence in the middle of its speech).
+    fn quiet(&self, now: Instant) -> bool {
+        let idle = self
+            .last_audio
+            .is_none_or(|t| now.duration_since(t) >= FRAME);
+        let level = self.clock_base + Duration::from_millis(self.sent_ms);
+        idle && now.saturating_duration_since(level) > FRAME
     }
 
     async fn on_audio(&mut self, pcm: &[u8]) -> Result<(), RealtimeError> {
@@ -506,7 +521,11 @@ impl Leg {
             match self.setup.open().await {
                 Ok(conn) => {
                     self.conn = Some(conn);
-                    self.up_since = Instant::now();
+                    let now = Instant::now();
+                    self.up_since = now;
+                    self.clock_base = now
+                        .checked_sub(Duration::from_millis(self.sent_ms))
+                        .unwrap_or(now);
                     self.error(HostError::new(
                         Code::UpstreamResumed,
                         "a new translation upstream session carries on",
