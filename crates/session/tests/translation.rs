@@ -860,3 +860,39 @@ async fn large_host_frames_get_no_silence_inside_the_speech() {
     let after = up.appends(3).await;
     assert!(silent(&after[2]));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_host_that_stops_reading_is_ended_host_stalled() {
+    let mut h = Harness::spawn(&translation("es"));
+    let mut up = connection(&mut h).await;
+    up.accept().await;
+    started(&mut h).await;
+    // The host never reads again; 40 × 200 ms of translation is 400 frames, over its queue.
+    let t0 = tokio::time::Instant::now();
+    for k in 0..40 {
+        up.audio(200, 200 * (k + 1)).await;
+    }
+    // The session gives up on the host after --host-stall-timeout-ms and closes its upstream.
+    loop {
+        if up.next().await["type"] == "session.close" {
+            break;
+        }
+    }
+    up.send(json!({"type": "session.closed", "event_id": "c"}))
+        .await;
+    tokio::time::timeout(Duration::from_secs(30), &mut h.task)
+        .await
+        .expect("the session ends")
+        .unwrap();
+    assert!(
+        t0.elapsed() >= Duration::from_secs(10),
+        "{:?}",
+        t0.elapsed()
+    );
+    // What fitted in the stream was delivered; no SessionEnded was waited for.
+    let mut frames = 0;
+    while let Ok(m) = h.host.rx.try_recv() {
+        frames += usize::from(matches!(m.unwrap().message, Some(Out::Audio(_))));
+    }
+    assert!(frames >= 200, "{frames} frames delivered before the stall");
+}

@@ -16,11 +16,12 @@ use crate::plan::SessionPlan;
 use crate::records::Recorder;
 use crate::session::{HostSender, SessionContext};
 use futures_util::{Stream, StreamExt};
-use metrics::counter;
+use metrics::{counter, gauge, histogram};
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::time::Instant;
 use tonic::Status;
 use tracing::{debug, info, warn};
@@ -62,6 +63,9 @@ struct Runner {
     host_gone: bool,
     buf: Vec<u8>,
     started: Instant,
+    /// How long a host may leave its stream unread (`--host-stall-timeout-ms`), and whether it did.
+    stall_limit: Duration,
+    stalled: bool,
     /// `input_audio_too_fast` was reported (once per session).
     too_fast_told: bool,
     /// The session record (`--records-dir`): start, final transcripts, end.
@@ -120,6 +124,8 @@ where
         buf: Vec::new(),
         started,
         too_fast_told: false,
+        stall_limit: ctx.host_stall_timeout,
+        stalled: false,
     };
     r.records.record(
         "start",
@@ -358,7 +364,7 @@ impl Runner {
         }
         let pcm = std::mem::take(&mut self.buf);
         // Closed: the leg is over (the session is ending); Full: it is reconnecting.
-        if let Err(mpsc::error::TrySendError::Full(_)) = handle.tx.try_send(ToLeg::Audio(pcm)) {
+        if let Err(TrySendError::Full(_)) = handle.tx.try_send(ToLeg::Audio(pcm)) {
             counter!(names::AUDIO_DROPPED, "reason" => "upstream_down").increment(1);
         }
         names::record_frame_processing(names::Direction::In, t0.elapsed().as_secs_f64());
@@ -437,19 +443,45 @@ impl Runner {
         if self.host_gone {
             return Err(End::HostGone);
         }
-        if self.host.send(Ok(server(m))).await.is_err() {
-            self.host_gone = true;
-            return Err(End::HostGone);
+        match self.host.try_send(Ok(server(m))) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Closed(_)) => {
+                self.host_gone = true;
+                Err(End::HostGone)
+            }
+            // A host that stalled once gets what still fits, without another wait.
+            Err(TrySendError::Full(_)) if self.stalled => Err(End::HostStalled),
+            // The host is not reading: wait (backpressure, nothing dropped), at most the limit.
+            Err(TrySendError::Full(m)) => {
+                let t0 = Instant::now();
+                gauge!(names::HOST_STALLED).increment(1.0);
+                let r = tokio::time::timeout(self.stall_limit, self.host.send(m)).await;
+                gauge!(names::HOST_STALLED).decrement(1.0);
+                histogram!(names::HOST_STALL).record(t0.elapsed().as_secs_f64());
+                match r {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(_)) => {
+                        self.host_gone = true;
+                        Err(End::HostGone)
+                    }
+                    Err(_) => {
+                        warn!(session_id = %self.id, "the host has not read its Converse stream for --host-stall-timeout-ms: ending the session (host_stalled)");
+                        self.stalled = true;
+                        Err(End::HostStalled)
+                    }
+                }
+            }
         }
-        Ok(())
     }
 
     /// Every leg closes and drains (their output still reaches the host), then `SessionEnded`.
     async fn finish(mut self, end: End) -> &'static str {
         let reason = end.reason();
         info!(reason, "translation session ending");
-        if matches!(end, End::HostGone) {
-            self.host_gone = true;
+        match end {
+            End::HostGone => self.host_gone = true,
+            End::HostStalled => self.stalled = true,
+            _ => {}
         }
         let txs: Vec<mpsc::Sender<ToLeg>> = self.legs.iter().map(|l| l.tx.clone()).collect();
         for tx in txs {
