@@ -166,7 +166,7 @@ async fn a_call_rolls_over_at_a_pause_with_a_tool_in_flight_and_loses_nothing() 
         .events
         .iter()
         .filter_map(|(_, m)| match m {
-            Out::RolledOver(r) => Some(*r),
+            Out::RolledOver(r) => Some(r.clone()),
             _ => None,
         })
         .collect();

@@ -291,7 +291,8 @@ impl Conversation {
         let started = self.started_message();
         if self.records.is_on() {
             let p = &self.plan;
-            let tools: Vec<&str> = p.tools.names().collect();
+            let mut tools: Vec<&str> = p.tools.names().collect();
+            tools.sort_unstable();
             self.records.record(
                 "start",
                 json!({"session_id": self.id, "model": p.model, "dialect": p.dialect.to_string(),

@@ -380,6 +380,7 @@ pub(crate) fn leg_settings(
         backoff_max: ctx.reconnect.backoff_max,
         seed: seed ^ 0x5ead_0f1e,
         session_id: id.to_string(),
+        rollover: plan.rollover,
     }
 }
 

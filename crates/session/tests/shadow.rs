@@ -369,3 +369,125 @@ async fn a_transcription_session_refuses_conversation_messages() {
     h.host.control(pb::control::Action::End(pb::Empty {})).await;
     assert_eq!(h.host.ended().await.reason, "client_end");
 }
+
+/// A transcription session whose leg rolls over after 5 s (cap 20 s, forced at 18 s).
+fn rolling() -> (pb::SessionStart, voice_session::Defaults) {
+    let start = pb::SessionStart {
+        kind: pb::SessionKind::Transcription as i32,
+        ..Default::default()
+    };
+    let defaults = voice_session::Defaults {
+        rollover: voice_session::RolloverPolicy {
+            after: Some(Duration::from_secs(5)),
+            cap: Duration::from_secs(20),
+            margin: Duration::from_secs(2),
+        },
+        ..Default::default()
+    };
+    (start, defaults)
+}
+
+async fn started(h: &mut Harness) {
+    h.host
+        .until(|m| matches!(m, Out::Started(_)).then_some(()))
+        .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_leg_rolls_over_at_a_segment_boundary_and_the_old_session_finishes_its_text() {
+    let (start, defaults) = rolling();
+    let mut h = Harness::spawn_with(&start, &defaults);
+    let (mut old, _) = accept_leg(&mut h).await;
+    started(&mut h).await;
+    // Quiet until past the rollover age: no boundary, no switch.
+    send_audio(&h, 0, 300, 0.0).await;
+    assert!(
+        h.peers.try_recv().is_err(),
+        "no new session without a boundary"
+    );
+    // An utterance: its commit is the boundary; the switch follows the acknowledgement.
+    send_audio(&h, 300, 50, 0.3).await;
+    send_audio(&h, 350, 35, 0.0).await;
+    old.until("input_audio_buffer.commit").await;
+    old.send(
+        json!({"type": "input_audio_buffer.committed", "event_id": "e1",
+        "item_id": "seg_1", "previous_item_id": null}),
+    )
+    .await;
+    let (mut new, update) = accept_leg(&mut h).await;
+    assert_eq!(update["session"]["type"], "transcription");
+    let r = h
+        .host
+        .until(|m| match m {
+            Out::RolledOver(r) => Some(r.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(r.leg, "shadow_transcription");
+    assert!(!r.forced);
+    assert_eq!(r.rollovers, 1);
+    // The old session still delivers the text of the segment committed on it.
+    old.send(
+        json!({"type": "conversation.item.input_audio_transcription.completed",
+        "event_id": "e2", "item_id": "seg_1", "content_index": 0, "transcript": "Before.",
+        "usage": {"type": "duration", "seconds": 1.0}}),
+    )
+    .await;
+    let t = shadow_transcript(&mut h).await;
+    assert_eq!(t.text, "Before.");
+    // What reached the old session after its boundary commit was sent again to the new one.
+    let (after_commit, _) = received(&mut old);
+    let (replayed, _) = received(&mut new);
+    assert_eq!(replayed.len(), after_commit.len());
+    assert_eq!(replayed.len() / 48, r.replayed_audio_ms as usize);
+    // The new session takes the audio from here, and the next segment is committed on it.
+    send_audio(&h, 385, 50, 0.3).await;
+    send_audio(&h, 435, 35, 0.0).await;
+    new.until("input_audio_buffer.commit").await;
+    let (old_audio, _) = received(&mut old);
+    assert!(old_audio.is_empty(), "nothing more goes to the old session");
+    new.send(
+        json!({"type": "input_audio_buffer.committed", "event_id": "e3",
+        "item_id": "seg_2", "previous_item_id": null}),
+    )
+    .await;
+    new.send(
+        json!({"type": "conversation.item.input_audio_transcription.completed",
+        "event_id": "e4", "item_id": "seg_2", "content_index": 0, "transcript": "After.",
+        "usage": {"type": "duration", "seconds": 1.0}}),
+    )
+    .await;
+    let t = shadow_transcript(&mut h).await;
+    assert_eq!(t.text, "After.");
+    // Offsets run on across the switch: the second utterance started at 7.7 s.
+    assert!(
+        t.audio_start_ms >= 7000 && t.audio_end_ms > t.audio_start_ms,
+        "{t:?}"
+    );
+    h.host.control(pb::control::Action::End(pb::Empty {})).await;
+    assert_eq!(h.host.ended().await.reason, "client_end");
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_a_boundary_the_leg_is_forced_over_before_the_cap() {
+    let (start, defaults) = rolling();
+    let mut h = Harness::spawn_with(&start, &defaults);
+    let (_old, _) = accept_leg(&mut h).await;
+    started(&mut h).await;
+    // Speech that never pauses for long enough (a segment is cut only at 30 s): at 18 s the leg
+    // commits what it has and moves on.
+    send_audio(&h, 0, 920, 0.3).await;
+    let (mut new, _) = accept_leg(&mut h).await;
+    let r = h
+        .host
+        .until(|m| match m {
+            Out::RolledOver(r) => Some(r.clone()),
+            _ => None,
+        })
+        .await;
+    assert!(r.forced, "{r:?}");
+    assert!((18_000..19_000).contains(&r.upstream_age_ms), "{r:?}");
+    send_audio(&h, 920, 10, 0.3).await;
+    let (audio, _) = received(&mut new);
+    assert!(audio.len() >= 10 * 960, "the new session gets the audio");
+}

@@ -30,6 +30,16 @@ impl Conversation {
                 self.out.host_error(e);
                 Ok(())
             }
+            LegEvent::RolledOver(m) => {
+                self.records.record(
+                    "rollover",
+                    json!({"leg": m.leg, "forced": m.forced, "upstream_age_ms": m.upstream_age_ms,
+                        "replayed_audio_ms": m.replayed_audio_ms}),
+                    now,
+                );
+                self.out.host(Out::RolledOver(m));
+                Ok(())
+            }
             LegEvent::Billed(d) => {
                 // Whole seconds as they accumulate (a counter of seconds, fed in parts).
                 let before = self.shadow_billed.as_secs();

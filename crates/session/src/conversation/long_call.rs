@@ -280,6 +280,7 @@ impl Conversation {
             calls_carried: plan.calls_carried,
             replayed_audio_ms: millis(plan.replayed),
             rollovers: self.summary.rollovers,
+            leg: String::new(),
         }));
         self.pump(now);
     }

@@ -59,6 +59,8 @@ pub enum LegEvent {
     Error(HostError),
     /// Audio the leg sent upstream since the last report (billed per minute).
     Billed(Duration),
+    /// The leg moved to a new upstream session ahead of upstream's session cap.
+    RolledOver(pb::SessionRolledOver),
 }
 
 /// How the task reaches upstream.
@@ -71,6 +73,9 @@ pub struct LegSettings {
     pub backoff_max: Duration,
     pub seed: u64,
     pub session_id: String,
+    /// Roll over to a new upstream session at this age (at the next segment boundary), forced at
+    /// `cap - margin`; `None`: the cap is met by a reopen after upstream closes.
+    pub rollover: crate::RolloverPolicy,
 }
 
 /// The session's end of a leg: cheap, never blocking.
@@ -232,6 +237,19 @@ struct Task {
     /// Sent upstream since the last billing report.
     unbilled_bytes: u64,
     finishing: Option<Instant>,
+    /// When the current upstream session opened.
+    opened_at: Instant,
+    /// A rollover is due: the audio since the boundary commit, to send again on the new session.
+    replay: Option<Vec<u8>>,
+    /// The boundary commit was sent; switch once upstream acknowledged it.
+    switch_after_ack: bool,
+    /// Ready to switch now (the boundary commit was acknowledged, or a forced switch).
+    switch_now: bool,
+    /// The previous upstream session, finishing the segments committed on it, until its deadline.
+    draining: Option<(RealtimeConnection, Instant)>,
+    /// Segments committed on the draining session and not yet transcribed.
+    draining_items: std::collections::HashSet<String>,
+    rollovers: u32,
 }
 
 /// The leg's task: opens the transcription session, then runs until the session finishes it (or
@@ -254,6 +272,13 @@ async fn run(
         position_ms: 0,
         unbilled_bytes: 0,
         finishing: None,
+        opened_at: Instant::now(),
+        replay: None,
+        switch_after_ack: false,
+        switch_now: false,
+        draining: None,
+        draining_items: std::collections::HashSet::new(),
+        rollovers: 0,
     };
     let mut link = t.open(0).await;
     loop {
@@ -267,9 +292,16 @@ async fn run(
                 break;
             }
         }
+        if t.switch_now && t.finishing.is_none() {
+            t.switch(&mut link).await;
+        }
         let wake = match &link {
             Link::Backoff { until, .. } => Some(*until),
-            _ => t.finishing,
+            Link::Up(_) => [t.finishing, t.force_at(), t.draining.as_ref().map(|d| d.1)]
+                .into_iter()
+                .flatten()
+                .min(),
+            Link::Off => t.finishing,
         };
         tokio::select! {
             input = rx.recv(), if t.finishing.is_none() => match input {
@@ -287,18 +319,52 @@ async fn run(
                 }
                 Err(e) => link = t.lost(&e.to_string()),
             },
+            ev = recv_draining(&mut t.draining) => match ev {
+                Ok(ev) => {
+                    t.event(ev).await;
+                    if t.draining_items.is_empty() {
+                        t.close_draining().await;
+                    }
+                }
+                Err(_) => t.draining = None,
+            },
             () = sleep_until(wake), if wake.is_some() => {
                 if let Link::Backoff { attempt, .. } = link {
                     link = t.open(attempt).await;
+                } else if t.draining.as_ref().is_some_and(|d| Instant::now() >= d.1) {
+                    t.close_draining().await;
+                } else if t.force_at().is_some_and(|at| Instant::now() >= at) {
+                    // No boundary came in time: commit what there is and switch now.
+                    let at = t.position_ms;
+                    if let Err(e) = t.commit(at, &mut link).await {
+                        link = t.lost(&e);
+                    }
+                    t.switch_now = true;
                 }
             }
         }
     }
     t.bill().await;
+    t.close_draining().await;
     if let Link::Up(mut conn) = link {
         conn.close().await;
     }
 }
+
+async fn recv_draining(
+    d: &mut Option<(RealtimeConnection, Instant)>,
+) -> Result<ServerEvent, voice_realtime::RealtimeError> {
+    match d {
+        Some((c, _)) => c.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Audio sent again on the new session after a switch goes up in appends of this many bytes (200 ms).
+const REPLAY_CHUNK: usize = 200 * BYTES_PER_MS as usize;
+/// Audio kept for the replay at most (the switch follows the boundary commit within milliseconds;
+/// this bounds a slow acknowledgement).
+const MAX_REPLAY_BYTES: usize = 10_000 * BYTES_PER_MS as usize;
 
 async fn recv(link: &mut Link) -> Result<ServerEvent, voice_realtime::RealtimeError> {
     match link {
@@ -332,6 +398,10 @@ impl Task {
                 // Audio sent before the reopen is gone with the old session: a new segment starts.
                 self.seg_start_ms = self.position_ms;
                 self.buffered = 0;
+                self.opened_at = Instant::now();
+                self.replay = None;
+                self.switch_after_ack = false;
+                self.switch_now = false;
                 Link::Up(conn)
             }
             Err(e) => {
@@ -401,6 +471,11 @@ impl Task {
                     return Ok(());
                 };
                 conn.send_audio(&pcm).await.map_err(|e| e.to_string())?;
+                if let Some(r) = &mut self.replay {
+                    if r.len() + pcm.len() <= MAX_REPLAY_BYTES {
+                        r.extend_from_slice(&pcm);
+                    }
+                }
                 self.buffered += pcm.len() as u64;
                 self.unbilled_bytes += pcm.len() as u64;
                 Ok(())
@@ -433,8 +508,104 @@ impl Task {
         });
         self.seg_start_ms = at_ms;
         self.buffered = 0;
+        if self.rollover_due() && self.replay.is_none() {
+            // A segment boundary after the rollover age: switch once this commit is acknowledged.
+            self.replay = Some(Vec::new());
+            self.switch_after_ack = true;
+        }
         self.bill().await;
         Ok(())
+    }
+
+    fn rollover_due(&self) -> bool {
+        self.s
+            .rollover
+            .after
+            .is_some_and(|after| self.opened_at.elapsed() >= after)
+    }
+
+    /// When a rollover is forced if no boundary came (`cap - margin`), while one is due.
+    fn force_at(&self) -> Option<Instant> {
+        let p = &self.s.rollover;
+        p.after?;
+        if self.switch_now || self.switch_after_ack {
+            return None;
+        }
+        Some(self.opened_at + p.cap.saturating_sub(p.margin))
+    }
+
+    /// Make-before-break: the next upstream session takes the audio (the audio since the boundary
+    /// commit is sent to it again); the old one finishes the segments committed on it.
+    async fn switch(&mut self, link: &mut Link) {
+        self.switch_now = false;
+        self.switch_after_ack = false;
+        let replay = self.replay.take().unwrap_or_default();
+        let forced =
+            self.opened_at.elapsed() >= self.s.rollover.cap.saturating_sub(self.s.rollover.margin);
+        let age = self.opened_at.elapsed();
+        let r = upstream::open(
+            self.s.connector.as_ref(),
+            self.s.opts.clone(),
+            self.session.clone(),
+            self.s.setup_timeout,
+        )
+        .await;
+        let mut new = match r {
+            Ok(c) => c,
+            Err(e) => {
+                // The old session goes on; the next boundary tries again (or upstream's cap ends
+                // it and the leg reopens).
+                counter!(names::ROLLOVERS, "outcome" => "failed").increment(1);
+                warn!(session_id = %self.s.session_id, error = %e.message, "transcription leg: the next session could not open; staying");
+                return;
+            }
+        };
+        for chunk in replay.chunks(REPLAY_CHUNK) {
+            if new.send_audio(chunk).await.is_err() {
+                break;
+            }
+        }
+        let Link::Up(old) = std::mem::replace(link, Link::Up(new)) else {
+            return;
+        };
+        self.close_draining().await;
+        self.draining_items = self.by_item.keys().cloned().collect();
+        self.draining = Some((old, Instant::now() + DRAIN));
+        if self.draining_items.is_empty() {
+            self.close_draining().await;
+        }
+        self.buffered = replay.len() as u64;
+        self.seg_start_ms = self
+            .position_ms
+            .saturating_sub(replay.len() as u64 / BYTES_PER_MS);
+        self.opened_at = Instant::now();
+        self.rollovers += 1;
+        let outcome = if forced { "forced" } else { "natural" };
+        counter!(names::ROLLOVERS, "outcome" => outcome).increment(1);
+        info!(session_id = %self.s.session_id, forced, age_s = age.as_secs(), "transcription leg rolled over");
+        let m = pb::SessionRolledOver {
+            forced,
+            upstream_age_ms: u32::try_from(age.as_millis()).unwrap_or(u32::MAX),
+            replayed_audio_ms: u32::try_from(replay.len() as u64 / BYTES_PER_MS)
+                .unwrap_or(u32::MAX),
+            rollovers: self.rollovers,
+            leg: "shadow_transcription".into(),
+            ..Default::default()
+        };
+        let _ = self.out.send(LegEvent::RolledOver(m)).await;
+    }
+
+    async fn close_draining(&mut self) {
+        if let Some((mut c, _)) = self.draining.take() {
+            let lost = self.draining_items.len();
+            for id in self.draining_items.drain() {
+                self.by_item.remove(&id);
+            }
+            if lost > 0 {
+                warn!(session_id = %self.s.session_id, lost, "transcription leg: segments of the old session without text at its close");
+            }
+            c.close().await;
+        }
     }
 
     async fn bill(&mut self) {
@@ -450,6 +621,9 @@ impl Task {
             ServerEvent::InputCommitted { item_id, .. } => {
                 if let Some(seg) = self.committing.pop_front() {
                     self.by_item.insert(item_id, seg);
+                }
+                if self.switch_after_ack && self.committing.is_empty() {
+                    self.switch_now = true;
                 }
             }
             ServerEvent::InputTranscriptionDelta {
@@ -471,6 +645,7 @@ impl Task {
                 let Some(seg) = self.by_item.remove(&item_id) else {
                     return;
                 };
+                self.draining_items.remove(&item_id);
                 histogram!(names::SHADOW_SEGMENT_LATENCY)
                     .record(seg.committed_at.elapsed().as_secs_f64());
                 let t = transcript(item_id, text, true, seg, &logprobs);
@@ -478,6 +653,7 @@ impl Task {
             }
             ServerEvent::InputTranscriptionFailed { item_id, message } => {
                 self.by_item.remove(&item_id);
+                self.draining_items.remove(&item_id);
                 counter!(names::SHADOW_ERRORS, "kind" => "segment_failed").increment(1);
                 self.tell(HostError::new(
                     Code::ShadowTranscriptionFailed,

@@ -265,6 +265,15 @@ impl Runner {
                 }
                 self.send(Out::Transcript(t)).await
             }
+            LegEvent::RolledOver(m) => {
+                self.records.record(
+                    "rollover",
+                    json!({"leg": m.leg, "forced": m.forced, "upstream_age_ms": m.upstream_age_ms,
+                        "replayed_audio_ms": m.replayed_audio_ms}),
+                    Instant::now(),
+                );
+                self.send(Out::RolledOver(m)).await
+            }
             LegEvent::Error(e) => {
                 warn!(session_id = %self.id, code = e.code.as_str(), message = %e.message, "transcription leg");
                 self.error(e).await

@@ -305,7 +305,7 @@ impl Host {
 
     pub async fn rolled_over(&mut self) -> pb::SessionRolledOver {
         self.until(|m| match m {
-            Out::RolledOver(r) => Some(*r),
+            Out::RolledOver(r) => Some(r.clone()),
             _ => None,
         })
         .await
