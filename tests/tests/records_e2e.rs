@@ -152,7 +152,11 @@ async fn a_session_record_holds_the_whole_call_line_by_line() {
     assert_eq!(s.len(), 1);
     assert_eq!(s[0]["session_id"], started.session_id);
     assert_eq!(s[0]["labels"]["tenant"], "acme");
-    assert_eq!(s[0]["tools"], json!(["card", "lookup"]), "declared tools, sorted");
+    assert_eq!(
+        s[0]["tools"],
+        json!(["card", "lookup"]),
+        "declared tools, sorted"
+    );
     assert!(s[0]["session"]["instructions"]
         .as_str()
         .unwrap()
